@@ -1,0 +1,106 @@
+"""Where facepgn finds its data files: the face model, the detector and landmark models, test media.
+
+Resolution order for each asset: an explicit path (config / CLI) > an environment variable >
+the shared data folder (``FACEPGN_SHARED``, default ``../shared`` beside the checkout, used by tests,
+demos and benchmarks) > the user cache (``FACEPGN_CACHE``, default ``~/.cache/facepgn``), where
+``facepgn model download`` puts checksum-verified upstream files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from facepgn.errors import FacepgnError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_dir() -> Path:
+    """The shared data folder (may not exist on a user's machine)."""
+    return Path(os.environ.get("FACEPGN_SHARED", REPO_ROOT.parent / "shared")).resolve()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FACEPGN_CACHE", Path.home() / ".cache" / "facepgn"))
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A data file facepgn needs, where it lives in shared/, and how users get it."""
+
+    name: str
+    env_var: str
+    shared_relpath: str
+    cache_relpath: str
+    url: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    how_to_get: str = ""
+
+
+ASSETS: dict[str, Asset] = {
+    "face_model": Asset(
+        name="face_model",
+        env_var="FACEPGN_FACE_MODEL",
+        shared_relpath="facemodels/ict/ict_face_area.npz",
+        cache_relpath="models/ict_face_area.npz",
+        how_to_get="run `facepgn model download ict --dest ~/.cache/facepgn/models`",
+    ),
+    "detector": Asset(
+        name="detector",
+        env_var="FACEPGN_DETECTOR",
+        shared_relpath="detectors/yunet_s_640_640.onnx",
+        cache_relpath="detectors/yunet_s_640_640.onnx",
+        url=(
+            "https://raw.githubusercontent.com/ShiqiYu/libfacedetection.train/"
+            "0047ac24afb1a50a0c6105001c89d1b5b805dbf1/onnx/yunet_s_640_640.onnx"
+        ),
+        sha256="8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+        size=232589,
+        how_to_get="run `facepgn model download detector`",
+    ),
+    "landmarks": Asset(
+        name="landmarks",
+        env_var="FACEPGN_LANDMARKS",
+        shared_relpath="landmarks/peppa_slim_160_latest.onnx",
+        cache_relpath="landmarks/peppa_slim_160_latest.onnx",
+        url=(
+            "https://raw.githubusercontent.com/ainrichman/Peppa-Facial-Landmark-PyTorch/"
+            "master/pretrained_weights/slim_160_latest.onnx"
+        ),
+        sha256="2121aacea9169ac27227508238237376fe64b96e2f2cc57082f26e88d650fbd2",
+        size=973972,
+        how_to_get="run `facepgn model download landmarks`",
+    ),
+}
+
+
+def resolve_asset(name: str, explicit: str | os.PathLike | None = None) -> Path:
+    """Return the path of an asset, or raise a one-line error saying how to get it."""
+    asset = ASSETS[name]
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.exists():
+            raise FacepgnError(f"{path}: {name} file not found")
+        return path
+    candidates = []
+    if os.environ.get(asset.env_var):
+        path = Path(os.environ[asset.env_var]).expanduser()
+        if not path.exists():
+            raise FacepgnError(f"{path}: {name} file not found (from ${asset.env_var})")
+        return path
+    candidates.append(shared_dir() / asset.shared_relpath)
+    candidates.append(cache_dir() / asset.cache_relpath)
+    for path in candidates:
+        if path.exists():
+            return path
+    raise FacepgnError(
+        f"{candidates[-1]}: no {name} file found (also looked in {candidates[0]}); {asset.how_to_get}"
+    )
+
+
+def shared_path(relpath: str) -> Path:
+    """A path inside the shared data folder (tests, demos and benchmarks)."""
+    return shared_dir() / relpath
