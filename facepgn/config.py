@@ -139,6 +139,74 @@ def dump_config(config: StrictModel, path: str | os.PathLike | None = None) -> s
 # == face model (facepgn.facemodel) ==
 # == synthetic data (facepgn.synthetic) ==
 # == model and losses (facepgn.model, facepgn.losses) ==
+
+from typing import Literal, Optional  # noqa: E402  (kept in this section to keep edits local)
+
+
+class ModelConfig(StrictModel):
+    """The reconstruction network (facepgn.model). Saved inside every model file."""
+
+    input_size: int = 128  # square crop side the networks see, pixels
+    pose: Literal["pgn", "direct"] = "pgn"  # pgn: closed-form fit to the PGN's landmarks; direct: regressed
+    num_id: int = 40  # identity modes kept from the face model
+    num_exp: int = 20  # expression modes kept
+    pgn_width: float = 1.0  # channel multiplier of the PGN
+    regressor_width: float = 1.0  # channel multiplier of the regressor
+    heatmap_stride: int = 4  # PGN heatmap resolution = input_size / heatmap_stride
+    fit_weight_floor: float = 0.2  # min per-landmark weight in the similarity fit (rest: PGN confidence)
+    face_model: Optional[str] = None  # face model .npz; None: facepgn.paths.resolve_asset("face_model")
+
+
+class LossWeights(StrictModel):
+    """Weight of each loss term (facepgn.losses); 0 switches a term off."""
+
+    landmarks_3d: float = 1.0  # PGN 3D landmarks vs labels
+    mesh_landmarks: float = 1.0  # projected mesh landmarks vs 3D labels
+    landmarks_2d: float = 0.5  # PGN + mesh landmarks (x, y) vs 2D labels (2D-only data, pair pseudo-labels)
+    shape: float = 0.5  # reconstructed neutral+expression mesh vs the labelled coefficients' mesh
+    coeff_prior: float = 0.01  # identity ~ N(0, 1), expressions sparse
+    flow: float = 1.0  # 2D motion of visible projected vertices A->B vs the pair's optical flow
+    photometric: float = 0.5  # colours at corresponding visible vertices in A and B agree
+    identity: float = 0.1  # identity coefficients of A and B agree
+    landmark_flow: float = 0.5  # PGN landmarks of A moved by the flow agree with the PGN landmarks of B
+
+
+class OptimConfig(StrictModel):
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 5.0  # max global gradient norm; 0: off
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype (fp16 uses a GradScaler, CUDA only)
+
+
+class TrainDataConfig(StrictModel):
+    """Where the training data comes from; Parquet files or folders, local or s3://."""
+
+    labelled: list[str] = []  # face-record Parquet (FACE_RECORD_SCHEMA)
+    pairs: list[str] = []  # frame-pair Parquet (FRAME_PAIR_SCHEMA)
+    labelled_batch_size: int = 32
+    pair_batch_size: int = 16  # 0: no pair batches
+    augment: bool = True  # colour jitter on labelled crops
+
+
+class TrainConfig(StrictModel):
+    """The plain training loop (facepgn.train.loop); the Ray trainer config wraps this one."""
+
+    model: ModelConfig = ModelConfig()
+    losses: LossWeights = LossWeights()
+    optim: OptimConfig = OptimConfig()
+    data: TrainDataConfig = TrainDataConfig()
+    steps: int = 2000
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: str = "runs/train"  # checkpoints, model.pt, summary.json, TensorBoard events
+    checkpoint_every: int = 500  # steps; 0: only at the end
+    log_every: int = 20
+    tensorboard: bool = True
+    resume: bool = True  # continue from output_dir/checkpoint.pt when it exists
+    threads: int = 0  # torch intra-op threads; 0: torch default
+
 # == preprocess (facepgn.pipelines.preprocess) ==
 # == training and tuning (facepgn.train) ==
 # == inference (facepgn.pipelines.infer) ==
