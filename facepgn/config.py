@@ -210,4 +210,45 @@ class TrainConfig(StrictModel):
 # == preprocess (facepgn.pipelines.preprocess) ==
 # == training and tuning (facepgn.train) ==
 # == inference (facepgn.pipelines.infer) ==
+
+
+class SmoothingConfig(StrictModel):
+    """Temporal smoothing of pose, landmarks and coefficients along each track (facepgn.smoothing)."""
+
+    enabled: bool = False
+    method: Literal["local_linear", "one_euro"] = "local_linear"  # zero-phase offline | causal
+    sigma_s: float = 0.06  # local_linear: Gaussian kernel width, seconds
+    min_cutoff: float = 1.5  # one_euro: cut-off when still, Hz
+    beta: float = 0.01  # one_euro: cut-off increase per unit/s of speed
+    max_gap_frames: int = 15  # a track missing for longer is smoothed in separate pieces
+    identity: Literal["track_mean", "smooth"] = "track_mean"  # one identity per track, or smoothed
+
+
+class InferConfig(StrictModel):
+    """Batch inference over videos (facepgn.pipelines.infer)."""
+
+    model: Optional[str] = None  # model file (facepgn.model) or training checkpoint
+    input: Optional[str] = None  # folder, s3:// prefix, single video, or a manifest (.txt/.csv)
+    output: Optional[str] = None  # folder or s3:// prefix: rows/, overlays/, meshes/, summary.json
+    runtime: Literal["torch", "onnx"] = "torch"  # onnx: onnxruntime for the networks (CPU: faster)
+    stride: int = 1  # process every Nth frame
+    max_frames: Optional[int] = None  # per video, before the stride (previews, tests)
+    chunk_frames: int = 48  # frames decoded at a time per video (bounds memory)
+    detect_width: int = 320  # frames are downscaled to this width for the detector
+    min_score: float = 0.6  # detector score threshold
+    max_faces: int = 8  # per frame, highest scores first
+    batch_size: int = 32  # faces per model call
+    min_actors: int = 1  # model actor pool size
+    max_actors: int = 1
+    actor_num_cpus: float = 0.5  # CPUs reserved per model actor (no GPU)
+    decode_num_cpus: float = 0.5  # CPUs reserved per decode+detect task
+    num_gpus: Optional[float] = None  # per model actor; None: 1 when the cluster has GPUs, else 0
+    torch_threads: int = 1  # intra-op threads per actor (CPU)
+    overlay: bool = False  # write overlays/<video_id>.mp4
+    overlay_style: Literal["mesh", "landmarks"] = "mesh"
+    meshes: Optional[str] = None  # "every:30" or "frames:0,10,20": export meshes of those frames
+    mesh_format: Literal["obj", "ply"] = "obj"
+    smoothing: SmoothingConfig = SmoothingConfig()
+    resume: bool = True  # skip videos whose done marker exists
+    max_videos: Optional[int] = None
 # == demo (facepgn.demo) ==
