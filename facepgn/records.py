@@ -1,8 +1,10 @@
-"""The two Parquet record schemas facepgn trains on, versioned, with encode/decode helpers.
+"""The Parquet record schemas of facepgn, versioned, with encode/decode helpers.
 
 * **Face records** (``FACE_RECORD_SCHEMA``): one labelled face crop (synthetic, AFLW2000-3D, 300W-LP).
 * **Frame pairs** (``FRAME_PAIR_SCHEMA``): two crops of the same face track from an unlabelled video,
   with the optical flow from crop A to crop B.
+* **Inference rows** (``FACE_TRACK_SCHEMA``, kind ``"inference_row"``): one face per sampled video
+  frame as ``facepgn infer`` writes it, in original frame pixels.
 
 Conventions (see ``facepgn.geometry``):
 * Images are RGB ``uint8`` (H, W, 3) in memory and JPEG bytes on disk (PNG where lossless is asked).
@@ -89,7 +91,45 @@ FRAME_PAIR_SCHEMA = pa.schema(
     metadata={"facepgn.schema": f"frame_pair/{FRAME_PAIR_VERSION}"},
 )
 
-SCHEMAS = {"face_record": (FACE_RECORD_SCHEMA, FACE_RECORD_VERSION), "frame_pair": (FRAME_PAIR_SCHEMA, FRAME_PAIR_VERSION)}
+# Inference output (facepgn.pipelines.infer): one row per face per sampled frame. All coordinates
+# are ORIGINAL frame pixels (x right, y down, z towards the camera, z centred over the 68 points and
+# scaled like x); angles in degrees (pitch, yaw, roll of the AFLW2000-3D Pose_Para convention).
+INFERENCE_ROW_VERSION = 1
+
+FACE_TRACK_SCHEMA = pa.schema(
+    [
+        pa.field("schema_version", pa.int32(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),  # in the source video (0-based)
+        pa.field("time", pa.float64(), nullable=False),  # seconds
+        pa.field("track_id", pa.int32(), nullable=False),  # stable within a video
+        pa.field("box", _list_f32, nullable=False),  # x, y, w, h detector box, frame pixels
+        pa.field("det_score", _f32, nullable=False),
+        pa.field("yaw", _f32, nullable=False),  # degrees
+        pa.field("pitch", _f32, nullable=False),
+        pa.field("roll", _f32, nullable=False),
+        pa.field("rotation", _list_f32, nullable=False),  # 3x3 row-major, model -> camera
+        pa.field("scale", _f32, nullable=False),  # frame pixels per face-model unit
+        pa.field("translation", _list_f32, nullable=False),  # 3, frame pixels
+        pa.field("landmarks_2d", _list_f32, nullable=False),  # 68*2, frame pixels
+        pa.field("landmarks_3d", _list_f32, nullable=False),  # 68*3, frame pixels (PGN)
+        pa.field("id_coeffs", _list_f32, nullable=False),
+        pa.field("exp_coeffs", _list_f32, nullable=False),
+        pa.field("quality", _f32, nullable=False),  # 0..1, detector score x landmark/mesh agreement
+        pa.field("fit_error", _f32, nullable=False),  # mean |PGN - mesh landmark| / face size
+        pa.field("crop_to_frame", _list_f32, nullable=False),  # 6, the crop the model saw
+        pa.field("smoothed", pa.bool_(), nullable=False),  # temporal smoothing applied
+        pa.field("face_model", pa.string()),
+        pa.field("source_path", pa.string(), nullable=False),
+    ],
+    metadata={"facepgn.schema": f"inference_row/{INFERENCE_ROW_VERSION}"},
+)
+
+SCHEMAS = {
+    "face_record": (FACE_RECORD_SCHEMA, FACE_RECORD_VERSION),
+    "frame_pair": (FRAME_PAIR_SCHEMA, FRAME_PAIR_VERSION),
+    "inference_row": (FACE_TRACK_SCHEMA, INFERENCE_ROW_VERSION),
+}
 
 
 # ---- images --------------------------------------------------------------------------------
