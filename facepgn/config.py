@@ -219,7 +219,7 @@ class SmoothingConfig(StrictModel):
     method: Literal["local_linear", "one_euro"] = "local_linear"  # zero-phase offline | causal
     sigma_s: float = 0.06  # local_linear: Gaussian kernel width, seconds
     min_cutoff: float = 1.5  # one_euro: cut-off when still, Hz
-    beta: float = 0.01  # one_euro: cut-off increase per unit/s of speed
+    beta: float = 0.05  # one_euro: cut-off increase per unit/s of speed
     max_gap_frames: int = 15  # a track missing for longer is smoothed in separate pieces
     identity: Literal["track_mean", "smooth"] = "track_mean"  # one identity per track, or smoothed
 

@@ -30,7 +30,7 @@ def _as_2d(values: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim == 0:
         raise ValueError("expected an array with a leading time axis")
-    return arr.reshape(arr.shape[0], -1), arr.shape
+    return arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:], dtype=np.int64))), arr.shape
 
 
 def local_linear_smooth(
