@@ -208,6 +208,70 @@ class TrainConfig(StrictModel):
     threads: int = 0  # torch intra-op threads; 0: torch default
 
 # == preprocess (facepgn.pipelines.preprocess) ==
+
+from typing import Literal as _Literal, Optional as _Optional  # noqa: E402
+
+
+class FaceDetectorConfig(StrictModel):
+    """YuNet face detection (facepgn.faces.FaceDetector)."""
+
+    model_path: _Optional[str] = None  # None: facepgn.paths.resolve_asset("detector")
+    score_threshold: float = 0.6  # detector's own threshold (lower scores are never seen)
+    nms_threshold: float = 0.3
+    top_k: int = 50
+    detect_width: int = 480  # frames are downscaled to this width (px) before detection
+
+
+class FaceTrackerConfig(StrictModel):
+    """IoU/centre tracker (facepgn.faces.FaceTracker); units: sampled frames and box sides."""
+
+    iou_threshold: float = 0.3
+    max_centre_shift: float = 0.5
+    max_missed: int = 2
+    max_faces: int = 8  # per frame, largest-score first
+
+
+class PairQualityConfig(StrictModel):
+    """Filters a crop / pair must pass to be written (rejections are counted in summary.json)."""
+
+    min_face_size: float = 40.0  # detector box side, frame pixels (after decode_max_side scaling)
+    min_det_score: float = 0.7
+    min_blur: float = 15.0  # variance of the Laplacian of the crop
+    min_flow_magnitude: float = 0.0  # mean |flow|, crop pixels
+    max_flow_magnitude: float = 0.15  # mean |flow| as a fraction of the crop size (tracking errors)
+
+
+class PreprocessConfig(StrictModel):
+    """``facepgn preprocess``: unlabelled videos -> frame-pair Parquet shards (FRAME_PAIR_SCHEMA)."""
+
+    input: _Optional[str] = None  # folder, glob, s3:// prefix, or .csv/.jsonl manifest (CLI --input)
+    output: _Optional[str] = None  # folder or s3:// prefix (CLI --output)
+    extensions: list[str] = [".mp4", ".avi", ".mkv", ".mov", ".webm"]
+    target_fps: _Optional[float] = 10.0  # sampling rate; None: every frame
+    max_frames_per_video: _Optional[int] = None  # sampled frames per video (tests, quick looks)
+    max_videos: _Optional[int] = None  # process at most this many videos not yet done this run
+    decode_chunk: int = 16  # frames decoded per batch (memory bound per worker)
+    decode_max_side: _Optional[int] = 1280  # decode downscaled so the longer side is <= this
+    image_size: int = 128  # crop side, pixels
+    crop_margin: float = 0.3  # extra context around the detector box, fraction of its side, each side
+    jpeg_quality: int = 95
+    min_gap: int = 1  # pair gap range, in sampled frames
+    max_gap: int = 5
+    pairs_per_frame: int = 1  # pairs ending at each sampled frame of a track
+    flow_preset: _Literal["ultrafast", "fast", "medium"] = "medium"
+    landmarks: bool = True  # 68-point 2D pseudo-labels per crop
+    landmark_model: _Optional[str] = None  # None: facepgn.paths.resolve_asset("landmarks")
+    detector: FaceDetectorConfig = FaceDetectorConfig()
+    tracker: FaceTrackerConfig = FaceTrackerConfig()
+    quality: PairQualityConfig = PairQualityConfig()
+    shard_max_pairs: int = 256  # rows per Parquet shard
+    seed: int = 0  # pair-gap choice is seeded per (seed, video, track): reruns give the same shards
+    executor: _Literal["ray", "local"] = "ray"  # local: a plain loop in this process (debugging, baselines)
+    num_cpus_per_video: float = 0.5  # Ray CPUs per video task (fractional on small machines)
+    cv2_threads: int = 1  # OpenCV threads inside each task (parallelism comes from tasks)
+    retry_failed: bool = False  # rerun videos recorded as failed in an earlier run
+    overwrite: bool = False  # ignore done markers and reprocess everything
+
 # == training and tuning (facepgn.train) ==
 # == inference (facepgn.pipelines.infer) ==
 

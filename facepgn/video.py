@@ -1,0 +1,295 @@
+"""Video inputs: listing a corpus (folder, glob, ``s3://`` prefix or manifest) and streaming frames.
+
+Decoding is chunked (``decord``, a batch of sampled frames at a time), so memory does not grow with
+the length of a video. Frames come out as RGB ``uint8`` (H, W, 3); grayscale videos decode to three
+equal channels. Unreadable files raise :class:`facepgn.errors.InputError` with a one-line cause.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from facepgn import storage
+from facepgn.errors import FacepgnError, InputError
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+MANIFEST_EXTENSIONS = (".csv", ".jsonl")
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One input video: where it is, the id its outputs are named by, and whose face it shows."""
+
+    path: str
+    video_id: str
+    subject_id: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+
+@dataclass
+class Frame:
+    """A sampled frame: its index in the video, its time in seconds, and the RGB pixels."""
+
+    index: int
+    time: float
+    rgb: np.ndarray
+
+
+# ---- listing ---------------------------------------------------------------------------------
+
+
+def _sanitize(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "video"
+
+
+def video_id_for(path: str, root: str | None = None) -> str:
+    """A stable id from the path relative to the input root, without the extension (no '/')."""
+    path = str(path)
+    rel = path
+    if root:
+        root_s = str(root).rstrip("/")
+        if path.startswith(root_s + "/"):
+            rel = path[len(root_s) + 1:]
+        else:
+            rel = storage.basename(path)
+    else:
+        rel = storage.basename(path)
+    rel = os.path.splitext(rel)[0]
+    return _sanitize(rel.replace("/", "__"))
+
+
+def _unique_ids(items: list[VideoItem]) -> list[VideoItem]:
+    """Append a short path hash to ids that collide, so each video's shards have their own names."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.video_id] = counts.get(item.video_id, 0) + 1
+    out = []
+    for item in items:
+        if counts[item.video_id] > 1:
+            digest = hashlib.sha1(item.path.encode()).hexdigest()[:8]
+            vid = f"{item.video_id}-{digest}"
+            subject = item.subject_id if item.subject_id != item.video_id else vid
+            item = VideoItem(item.path, vid, subject)
+        out.append(item)
+    return out
+
+
+def _glob_root(path: str) -> str:
+    """The fixed folder part of a glob pattern."""
+    parts = path.split("/")
+    fixed = []
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return "/".join(fixed)
+
+
+def read_manifest(path: str) -> list[VideoItem]:
+    """A CSV (header with ``path``) or JSONL manifest; optional ``subject_id`` and ``video_id``.
+
+    Relative paths are resolved against the manifest's folder.
+    """
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        raise InputError(path, "manifest not found") from None
+    if path.lower().endswith(".jsonl"):
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise InputError(path, f"line {lineno} is not valid JSON") from None
+            if not isinstance(row, dict):
+                raise InputError(path, f"line {lineno} is not a JSON object")
+            rows.append(row)
+    else:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    base = path.rsplit("/", 1)[0] if "/" in path else "."
+    items = []
+    for n, row in enumerate(rows, 1):
+        video_path = str(row.get("path") or "").strip()
+        if not video_path:
+            raise InputError(path, f"row {n} has no 'path'")
+        if not storage.is_remote(video_path) and not os.path.isabs(video_path):
+            video_path = storage.join(base, video_path)
+        vid = str(row.get("video_id") or "").strip() or video_id_for(video_path)
+        vid = _sanitize(vid)
+        subject = str(row.get("subject_id") or "").strip() or vid
+        items.append(VideoItem(video_path, vid, subject))
+    return items
+
+
+def list_videos(source: str, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[VideoItem]:
+    """Input videos from a local folder/glob/file, an ``s3://`` prefix, or a .csv/.jsonl manifest.
+
+    The subject id defaults to the video id. Sorted by path, so runs are deterministic.
+    """
+    source = str(source)
+    if source.lower().endswith(MANIFEST_EXTENSIONS):
+        items = read_manifest(source)
+    else:
+        exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+        paths = storage.list_files(source, extensions=exts)
+        if not paths and not storage.exists(source) and not any(ch in source for ch in "*?["):
+            raise InputError(source, "input not found")
+        fs, stripped = storage.get_fs(source)
+        if any(ch in stripped for ch in "*?["):
+            root = _glob_root(source)
+        elif paths == [source] or (len(paths) == 1 and fs.isfile(stripped)):
+            root = None
+        else:
+            root = source
+        items = []
+        for p in paths:
+            vid = video_id_for(p, root)
+            items.append(VideoItem(p, vid, vid))
+    return _unique_ids(sorted(items, key=lambda it: it.path))
+
+
+# ---- decoding --------------------------------------------------------------------------------
+
+
+def _decord_cause(exc: Exception) -> str:
+    """decord's errors carry a log prefix and a C++ source location; keep the useful tail."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    if "ERROR opening" in text and "," in text:
+        text = text.rsplit(",", 1)[-1].strip()
+    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", text)
+    return text[:200]
+
+
+@contextmanager
+def local_video(path: str) -> Iterator[str]:
+    """A local file for ``path`` (downloaded to a temp folder for s3://, removed afterwards)."""
+    if not storage.is_remote(path):
+        yield storage._strip_file_scheme(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="facepgn-video-") as tmp:
+        try:
+            yield storage.local_copy(path, tmp)
+        except FileNotFoundError:
+            raise InputError(path, "not found") from None
+
+
+class VideoReader:
+    """Streams sampled frames of one local video file.
+
+    ``max_side`` decodes frames downscaled so their longer side is at most that many pixels
+    (decord scales while decoding, which is cheaper than decoding full size).
+    """
+
+    def __init__(self, path: str, *, max_side: int | None = None, num_threads: int = 1, display_path: str | None = None):
+        import decord
+
+        self.path = path
+        shown = display_path or path
+        if not os.path.exists(path):
+            raise InputError(shown, "file not found")
+        if os.path.getsize(path) == 0:
+            raise InputError(shown, "empty file (0 bytes)")
+        try:
+            probe = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
+            if len(probe) == 0:
+                raise InputError(shown, "video has no frames")
+            height, width = probe[0].shape[:2]
+            probe.seek(0)
+        except InputError:
+            raise
+        except Exception as exc:  # decord raises RuntimeError / DECORDError with a log prefix
+            raise InputError(shown, f"cannot decode video ({_decord_cause(exc)})") from None
+        num_frames = len(probe)
+        fps = float(probe.get_avg_fps() or 0.0)
+        if not np.isfinite(fps) or fps <= 0:
+            fps = 25.0
+        self._reader = probe
+        if max_side and max(width, height) > max_side:
+            scale = max_side / max(width, height)
+            w, h = int(round(width * scale / 2) * 2), int(round(height * scale / 2) * 2)
+            del probe
+            try:
+                self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads, width=w, height=h)
+            except Exception as exc:
+                raise InputError(shown, f"cannot decode video ({_decord_cause(exc)})") from None
+            width, height = w, h
+        self.display_path = shown
+        self.info = VideoInfo(num_frames=num_frames, fps=fps, width=int(width), height=int(height))
+
+    def sample_indices(self, target_fps: float | None, max_frames: int | None = None) -> list[int]:
+        """Frame indices at ``target_fps`` (every frame if None or above the video's rate)."""
+        return sample_indices(self.info.num_frames, self.info.fps, target_fps, max_frames)
+
+    def frames(self, indices: Sequence[int], chunk_size: int = 32) -> Iterator[Frame]:
+        """Decode ``indices`` ``chunk_size`` frames at a time. A chunk that fails to decode ends the
+        stream with an :class:`InputError` (truncated files decode until the damage)."""
+        for start in range(0, len(indices), chunk_size):
+            chunk = list(indices[start:start + chunk_size])
+            try:
+                batch = self._reader.get_batch(chunk).asnumpy()
+            except Exception as exc:
+                raise InputError(self.display_path, f"decoding stopped at frame {chunk[0]} ({_decord_cause(exc)})") from None
+            for idx, rgb in zip(chunk, batch):
+                if rgb.ndim == 2:
+                    rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+                yield Frame(index=int(idx), time=idx / self.info.fps, rgb=np.ascontiguousarray(rgb))
+            del batch
+
+
+def sample_indices(num_frames: int, fps: float, target_fps: float | None, max_frames: int | None = None) -> list[int]:
+    """Evenly spaced frame indices at ``target_fps`` (deterministic), at most ``max_frames``."""
+    if num_frames <= 0:
+        return []
+    if not target_fps or target_fps >= fps:
+        indices = list(range(num_frames))
+    else:
+        step = fps / target_fps
+        count = int(np.floor((num_frames - 1) / step)) + 1
+        indices = sorted({min(num_frames - 1, int(round(i * step))) for i in range(count)})
+    if max_frames is not None:
+        indices = indices[: max(0, int(max_frames))]
+    return indices
+
+
+def probe_video(path: str) -> VideoInfo:
+    """Frame count, fps and size of a local video, or an InputError."""
+    return VideoReader(path).info
+
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "VideoItem",
+    "VideoInfo",
+    "Frame",
+    "VideoReader",
+    "list_videos",
+    "read_manifest",
+    "video_id_for",
+    "sample_indices",
+    "local_video",
+    "probe_video",
+    "FacepgnError",
+]
