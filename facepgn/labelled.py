@@ -1,0 +1,393 @@
+"""Readers for labelled face datasets laid out as ``<name>.jpg`` + ``<name>.mat``: AFLW2000-3D and
+300W-LP (and any folder laid out like them), into face records (``records.FACE_RECORD_SCHEMA``).
+
+The ``.mat`` files (MATLAB 5, from the 3DDFA authors) hold:
+
+* ``pt3d_68`` (3, 68) -- AFLW2000-3D: x, y in pixels of the 450x450 image (landmarks may fall outside
+  it for cropped faces), z in the same pixel units, **larger z = closer to the camera** (the nose tip
+  has a larger z than the jaw corners on frontal faces), i.e. the project's convention (x right,
+  y down, z towards the camera). The z origin is arbitrary; records centre it.
+* ``pt2d`` (2, 68) -- 300W-LP: 2D landmarks in image pixels. (AFLW2000-3D files also carry a
+  ``pt2d``, but it is the original 21-point AFLW annotation and is not used.)
+* ``Pose_Para`` (1, 7) -- pitch, yaw, roll (radians), tx, ty, tz, scale of the fitted BFM.
+* ``Shape_Para`` (199, 1), ``Exp_Para`` (29, 1) -- BFM 2009 identity and 3DDFA expression
+  coefficients, stored as published (their scale is 3DDFA's, not the project's N(0, 1) prior).
+* ``roi`` (1, 4) -- the source dataset's face box; not used for cropping.
+
+Coordinates are taken as published (MATLAB-derived; a possible 1-based offset of up to one pixel is
+not corrected, so that numbers match the published evaluation protocol).
+
+``read_mat`` is the project's one ``.mat`` reader.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from facepgn import records, storage
+from facepgn.errors import InputError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+SOURCE_AFLW2000 = "aflw2000-3d"
+SOURCE_300WLP = "300w-lp"
+# The parametrisation of Shape_Para/Exp_Para (BFM 2009 shape + 29 expression PCs, 3DDFA scaling).
+BFM_COEFFS_MODEL = "bfm2009-3ddfa"
+DEFAULT_MARGIN = 0.2  # side = (1 + 2 * margin) * landmark extent: 1.4, close to 3DDFA's sqrt(2)
+DEFAULT_IMAGE_SIZE = 128
+
+_AUGMENTATION_SUFFIX = re.compile(r"_\d+$")
+
+
+@dataclass
+class LabelledFace:
+    """One labelled image as read from disk, in source-image pixels."""
+
+    image: np.ndarray  # RGB uint8 (H, W, 3)
+    landmarks: np.ndarray  # (68, 3) with pt3d_68, else (68, 2); image pixels
+    source: str  # aflw2000-3d | 300w-lp
+    name: str  # file stem, e.g. image00050
+    subject_id: str
+    record_id: str
+    source_path: str  # the image file
+    mat_path: str
+    pose: np.ndarray | None = None  # (3,) pitch, yaw, roll radians (Pose_Para[:3]), as published
+    pose_para: np.ndarray | None = None  # (7,)
+    shape_para: np.ndarray | None = None  # (199,)
+    exp_para: np.ndarray | None = None  # (29,)
+    roi: np.ndarray | None = None  # (4,)
+
+    @property
+    def has_3d(self) -> bool:
+        return self.landmarks.shape[1] == 3
+
+    @property
+    def yaw_degrees(self) -> float | None:
+        return None if self.pose is None else float(np.degrees(self.pose[1]))
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+
+def read_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a MATLAB 5 ``.mat`` file (local or ``s3://``) into a dict of arrays (no ``__`` keys)."""
+    import scipy.io
+
+    path = str(path)
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    if not data:
+        raise InputError(path, "empty file, expected a MATLAB .mat file")
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(data))
+    except NotImplementedError:
+        raise InputError(path, "MATLAB v7.3 (HDF5) .mat files are not supported; save as -v7") from None
+    except Exception as exc:  # scipy raises ValueError/TypeError/struct.error on corrupt files
+        raise InputError(path, f"not a readable MATLAB .mat file ({type(exc).__name__})") from None
+    return {k: v for k, v in mat.items() if not k.startswith("__")}
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a JPEG/PNG (local or ``s3://``) as RGB uint8, or raise a one-line InputError."""
+    path = str(path)
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    if not data:
+        raise InputError(path, "empty file, expected an image")
+    try:
+        return records.decode_image(data)
+    except ValueError:
+        raise InputError(path, "not a readable image") from None
+
+
+def landmarks_from_mat(mat: dict[str, np.ndarray], path: str) -> np.ndarray:
+    """68 landmarks in image pixels: (68, 3) from ``pt3d_68``, else (68, 2) from a 68-point ``pt2d``."""
+    if "pt3d_68" in mat:
+        pts = np.asarray(mat["pt3d_68"], dtype=np.float64)
+        if pts.shape != (3, records.NUM_LANDMARKS):
+            raise InputError(path, f"pt3d_68 has shape {pts.shape}, expected (3, 68)")
+    elif "pt2d" in mat and np.shape(mat["pt2d"]) == (2, records.NUM_LANDMARKS):
+        pts = np.asarray(mat["pt2d"], dtype=np.float64)
+    else:
+        found = f"pt2d has shape {np.shape(mat['pt2d'])}" if "pt2d" in mat else "no pt2d"
+        raise InputError(path, f"no 68-point landmarks (needs pt3d_68 (3x68) or pt2d (2x68); {found})")
+    if not np.all(np.isfinite(pts)):
+        raise InputError(path, "landmarks contain NaN or infinite values")
+    return pts.T.astype(np.float32)
+
+
+def _vector(mat: dict[str, np.ndarray], key: str, size: int | None, path: str) -> np.ndarray | None:
+    if key not in mat:
+        return None
+    value = np.asarray(mat[key], dtype=np.float64).reshape(-1)
+    if size is not None and value.size != size:
+        raise InputError(path, f"{key} has {value.size} values, expected {size}")
+    return value.astype(np.float32)
+
+
+def infer_source(mat: dict[str, np.ndarray]) -> str:
+    """``aflw2000-3d`` for files with 3D landmarks, ``300w-lp`` for 2D-only ones."""
+    return SOURCE_AFLW2000 if "pt3d_68" in mat else SOURCE_300WLP
+
+
+def subject_of(name: str, source: str) -> str:
+    """Subject id: AFLW2000-3D -- the image; 300W-LP -- the base name without the ``_N`` augmentation
+    suffix, so the rotated/flipped versions of one face share a subject (e.g. IBUG_image_008_1)."""
+    if source == SOURCE_300WLP:
+        name = _AUGMENTATION_SUFFIX.sub("", name)
+    return f"{source}/{name}"
+
+
+def read_face(image_path: str, mat_path: str | None = None, source: str | None = None) -> LabelledFace:
+    """Read one image + ``.mat`` pair (the ``.mat`` beside the image by default)."""
+    image_path = str(image_path)
+    stem, _ = os.path.splitext(image_path)
+    mat_path = str(mat_path) if mat_path else stem + ".mat"
+    mat = read_mat(mat_path)
+    landmarks = landmarks_from_mat(mat, mat_path)
+    pose_para = _vector(mat, "Pose_Para", 7, mat_path)
+    image = read_image(image_path)
+    source = source or infer_source(mat)
+    name = storage.basename(stem)
+    parent = storage.basename(os.path.dirname(image_path)) or "."
+    return LabelledFace(
+        image=image,
+        landmarks=landmarks,
+        source=source,
+        name=name,
+        subject_id=subject_of(name, source),
+        # 300W-LP repeats names across its AFW/AFW_Flip/... folders; AFLW2000-3D names are unique.
+        record_id=f"{source}/{parent}/{name}" if source == SOURCE_300WLP else f"{source}/{name}",
+        source_path=image_path,
+        mat_path=mat_path,
+        pose=None if pose_para is None else pose_para[:3].copy(),
+        pose_para=pose_para,
+        shape_para=_vector(mat, "Shape_Para", None, mat_path),
+        exp_para=_vector(mat, "Exp_Para", None, mat_path),
+        roi=_vector(mat, "roi", 4, mat_path),
+    )
+
+
+def list_labelled_images(folder: str) -> list[str]:
+    """Images under ``folder`` (recursive, sorted) that have a ``.mat`` beside them.
+
+    Raises a one-line InputError if the folder does not exist or holds no such pair.
+    """
+    folder = str(folder)
+    if not storage.exists(folder):
+        raise InputError(folder, "folder not found")
+    files = storage.list_files(folder, extensions=IMAGE_EXTENSIONS + (".mat",))
+    mats = {os.path.splitext(f)[0] for f in files if f.lower().endswith(".mat")}
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.splitext(f)[0] in mats]
+    if not images:
+        raise InputError(folder, "no labelled faces found (expected <name>.jpg + <name>.mat pairs)")
+    return images
+
+
+# ---- crops and records -------------------------------------------------------------------------
+
+
+def landmark_box(landmarks: np.ndarray, margin: float = DEFAULT_MARGIN) -> tuple[float, float, float]:
+    """A square box (x0, y0, side) centred on the landmarks' 2D bounding box, with ``margin`` of the
+    larger extent added on each side."""
+    xy = np.asarray(landmarks, dtype=np.float64)[:, :2]
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    side = float((hi - lo).max()) * (1.0 + 2.0 * margin)
+    if side <= 0:
+        raise ValueError("landmarks have zero extent")
+    cx, cy = (lo + hi) / 2.0
+    return float(cx - side / 2.0), float(cy - side / 2.0), side
+
+
+def crop_with_affine(image: np.ndarray, crop_to_frame: np.ndarray, size: int) -> np.ndarray:
+    """Resample ``image`` into a ``size`` x ``size`` crop through the crop->frame affine.
+
+    Pixels outside the image are black. When the crop shrinks the face, the source is blurred first
+    so the crop does not alias.
+    """
+    import cv2
+
+    m = np.asarray(crop_to_frame, dtype=np.float64).reshape(2, 3)
+    scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
+    if scale > 1.5:
+        sigma = 0.5 * math.sqrt(scale * scale - 1.0)
+        image = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    return cv2.warpAffine(
+        image, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
+    )
+
+
+def to_crop(landmarks: np.ndarray, crop_to_frame: np.ndarray) -> np.ndarray:
+    """Frame-pixel landmarks -> crop pixels (z scaled like x, y; not centred)."""
+    return records.apply_affine(records.invert_affine(crop_to_frame), landmarks).astype(np.float32)
+
+
+def face_record(
+    face: LabelledFace,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    margin: float = DEFAULT_MARGIN,
+    box: tuple[float, float, float] | None = None,
+) -> dict[str, Any]:
+    """A ``face_record`` row: the square crop around the landmarks, landmarks in crop pixels
+    (3D z centred), pose and coefficients as published."""
+    x0, y0, side = box if box is not None else landmark_box(face.landmarks, margin)
+    crop_to_frame = records.crop_transform(x0, y0, side, image_size)
+    crop = crop_with_affine(face.image, crop_to_frame, image_size)
+    lm = to_crop(face.landmarks, crop_to_frame)
+    lm3d = None
+    if face.has_3d:
+        lm3d = lm.copy()
+        lm3d[:, 2] -= lm3d[:, 2].mean()
+    has_coeffs = face.shape_para is not None and face.exp_para is not None
+    return {
+        "record_id": face.record_id,
+        "source": face.source,
+        "subject_id": face.subject_id,
+        "image": records.encode_image(crop),
+        "image_size": int(image_size),
+        "landmarks_2d": lm[:, :2],
+        "landmarks_3d": lm3d,
+        "landmarks_visible": None,
+        "pose": face.pose,
+        "scale": None,
+        "translation": None,
+        "id_coeffs": face.shape_para if has_coeffs else None,
+        "exp_coeffs": face.exp_para if has_coeffs else None,
+        "face_model": BFM_COEFFS_MODEL if has_coeffs else None,
+        "crop_to_frame": crop_to_frame,
+        "source_path": face.source_path,
+    }
+
+
+# ---- folders -> Parquet shards -----------------------------------------------------------------
+
+
+def _table_bytes(table) -> bytes:
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+@dataclass
+class ConvertResult:
+    shards: list[str] = field(default_factory=list)
+    records: int = 0
+    skipped_shards: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+def convert_folder(
+    folder: str,
+    out_dir: str,
+    *,
+    source: str | None = None,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    margin: float = DEFAULT_MARGIN,
+    shard_size: int = 500,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Read every image + ``.mat`` pair under ``folder`` into face-record Parquet shards in ``out_dir``.
+
+    Shards (``part-NNNNN.parquet``) hold fixed slices of the sorted file list and are written
+    atomically; a rerun skips shards that already exist. A bad pair is recorded in ``summary.json``
+    with its reason and skipped.
+    """
+    start = time.time()
+    images = list_labelled_images(folder)
+    if limit is not None:
+        images = images[:limit]
+    storage.makedirs(out_dir)
+    result = ConvertResult()
+    total = len(images)
+    done = 0
+    for shard_index, first in enumerate(range(0, total, shard_size)):
+        shard_path = storage.join(out_dir, f"part-{shard_index:05d}.parquet")
+        chunk = images[first:first + shard_size]
+        if storage.exists(shard_path):
+            result.skipped_shards += 1
+            result.shards.append(shard_path)
+            done += len(chunk)
+            continue
+        rows = []
+        for image_path in chunk:
+            try:
+                rows.append(face_record(read_face(image_path, source=source), image_size, margin))
+            except InputError as exc:
+                result.errors.append({"path": exc.path, "reason": exc.cause})
+                log.warning("skipping %s", exc)
+            done += 1
+            if progress:
+                progress(done, total)
+        if rows:
+            table = records.to_table(rows, "face_record")
+            storage.atomic_write_bytes(shard_path, _table_bytes(table))
+            result.shards.append(shard_path)
+            result.records += len(rows)
+        log.info("labelled: %d/%d images, shard %s (%d records)", done, total, shard_path, len(rows))
+    summary = {
+        "kind": "face_record",
+        "input": str(folder),
+        "output": str(out_dir),
+        "images": total,
+        "records_written": result.records,
+        "shards": [storage.basename(s) for s in result.shards],
+        "shards_skipped_existing": result.skipped_shards,
+        "errors": result.errors,
+        "seconds": round(time.time() - start, 3),
+        "config": {"source": source, "image_size": image_size, "margin": margin, "shard_size": shard_size,
+                   "limit": limit},
+        "versions": _versions(),
+    }
+    storage.atomic_write_text(storage.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def _versions() -> dict[str, str]:
+    import pyarrow
+    import scipy
+
+    from facepgn import __version__
+
+    return {"facepgn": __version__, "numpy": np.__version__, "pyarrow": pyarrow.__version__,
+            "scipy": scipy.__version__, "face_record_schema": str(records.FACE_RECORD_VERSION)}
+
+
+def iter_faces(folder: str, source: str | None = None) -> Iterator[LabelledFace | InputError]:
+    """Each labelled face under ``folder`` in sorted order; a bad pair yields its InputError."""
+    for image_path in list_labelled_images(folder):
+        try:
+            yield read_face(image_path, source=source)
+        except InputError as exc:
+            yield exc
+
+
+def read_faces(paths: Sequence[str], source: str | None = None) -> list[LabelledFace]:
+    """Read several image paths (each with its ``.mat`` beside it); errors propagate."""
+    return [read_face(p, source=source) for p in paths]
+
+
+def shared_sample_dir(name: str = SOURCE_AFLW2000) -> Path:
+    """The shared samples (tests, demos): ``media/aflw2000-3d`` or ``media/300w-lp``."""
+    from facepgn.paths import shared_path
+
+    return shared_path(f"media/{name}")
