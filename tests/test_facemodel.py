@@ -1,0 +1,135 @@
+"""FaceModel: evaluation (numpy and batched torch), truncation, canonical file round trip, errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from facepgn.errors import InputError
+from facepgn.facemodel import FORMAT_VERSION, FaceModel, load_face_model, read_face_model_npz
+
+
+@pytest.fixture(scope="module")
+def ict(shared):
+    return load_face_model(shared / "facemodels" / "ict" / "ict_face_area.npz")
+
+
+def test_shared_ict_npz_loads_with_expected_sizes(ict):
+    assert ict.num_vertices == 9409 and ict.num_id == 100 and ict.num_exp == 53
+    assert ict.triangles.shape == (18460, 3) and ict.triangles.dtype == np.int32
+    assert ict.landmark_mask.all() and ict.units == "cm"
+    assert ict.exp_names[0] == "browDown_L" and "jawOpen" in ict.exp_names
+    assert ict.jaw_right_ids.tolist()[:3] == [1278, 1272, 12]
+    assert not ict.mean.flags.writeable  # shared between users of the cache
+    assert load_face_model() is load_face_model()  # default path resolves and is cached
+
+
+def test_vertices_numpy_matches_formula(ict):
+    rng = np.random.default_rng(0)
+    ic = rng.normal(size=100).astype(np.float32)
+    ec = rng.uniform(size=53).astype(np.float32)
+    v = ict.vertices(ic, ec)
+    expected = ict.mean + np.tensordot(ic, ict.id_basis, 1) + np.tensordot(ec, ict.exp_basis, 1)
+    np.testing.assert_allclose(v, expected, atol=1e-4)
+    np.testing.assert_array_equal(ict.vertices(), ict.mean)
+    np.testing.assert_allclose(ict.landmarks(ic, ec), v[ict.landmark_ids], atol=1e-5)
+
+
+def test_torch_batched_matches_numpy_and_backprops(ict):
+    rng = np.random.default_rng(1)
+    ic = rng.normal(size=(2, 3, 100)).astype(np.float32)
+    ec = rng.uniform(size=(2, 3, 53)).astype(np.float32)
+    ic_t = torch.tensor(ic, requires_grad=True)
+    v = ict.vertices(ic_t, torch.tensor(ec))
+    assert v.shape == (2, 3, 9409, 3)
+    np.testing.assert_allclose(v.detach().numpy(), ict.vertices(ic, ec), atol=1e-4)
+    lm = ict.landmarks(ic_t, torch.tensor(ec))
+    assert lm.shape == (2, 3, 68, 3)
+    np.testing.assert_allclose(lm.detach().numpy(), v.detach().numpy()[..., ict.landmark_ids, :], atol=1e-5)
+    lm.sum().backward()
+    assert ic_t.grad is not None and torch.isfinite(ic_t.grad).all()
+    # float64 and identity-only calls work; caches are per dtype
+    lm64 = ict.landmarks(torch.tensor(ic[0, 0], dtype=torch.float64))
+    assert lm64.dtype == torch.float64 and lm64.shape == (68, 3)
+    with pytest.raises(ValueError, match="identity coefficients"):
+        ict.vertices(torch.zeros(5, 40))
+
+
+def test_truncated(ict):
+    small = ict.truncated(40, 20)
+    assert small.num_id == 40 and small.num_exp == 20 and len(small.exp_names) == 20
+    np.testing.assert_array_equal(small.id_basis, ict.id_basis[:40])
+    assert "jawOpen" in small.exp_names  # blendshapes chosen by landmark motion
+    order = [ict.exp_names.index(n) for n in small.exp_names]
+    assert order == sorted(order)
+    picked = ict.truncated(10, exp_names=["eyeBlink_L", "jawOpen"])
+    np.testing.assert_array_equal(picked.exp_basis[1], ict.exp_basis[ict.exp_names.index("jawOpen")])
+    with pytest.raises(ValueError):
+        ict.truncated(101, 5)
+
+
+def test_save_load_round_trip(ict, tmp_path):
+    small = ict.truncated(5, 3)
+    path = tmp_path / "m.npz"
+    small.save(path)
+    with np.load(path) as npz:
+        assert int(npz["facepgn_format"]) == FORMAT_VERSION
+        assert str(npz["units"]) == "cm"
+    back = load_face_model(path)
+    for attr in ("mean", "id_basis", "exp_basis", "triangles", "landmark_ids", "jaw_right_ids", "jaw_left_ids"):
+        np.testing.assert_array_equal(getattr(back, attr), getattr(small, attr))
+    assert back.exp_names == small.exp_names and back.name == small.name and back.exp_kind == small.exp_kind
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # no temp files left
+    # pickles (Ray ships models to workers) without its torch cache
+    small.landmarks(torch.zeros(5))
+    again = pickle.loads(pickle.dumps(small))
+    np.testing.assert_array_equal(again.landmarks(np.zeros(5)), small.landmarks(np.zeros(5)))
+
+
+def test_partial_landmarks_are_zero_and_masked():
+    rng = np.random.default_rng(2)
+    ids = np.arange(68, dtype=np.int32)
+    ids[:17] = -1
+    m = FaceModel(mean=rng.normal(size=(100, 3)), id_basis=rng.normal(size=(2, 100, 3)),
+                  exp_basis=rng.normal(size=(1, 100, 3)), exp_names=["smile"],
+                  triangles=np.array([[0, 1, 2]]), landmark_ids=ids, units="mm", name="toy")
+    lm = m.landmarks(np.ones(2), np.ones(1))
+    assert (lm[:17] == 0).all()
+    np.testing.assert_allclose(lm[17:], m.vertices(np.ones(2), np.ones(1))[17:68], atol=1e-5)
+    assert m.landmark_mask.sum() == 51
+    lm_t = m.landmarks(torch.ones(4, 2))
+    assert (lm_t[:, :17] == 0).all()
+
+
+def test_errors_are_one_line(tmp_path):
+    with pytest.raises(InputError, match="missing.npz: face model file not found"):
+        load_face_model(tmp_path / "missing.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"this is not a zip file")
+    with pytest.raises(InputError) as err:
+        read_face_model_npz(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.zeros(3))
+    with pytest.raises(InputError, match="not a face model"):
+        load_face_model(other)
+    newer = tmp_path / "newer.npz"
+    np.savez(newer, facepgn_format=np.array(99))
+    with pytest.raises(InputError, match="version 99"):
+        load_face_model(newer)
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, facepgn_format=np.array(1), mean=np.zeros((4, 3)), id_basis=np.zeros((1, 4, 3)),
+             exp_basis=np.zeros((0, 4, 3)), exp_names=np.array([], dtype=str), triangles=np.array([[0, 1, 9]]),
+             landmark_ids=np.zeros(68, dtype=np.int32))
+    with pytest.raises(InputError, match="inconsistent"):
+        load_face_model(broken)
+
+
+def test_env_var_selects_model(ict, tmp_path, monkeypatch):
+    path = tmp_path / "env.npz"
+    ict.truncated(3, 2).save(path)
+    monkeypatch.setenv("FACEPGN_FACE_MODEL", str(path))
+    assert load_face_model().num_id == 3
