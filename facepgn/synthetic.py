@@ -1,0 +1,652 @@
+"""Synthetic labelled faces, videos and frame pairs rendered from the face model.
+
+Why: exact ground truth (3D landmarks, pose, coefficients, visibility, dense flow) for tests,
+benchmarks and as labelled training data. Faces are the face model's mesh with its eye and mouth
+holes closed, per-vertex skin albedo (a random skin tone, low-frequency blotches, darker lips, brows,
+lash lines and nostrils, optional hair at the top), Lambertian shading and a random textured
+background, rendered by :mod:`facepgn.render`.
+
+Everything is deterministic by seed: face ``i`` of a dataset with seed ``s`` comes from
+``np.random.default_rng([s, i])`` whatever the sharding or number of worker processes.
+
+Geometry follows :mod:`facepgn.geometry` (``p = s * F @ R @ X + t``); records follow
+:mod:`facepgn.records` (crop pixels, 3D landmark z centred).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import cv2
+import numpy as np
+
+from facepgn import records, render, storage
+from facepgn.facemodel import FaceModel, load_face_model
+from facepgn.geometry import euler_to_matrix, project
+
+# iBUG 68 landmark index groups.
+_BROW_R, _BROW_L = list(range(17, 22)), list(range(22, 27))
+_EYE_R, _EYE_L = list(range(36, 42)), list(range(42, 48))
+_LIPS_OUTER, _LIPS_INNER = list(range(48, 60)), list(range(60, 68))
+
+_SKIN_TONES = np.array(
+    [
+        [0.98, 0.84, 0.74],
+        [0.93, 0.76, 0.64],
+        [0.86, 0.66, 0.52],
+        [0.76, 0.56, 0.41],
+        [0.62, 0.43, 0.30],
+        [0.45, 0.30, 0.21],
+        [0.33, 0.22, 0.16],
+    ],
+    dtype=np.float32,
+)
+_HAIR_COLOURS = np.array(
+    [[0.08, 0.06, 0.05], [0.20, 0.13, 0.08], [0.35, 0.23, 0.13], [0.55, 0.40, 0.22], [0.75, 0.62, 0.40], [0.45, 0.43, 0.42]],
+    dtype=np.float32,
+)
+_IRIS_COLOURS = np.array([[0.25, 0.15, 0.08], [0.12, 0.08, 0.05], [0.30, 0.40, 0.50], [0.30, 0.35, 0.20]], dtype=np.float32)
+
+
+# ---- the renderable face: closed holes + appearance regions --------------------------------
+
+
+@dataclass(frozen=True)
+class FaceSkin:
+    """The face model's mesh made renderable, and where its facial features are.
+
+    ``triangles`` index the model's vertices followed by ``num_extra`` extra vertices that close the
+    eye and mouth holes (``extra = fill_weights @ verts[fill_ids] + fill_offsets`` in model units);
+    ``regions`` are per-vertex weights in [0, 1] over all vertices (lips, brows, lash lines, nostrils,
+    eye fill: sclera/iris/pupil, mouth inside) plus ``height`` (0 at the brows, 1 at the top of the
+    mesh) used for the hairline.
+    """
+
+    triangles: np.ndarray
+    fill_ids: np.ndarray
+    fill_weights: np.ndarray
+    fill_offsets: np.ndarray
+    regions: dict[str, np.ndarray]
+    texture_coords: np.ndarray  # (V_all, 3) mean-shape positions normalised by the face height
+
+    @property
+    def num_extra(self) -> int:
+        return int(self.fill_weights.shape[0])
+
+    def close(self, verts: np.ndarray) -> np.ndarray:
+        """Model-frame vertices (V, 3) -> (V + num_extra, 3) with the hole-filling vertices appended."""
+        extra = self.fill_weights @ verts[self.fill_ids] + self.fill_offsets
+        return np.concatenate([verts, extra.astype(verts.dtype)], 0)
+
+
+def _boundary_loops(triangles: np.ndarray) -> list[np.ndarray]:
+    """Closed boundary loops (vertex ids in order) of a triangle mesh."""
+    edges = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    key = np.sort(edges, 1)
+    uniq, counts = np.unique(key, axis=0, return_counts=True)
+    boundary = uniq[counts == 1]
+    neighbours: dict[int, list[int]] = {}
+    for a, b in boundary:
+        neighbours.setdefault(int(a), []).append(int(b))
+        neighbours.setdefault(int(b), []).append(int(a))
+    seen: set[int] = set()
+    loops = []
+    for start in sorted(neighbours):
+        if start in seen:
+            continue
+        loop, prev, cur = [start], -1, start
+        seen.add(start)
+        while True:
+            nxt = [n for n in neighbours[cur] if n != prev and n not in seen]
+            if not nxt:
+                break
+            prev, cur = cur, nxt[0]
+            seen.add(cur)
+            loop.append(cur)
+        if len(loop) >= 3:
+            loops.append(np.array(loop, dtype=np.int64))
+    return loops
+
+
+def _polyline_distance(points: np.ndarray, poly: np.ndarray, closed: bool) -> np.ndarray:
+    """Distance from 2D points (N, 2) to a polyline (M, 2)."""
+    segs_a = poly if closed else poly[:-1]
+    segs_b = np.roll(poly, -1, 0) if closed else poly[1:]
+    ab = segs_b - segs_a
+    ap = points[:, None, :] - segs_a[None]
+    t = np.clip((ap * ab[None]).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12)[None], 0, 1)
+    closest = segs_a[None] + t[..., None] * ab[None]
+    return np.linalg.norm(points[:, None, :] - closest, axis=-1).min(1)
+
+
+def _inside(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    path = poly.astype(np.float32).reshape(-1, 1, 2)
+    return np.array([cv2.pointPolygonTest(path, (float(x), float(y)), False) >= 0 for x, y in points])
+
+
+_SKIN_CACHE: dict[int, FaceSkin] = {}
+
+
+def face_skin(model: FaceModel) -> FaceSkin:
+    """Build (once per model object) the closed mesh and feature regions from the mean shape."""
+    cached = _SKIN_CACHE.get(id(model))
+    if cached is not None:
+        return cached
+    mean = np.asarray(model.mean, dtype=np.float64)
+    tris = np.asarray(model.triangles, dtype=np.int64)
+    lm_ids = np.asarray(model.landmark_ids)
+    lm = np.where((lm_ids >= 0)[:, None], mean[np.maximum(lm_ids, 0)], np.nan)
+    face_h = float(np.nanmax(lm[:, 1]) - np.nanmin(lm[:, 1])) or float(np.ptp(mean[:, 1]))
+
+    loops = _boundary_loops(tris)
+    if loops:
+        loops.sort(key=len)
+        loops = loops[:-1]  # the longest loop is the outer border of the mask
+    centres = {
+        "eye_r": np.nanmean(lm[_EYE_R], 0),
+        "eye_l": np.nanmean(lm[_EYE_L], 0),
+        "mouth": np.nanmean(lm[_LIPS_INNER], 0),
+    }
+    fill_ids: list[int] = []
+    weight_rows: list[dict[int, float]] = []
+    offsets: list[np.ndarray] = []
+    new_tris: list[tuple[int, int, int]] = []
+    extra_kind: list[str] = []
+    v_base = len(mean)
+
+    def add_vertex(weights: dict[int, float], offset: np.ndarray, kind: str) -> int:
+        weight_rows.append(weights)
+        offsets.append(offset)
+        extra_kind.append(kind)
+        return v_base + len(weight_rows) - 1
+
+    for loop in loops:
+        c = mean[loop].mean(0)
+        name = min(centres, key=lambda k: np.linalg.norm(c[:2] - centres[k][:2]) if np.all(np.isfinite(centres[k])) else np.inf)
+        if not np.all(np.isfinite(centres[name])) or np.linalg.norm(c[:2] - centres[name][:2]) > 0.25 * face_h:
+            continue
+        # Orient the loop so the fan triangles face the camera like the mesh (CCW seen from +z).
+        pts = mean[loop, :2]
+        area = 0.5 * np.sum(pts[:, 0] * np.roll(pts[:, 1], -1) - np.roll(pts[:, 0], -1) * pts[:, 1])
+        if area < 0:
+            loop = loop[::-1]
+        n = len(loop)
+        uniform = {int(i): 1.0 / n for i in loop}
+        if name == "mouth":
+            centre = add_vertex(uniform, np.array([0.0, 0.0, -0.05 * face_h]), "mouth")
+            for k in range(n):
+                new_tris.append((int(loop[k]), int(loop[(k + 1) % n]), centre))
+        else:
+            # Concentric rings towards the centre: sclera, sclera, iris edge, then the pupil.
+            centre = add_vertex(uniform, np.zeros(3), "pupil")
+            rings = [[int(v) for v in loop]]
+            for frac, kind in ((0.85, "sclera"), (0.5, "sclera"), (0.36, "iris")):
+                ring = []
+                for k in range(n):
+                    w = {i: (1 - frac) / n for i in map(int, loop)}
+                    w[int(loop[k])] += frac
+                    ring.append(add_vertex(w, np.zeros(3), kind))
+                rings.append(ring)
+            for outer_ring, inner_ring in zip(rings[:-1], rings[1:]):
+                for k in range(n):
+                    a, b = outer_ring[k], outer_ring[(k + 1) % n]
+                    ra, rb = inner_ring[k], inner_ring[(k + 1) % n]
+                    new_tris += [(a, b, rb), (a, rb, ra)]
+            inner_ring = rings[-1]
+            for k in range(n):
+                new_tris.append((inner_ring[k], inner_ring[(k + 1) % n], centre))
+
+    all_ids = sorted({i for row in weight_rows for i in row})
+    col = {v: j for j, v in enumerate(all_ids)}
+    weights = np.zeros((len(weight_rows), len(all_ids)), dtype=np.float32)
+    for r, row in enumerate(weight_rows):
+        for v, w in row.items():
+            weights[r, col[v]] = w
+    fill_ids = np.array(all_ids, dtype=np.int64)
+    offs = np.array(offsets, dtype=np.float32).reshape(-1, 3)
+    triangles = np.concatenate([tris, np.array(new_tris, dtype=np.int64).reshape(-1, 3)]).astype(np.int32)
+    closed_mean = np.concatenate([mean, weights @ mean[fill_ids] + offs]) if len(weight_rows) else mean
+
+    # Feature regions, from the frontal (x, y) layout of the mean shape.
+    xy = closed_mean[:, :2]
+    v_all = len(closed_mean)
+    unit = face_h
+    regions: dict[str, np.ndarray] = {}
+
+    def soft(dist: np.ndarray, width: float) -> np.ndarray:
+        return np.clip(1.0 - dist / (width * unit), 0.0, 1.0).astype(np.float32)
+
+    is_base = np.arange(v_all) < v_base
+    front = closed_mean[:, 2] > np.nanmin(lm[:, 2]) - 0.1 * unit  # not the sides/back of the mask
+    if np.all(np.isfinite(lm[_LIPS_OUTER])):
+        outer = lm[_LIPS_OUTER, :2]
+        inside_lips = _inside(xy, outer)
+        d = _polyline_distance(xy, outer, closed=True)
+        regions["lips"] = np.where(inside_lips, 1.0, soft(d, 0.02)).astype(np.float32) * front * is_base
+    for name, ids in (("brow_r", _BROW_R), ("brow_l", _BROW_L)):
+        if np.all(np.isfinite(lm[ids])):
+            poly = lm[ids, :2].copy()
+            poly[:, 1] += 0.01 * unit  # brow hair sits a little above the landmarks' line
+            d = _polyline_distance(xy, poly, closed=False)
+            # Thicker towards the inner end (ids 21 / 22) is the usual brow shape.
+            regions[name] = (soft(d, 0.045) * front * is_base).astype(np.float32)
+    lash = np.zeros(v_all, np.float32)
+    for ids in (_EYE_R, _EYE_L):
+        if np.all(np.isfinite(lm[ids])):
+            lash = np.maximum(lash, soft(_polyline_distance(xy, lm[ids, :2], closed=True), 0.018))
+    regions["lash"] = lash * front * is_base
+    if np.all(np.isfinite(lm[[31, 33, 35]])):
+        nostril = np.zeros(v_all, np.float32)
+        for a, b in ((31, 33), (35, 33)):
+            spot = 0.6 * lm[a, :2] + 0.4 * lm[b, :2]
+            nostril = np.maximum(nostril, soft(np.linalg.norm(xy - spot, axis=1), 0.03))
+        regions["nostril"] = nostril * is_base
+    kinds = np.array(["skin"] * v_base + extra_kind)
+    for kind in ("pupil", "iris", "sclera", "mouth"):
+        regions[kind] = (kinds == kind).astype(np.float32)
+    brow_y = np.nanmax(lm[_BROW_R + _BROW_L, 1]) if np.all(np.isfinite(lm[_BROW_R + _BROW_L])) else np.nanmax(lm[:, 1])
+    top = float(mean[:, 1].max())
+    regions["height"] = ((closed_mean[:, 1] - brow_y) / max(top - brow_y, 1e-6)).astype(np.float32)
+    regions["front"] = front.astype(np.float32)
+
+    centre = np.nanmean(lm, 0)
+    skin = FaceSkin(
+        triangles=triangles,
+        fill_ids=fill_ids,
+        fill_weights=weights,
+        fill_offsets=offs,
+        regions=regions,
+        texture_coords=((closed_mean - centre) / unit).astype(np.float32),
+    )
+    _SKIN_CACHE[id(model)] = skin
+    return skin
+
+
+def random_albedo(skin: FaceSkin, rng: np.random.Generator, hair: bool | None = None) -> np.ndarray:
+    """Per-vertex albedo (V_all, 3) in [0, 1] for one identity: tone, blotches, features, hair."""
+    reg = skin.regions
+    t = rng.uniform(0, len(_SKIN_TONES) - 1)
+    lo = int(np.floor(t))
+    base = _SKIN_TONES[lo] * (1 - (t - lo)) + _SKIN_TONES[min(lo + 1, len(_SKIN_TONES) - 1)] * (t - lo)
+    base = np.clip(base * rng.uniform(0.92, 1.06) + rng.normal(0, 0.015, 3), 0.05, 1.0)
+    uv = skin.texture_coords
+    # Low-frequency blotches: a few random plane waves over the mean shape, mostly luminance + redness.
+    freqs = rng.normal(0, 1, (6, 3)) * rng.uniform(2.0, 7.0, (6, 1))
+    phases = rng.uniform(0, 2 * np.pi, 6)
+    waves = np.sin(uv @ freqs.T + phases)  # (V, 6)
+    mix = rng.normal(0, 1, (6, 3)) * 0.012 + rng.normal(0, 1, (6, 1)) * 0.03
+    albedo = base[None, :] * (1.0 + waves @ mix)
+    redness = np.clip(np.sin(uv @ rng.normal(0, 3, 3) + rng.uniform(0, 6.3)), 0, 1) * rng.uniform(0, 0.05)
+    albedo[:, 0] += redness
+    albedo[:, 2] -= 0.5 * redness
+
+    def paint(weight: np.ndarray, colour: np.ndarray, strength: float = 1.0) -> None:
+        w = (np.clip(weight, 0, 1) * strength)[:, None]
+        albedo[:] = albedo * (1 - w) + colour[None, :] * w
+
+    hair_colour = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.85, 1.1)
+    lip_colour = base * np.array([0.78, 0.52, 0.52]) * rng.uniform(0.8, 1.05)
+    if "lips" in reg:
+        paint(reg["lips"], lip_colour, rng.uniform(0.6, 0.9))
+    brow_colour = np.minimum(hair_colour, base * 0.45)
+    for name in ("brow_r", "brow_l"):
+        if name in reg:
+            paint(np.clip(reg[name] * 1.6, 0, 1), brow_colour, rng.uniform(0.6, 0.9))
+    if "lash" in reg:
+        paint(np.clip(reg["lash"] * 1.5, 0, 1), base * 0.25, 0.8)
+    if "nostril" in reg:
+        paint(reg["nostril"], base * 0.3, 0.8)
+    if hair if hair is not None else rng.random() < 0.8:
+        line = rng.uniform(0.45, 0.8)  # hairline height between brows (0) and mesh top (1)
+        w = np.clip((reg["height"] - line) / 0.08, 0, 1)
+        paint(w, hair_colour)
+    sclera = np.array([0.85, 0.83, 0.80]) * rng.uniform(0.8, 1.0)
+    paint(reg["sclera"], sclera)
+    paint(reg["iris"], _IRIS_COLOURS[rng.integers(len(_IRIS_COLOURS))])
+    paint(reg["pupil"], np.array([0.03, 0.03, 0.03]))
+    paint(reg["mouth"], np.array([0.15, 0.05, 0.05]))
+    return np.clip(albedo, 0.0, 1.0).astype(np.float32)
+
+
+def random_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A random textured background: smooth colour field, a few blurred shapes, sensor noise."""
+    grid = rng.integers(2, 6)
+    field = rng.uniform(0, 255, (grid, grid, 3)).astype(np.float32)
+    field = field * rng.uniform(0.3, 1.0) + rng.uniform(0, 120)
+    img = cv2.resize(field, (width, height), interpolation=cv2.INTER_CUBIC)
+    for _ in range(rng.integers(2, 7)):
+        colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
+        cx, cy = int(rng.uniform(0, width)), int(rng.uniform(0, height))
+        if rng.random() < 0.5:
+            axes = (int(rng.uniform(0.05, 0.4) * width), int(rng.uniform(0.05, 0.4) * height))
+            cv2.ellipse(img, (cx, cy), axes, float(rng.uniform(0, 180)), 0, 360, colour, -1)
+        else:
+            w, h = int(rng.uniform(0.05, 0.5) * width), int(rng.uniform(0.05, 0.5) * height)
+            cv2.rectangle(img, (cx - w // 2, cy - h // 2), (cx + w // 2, cy + h // 2), colour, -1)
+    sigma = rng.uniform(0.5, 3.0) * max(height, width) / 128
+    img = cv2.GaussianBlur(img, (0, 0), sigma)
+    img += rng.normal(0, rng.uniform(2, 8), img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# ---- sampling ------------------------------------------------------------------------------
+
+
+@dataclass
+class FaceParams:
+    """Ground truth of one rendered face (crop/frame pixels, model frame per facepgn.geometry)."""
+
+    id_coeffs: np.ndarray
+    exp_coeffs: np.ndarray
+    pose: np.ndarray  # pitch, yaw, roll radians
+    scale: float
+    translation: np.ndarray  # (3,)
+
+
+def sample_identity(rng: np.random.Generator, num_id: int, id_std: float = 1.0) -> np.ndarray:
+    return (rng.standard_normal(num_id) * id_std).astype(np.float32)
+
+
+def sample_expression(rng: np.random.Generator, num_exp: int, active_prob: float = 0.15) -> np.ndarray:
+    """Sparse blendshape weights in [0, 1]: each expression is on with ``active_prob``."""
+    on = rng.random(num_exp) < active_prob
+    return np.where(on, rng.uniform(0.1, 1.0, num_exp), 0.0).astype(np.float32)
+
+
+def sample_pose(rng: np.random.Generator, yaw_max_deg: float = 90, pitch_max_deg: float = 40, roll_max_deg: float = 30) -> np.ndarray:
+    """(pitch, yaw, roll) radians. |yaw| is uniform in [0, yaw_max], so the AFLW2000-3D buckets
+    [0,30], (30,60], (60,90] are equally represented; pitch and roll are truncated normals."""
+    yaw = rng.uniform(0, yaw_max_deg) * rng.choice([-1.0, 1.0])
+    pitch = float(np.clip(rng.normal(0, pitch_max_deg / 2), -pitch_max_deg, pitch_max_deg))
+    roll = float(np.clip(rng.normal(0, roll_max_deg / 2), -roll_max_deg, roll_max_deg))
+    return np.radians([pitch, yaw, roll]).astype(np.float32)
+
+
+def place_face(
+    model: FaceModel,
+    id_coeffs: np.ndarray,
+    exp_coeffs: np.ndarray,
+    pose: np.ndarray,
+    box_size: float,
+    centre: tuple[float, float],
+) -> tuple[float, np.ndarray]:
+    """Scale and translation putting the face's 68-landmark box (side ``box_size`` px, the larger of
+    its width and height) at ``centre``; translation z centres the landmarks' depth at 0."""
+    lm = model.landmarks(id_coeffs, exp_coeffs)[model.landmark_mask].astype(np.float64)
+    R = euler_to_matrix(np.asarray(pose, dtype=np.float64))
+    p = project(lm, 1.0, R, np.zeros(3))
+    extent = max(float(np.ptp(p[:, 0])), float(np.ptp(p[:, 1])), 1e-6)
+    scale = box_size / extent
+    mid = (p.max(0) + p.min(0)) / 2 * scale
+    t = np.array([centre[0] - mid[0], centre[1] - mid[1], -float(p[:, 2].mean()) * scale])
+    return float(scale), t
+
+
+@dataclass
+class FaceRender:
+    """A rendered face with its ground truth."""
+
+    image: np.ndarray  # RGB uint8
+    params: FaceParams
+    landmarks_3d: np.ndarray  # (68, 3) image px, NaN rows for unmapped landmarks
+    landmarks_visible: np.ndarray  # (68,) bool
+    verts: np.ndarray  # (V_all, 3) image-space vertices of the closed mesh
+    rendering: render.Rendering
+
+
+def render_face(
+    model: FaceModel,
+    params: FaceParams,
+    albedo: np.ndarray,
+    height: int,
+    width: int,
+    background: np.ndarray | None = None,
+    light_dir=(0.3, -0.4, 1.0),
+    ambient: float = 0.45,
+    diffuse: float = 0.6,
+    vertex_colours: np.ndarray | None = None,
+) -> FaceRender:
+    """Render one face; ``vertex_colours`` (pre-shaded, [0, 1]) bypasses the lighting (for pairs
+    with brightness constancy)."""
+    skin = face_skin(model)
+    verts_model = skin.close(model.vertices(params.id_coeffs, params.exp_coeffs).astype(np.float64))
+    R = euler_to_matrix(np.asarray(params.pose, dtype=np.float64))
+    verts = project(verts_model, float(params.scale), R, np.asarray(params.translation, dtype=np.float64))
+    if vertex_colours is None:
+        rendering = render.render(verts, skin.triangles, albedo, height, width, background, light_dir, ambient, diffuse)
+    else:
+        raster = render.rasterize(verts, skin.triangles, height, width)
+        image = np.zeros((height, width, 3), np.uint8) if background is None else background.copy()
+        mask = raster.mask
+        colours = render.interpolate(raster, skin.triangles, vertex_colours)
+        image[mask] = np.clip(colours[mask] * 255 + 0.5, 0, 255).astype(np.uint8)
+        rendering = render.Rendering(image, raster)
+    lm_ids = np.asarray(model.landmark_ids)
+    lm = np.full((len(lm_ids), 3), np.nan)
+    ok = lm_ids >= 0
+    lm[ok] = verts[lm_ids[ok]]
+    visible = np.zeros(len(lm_ids), dtype=bool)
+    extent = float(np.ptp(verts[: model.num_vertices, :2], axis=0).max())
+    visible[ok] = render.vertex_visibility(lm[ok], rendering.raster, tolerance=max(1.0, 0.015 * extent))
+    return FaceRender(rendering.image, params, lm, visible, verts, rendering)
+
+
+def shade_albedo(verts: np.ndarray, triangles: np.ndarray, albedo: np.ndarray, light_dir=(0.3, -0.4, 1.0), ambient=0.45, diffuse=0.6) -> np.ndarray:
+    return render.shade_vertices(render.vertex_normals(verts, triangles), albedo, light_dir, ambient, diffuse)
+
+
+def _random_light(rng: np.random.Generator) -> tuple[tuple[float, float, float], float, float]:
+    light = (rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.4), rng.uniform(0.6, 1.2))
+    ambient = rng.uniform(0.3, 0.6)
+    diffuse = rng.uniform(0.45, 0.8)
+    return light, ambient, diffuse
+
+
+def _camera_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Slight blur and sensor noise, so crops look less like clean renders."""
+    img = image.astype(np.float32)
+    if rng.random() < 0.5:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 0.9))
+    img += rng.normal(0, rng.uniform(0.5, 3.0), img.shape).astype(np.float32)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+# ---- labelled faces ------------------------------------------------------------------------
+
+
+@dataclass
+class FaceSettings:
+    """What the labelled-face generator samples (mirrors ``config.SyntheticFacesConfig``)."""
+
+    size: int = 128
+    num_id: int = 40
+    num_exp: int = 20
+    id_std: float = 1.0
+    expression_prob: float = 0.15
+    yaw_max_deg: float = 90.0
+    pitch_max_deg: float = 40.0
+    roll_max_deg: float = 30.0
+    face_fill: tuple[float, float] = (0.45, 0.65)  # landmark box side / crop side
+    centre_jitter: float = 0.05  # of the crop side
+    image_format: str = ".jpg"
+    face_model: str | None = None
+
+
+def face_model_for(settings: FaceSettings) -> FaceModel:
+    """The face model truncated to the settings' modes (cached by :func:`load_face_model`)."""
+    key = (settings.face_model, settings.num_id, settings.num_exp)
+    model = _TRUNCATED.get(key)
+    if model is None:
+        model = load_face_model(settings.face_model).truncated(settings.num_id, settings.num_exp)
+        _TRUNCATED[key] = model
+    return model
+
+
+_TRUNCATED: dict[tuple, FaceModel] = {}
+
+
+def synthesize_face(index: int, seed: int, settings: FaceSettings, model: FaceModel | None = None) -> tuple[FaceRender, dict[str, Any]]:
+    """Face ``index`` of the dataset with ``seed``: its rendering and its FACE_RECORD_SCHEMA row."""
+    model = model or face_model_for(settings)
+    rng = np.random.default_rng([seed, index])
+    s = settings.size
+    params = FaceParams(
+        id_coeffs=sample_identity(rng, model.num_id, settings.id_std),
+        exp_coeffs=sample_expression(rng, model.num_exp, settings.expression_prob),
+        pose=sample_pose(rng, settings.yaw_max_deg, settings.pitch_max_deg, settings.roll_max_deg),
+        scale=0.0,
+        translation=np.zeros(3),
+    )
+    box = rng.uniform(*settings.face_fill) * s
+    centre = (s / 2 + rng.uniform(-1, 1) * settings.centre_jitter * s, s / 2 + rng.uniform(-1, 1) * settings.centre_jitter * s)
+    params.scale, params.translation = place_face(model, params.id_coeffs, params.exp_coeffs, params.pose, box, centre)
+    albedo = random_albedo(face_skin(model), rng)
+    light, ambient, diffuse = _random_light(rng)
+    background = random_background(rng, s, s)
+    face = render_face(model, params, albedo, s, s, background, light, ambient, diffuse)
+    face.image = _camera_effects(face.image, rng)
+    row = face_record(face, index, seed, settings, model)
+    return face, row
+
+
+def face_record(face: FaceRender, index: int, seed: int, settings: FaceSettings, model: FaceModel) -> dict[str, Any]:
+    """The FACE_RECORD_SCHEMA row of a synthetic face (unmapped landmarks are stored as 0, hidden)."""
+    s = settings.size
+    lm = np.nan_to_num(face.landmarks_3d, nan=0.0)
+    return {
+        "record_id": f"synthetic-s{seed}/{index:08d}",
+        "source": "synthetic",
+        "subject_id": f"synthetic-s{seed}-{index:08d}",
+        "image": records.encode_image(face.image, settings.image_format),
+        "image_size": s,
+        "landmarks_2d": lm[:, :2].astype(np.float32),
+        "landmarks_3d": lm.astype(np.float32),
+        "landmarks_visible": face.landmarks_visible.astype(bool),
+        "pose": np.asarray(face.params.pose, np.float32),
+        "scale": float(face.params.scale),
+        "translation": np.asarray(face.params.translation, np.float32),
+        "id_coeffs": np.asarray(face.params.id_coeffs, np.float32),
+        "exp_coeffs": np.asarray(face.params.exp_coeffs, np.float32),
+        "face_model": model.name,
+        "crop_to_frame": records.crop_transform(0, 0, s, s).reshape(-1),
+        "source_path": f"synthetic:seed={seed}",
+    }
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _write_shard(task: tuple[int, int, int, int, FaceSettings, str]) -> dict[str, Any]:
+    """Generate faces [start, stop) and write them as one Parquet shard (atomic); returns stats."""
+    import pyarrow.parquet as pq
+
+    shard, start, stop, seed, settings, out_dir = task
+    path = storage.join(out_dir, f"part-{shard:05d}.parquet")
+    t0 = time.perf_counter()
+    model = face_model_for(settings)
+    rows = [synthesize_face(i, seed, settings, model)[1] for i in range(start, stop)]
+    table = records.to_table(rows, "face_record")
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    storage.atomic_write_bytes(path, buf.getvalue())
+    yaws = np.degrees(np.abs([r["pose"][1] for r in rows]))
+    return {
+        "shard": shard,
+        "path": path,
+        "rows": len(rows),
+        "seconds": time.perf_counter() - t0,
+        "yaw_buckets": np.histogram(yaws, bins=[0, 30, 60, 90.0001])[0].tolist(),
+        "visible_fraction": float(np.mean([np.mean(r["landmarks_visible"]) for r in rows])),
+    }
+
+
+def generate_faces(
+    out_dir: str,
+    n: int,
+    seed: int = 0,
+    settings: FaceSettings | None = None,
+    rows_per_shard: int = 256,
+    workers: int = 1,
+    resume: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write ``n`` synthetic labelled faces as ``part-NNNNN.parquet`` shards under ``out_dir``.
+
+    Shards are independent tasks run on ``workers`` processes; each is written atomically, and with
+    ``resume`` a rerun skips shards already present. ``progress(rows)`` is called as shards finish.
+    Returns counts and timings (what ``summary.json`` records).
+    """
+    settings = settings or FaceSettings()
+    storage.makedirs(out_dir)
+    tasks = []
+    skipped = []
+    for shard, start in enumerate(range(0, n, rows_per_shard)):
+        stop = min(n, start + rows_per_shard)
+        path = storage.join(out_dir, f"part-{shard:05d}.parquet")
+        if resume and storage.exists(path):
+            skipped.append({"shard": shard, "path": path, "rows": stop - start})
+            if progress:
+                progress(stop - start)
+            continue
+        tasks.append((shard, start, stop, seed, settings, out_dir))
+    t0 = time.perf_counter()
+    done: list[dict[str, Any]] = []
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            done.append(_write_shard(task))
+            if progress:
+                progress(done[-1]["rows"])
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+            for result in pool.map(_write_shard, tasks):
+                done.append(result)
+                if progress:
+                    progress(result["rows"])
+    elapsed = time.perf_counter() - t0
+    rows = sum(d["rows"] for d in done)
+    buckets = np.sum([d["yaw_buckets"] for d in done], 0).tolist() if done else [0, 0, 0]
+    return {
+        "faces": n,
+        "written": rows,
+        "skipped_existing": sum(s["rows"] for s in skipped),
+        "shards": sorted([d["path"] for d in done] + [s["path"] for s in skipped]),
+        "seconds": elapsed,
+        "faces_per_second": rows / elapsed if elapsed > 0 and rows else None,
+        "yaw_buckets_deg": {"[0,30]": buckets[0], "(30,60]": buckets[1], "(60,90]": buckets[2]},
+        "mean_visible_landmarks": float(np.mean([d["visible_fraction"] for d in done])) * 68 if done else None,
+    }
+
+
+def contact_sheet_from_records(paths: Iterable[str], limit: int = 64, columns: int = 8) -> np.ndarray:
+    """A grid of the first ``limit`` faces of face-record shards with their 68 landmarks drawn
+    (visible green, hidden red)."""
+    import pyarrow.parquet as pq
+
+    tiles = []
+    for path in paths:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
+        for row in table.slice(0, limit - len(tiles)).to_pylist():
+            img = records.decode_image(row["image"])
+            lm = np.asarray(row["landmarks_2d"], np.float32).reshape(-1, 2)
+            vis = row["landmarks_visible"]
+            tiles.append(render.draw_landmarks(img, lm, visible=vis))
+        if len(tiles) >= limit:
+            break
+    return render.contact_sheet(tiles, columns=columns)
