@@ -1,0 +1,281 @@
+"""The full reconstruction model: PGN + coefficient regressor + closed-form pose.
+
+``FaceReconstructor.forward(images)`` runs
+
+1. the coefficient regressor (``facepgn.nets.regressor``): identity and expression coefficients of
+   a truncated face model (``ModelConfig.num_id`` / ``num_exp`` modes);
+2. the Pose Guidance Network (``facepgn.nets.pgn``): the 68 landmarks in 3D, in crop pixels;
+3. the pose in closed form: the face model's 68 landmark vertices (from the predicted coefficients)
+   are fitted to the PGN's landmarks with the differentiable weighted similarity fit
+   (``facepgn.geometry.fit_pose``; weights = landmark mask x PGN confidence). Gradients of any loss on
+   the posed mesh reach both networks through the fit.
+
+With ``ModelConfig.pose = "direct"`` the PGN is absent and the regressor also predicts the pose
+(3DDFA style: log-scale, 6D rotation, x/y translation) -- the baseline the paper improves on.
+
+The geometry (face model reconstruction, fit, projection) always runs in float32, also under
+autocast. The truncated face model is stored as buffers, so a model file is standalone.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from facepgn import geometry
+from facepgn.config import ModelConfig
+from facepgn.errors import FacepgnError, InputError
+from facepgn.nets.pgn import NUM_LANDMARKS, PoseGuidanceNetwork
+from facepgn.nets.regressor import CoefficientRegressor, rotation_from_6d
+
+MODEL_FILE_FORMAT = "facepgn.model/1"
+
+# buffers that hold the (truncated) face model inside the module
+FACE_BUFFERS = ("fm_mean", "fm_id_basis", "fm_exp_basis", "fm_triangles", "fm_landmark_ids", "fm_landmark_mask")
+
+
+def _no_autocast(device_type: str):
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+class FaceReconstructor(nn.Module):
+    def __init__(self, cfg: ModelConfig, face_arrays: dict[str, np.ndarray | torch.Tensor], face_model_name: str = ""):
+        super().__init__()
+        self.cfg = cfg
+        self.face_model_name = face_model_name
+        self.input_size = cfg.input_size
+        mean = torch.as_tensor(np.asarray(face_arrays["mean"]), dtype=torch.float32)
+        id_basis = torch.as_tensor(np.asarray(face_arrays["id_basis"]), dtype=torch.float32)[: cfg.num_id]
+        exp_basis = torch.as_tensor(np.asarray(face_arrays["exp_basis"]), dtype=torch.float32)[: cfg.num_exp]
+        if id_basis.shape[0] != cfg.num_id or exp_basis.shape[0] != cfg.num_exp:
+            raise FacepgnError(
+                f"face model has {id_basis.shape[0]} identity / {exp_basis.shape[0]} expression modes, "
+                f"the model config asks for {cfg.num_id} / {cfg.num_exp}"
+            )
+        lm_ids = torch.as_tensor(np.asarray(face_arrays["landmark_ids"]), dtype=torch.long)
+        lm_mask = face_arrays.get("landmark_mask")
+        lm_mask = (lm_ids >= 0) if lm_mask is None else torch.as_tensor(np.asarray(lm_mask)).bool() & (lm_ids >= 0)
+        self.register_buffer("fm_mean", mean)
+        self.register_buffer("fm_id_basis", id_basis)
+        self.register_buffer("fm_exp_basis", exp_basis)
+        self.register_buffer("fm_triangles", torch.as_tensor(np.asarray(face_arrays["triangles"]), dtype=torch.long))
+        self.register_buffer("fm_landmark_ids", lm_ids)
+        self.register_buffer("fm_landmark_mask", lm_mask.float())
+        self.register_buffer("fm_normal_sign", torch.tensor(1.0))
+        self.fm_normal_sign.fill_(self._outward_normal_sign())
+
+        self.regressor = CoefficientRegressor(cfg.num_id, cfg.num_exp, cfg.regressor_width, direct_pose=cfg.pose == "direct")
+        self.pgn = PoseGuidanceNetwork(cfg.input_size, cfg.pgn_width, cfg.heatmap_stride) if cfg.pose == "pgn" else None
+        # direct pose: the scale that makes the mean face's landmarks span ~60% of the crop
+        lm = mean[lm_ids.clamp_min(0)][lm_mask]
+        extent = float((lm[:, 0].max() - lm[:, 0].min()).clamp_min(1e-6))
+        self.face_size = extent  # face-model units across the landmarks (normalises shape errors)
+        self.register_buffer("reference_scale", torch.tensor(0.6 * cfg.input_size / extent))
+
+    # ---- face model ------------------------------------------------------------------------
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.fm_mean.shape[0])
+
+    def model_vertices(self, id_coeffs: torch.Tensor, exp_coeffs: torch.Tensor, vertex_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Face-model-frame vertices (B, V, 3) (or only ``vertex_ids``) for the coefficients, float32."""
+        mean, idb, expb = self.fm_mean, self.fm_id_basis, self.fm_exp_basis
+        if vertex_ids is not None:
+            mean, idb, expb = mean[vertex_ids], idb[:, vertex_ids], expb[:, vertex_ids]
+        with _no_autocast(mean.device.type):
+            out = mean + torch.einsum("bk,kvc->bvc", id_coeffs.float(), idb) + torch.einsum("be,evc->bvc", exp_coeffs.float(), expb)
+        return out
+
+    def model_landmarks(self, id_coeffs: torch.Tensor, exp_coeffs: torch.Tensor) -> torch.Tensor:
+        """The 68 landmark vertices in the face-model frame (B, 68, 3); unmapped ones are the mean."""
+        return self.model_vertices(id_coeffs, exp_coeffs, self.fm_landmark_ids.clamp_min(0))
+
+    def _outward_normal_sign(self) -> float:
+        """+1 if the triangles wind so that cross products point out of the face (towards +z)."""
+        n = _vertex_normals(self.fm_mean[None], self.fm_triangles)[0]
+        return 1.0 if float(n[:, 2].mean()) >= 0 else -1.0
+
+    # ---- forward ---------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != self.input_size or images.shape[3] != self.input_size:
+            raise ValueError(f"expected images (B, 3, {self.input_size}, {self.input_size}), got {tuple(images.shape)}")
+        out: dict[str, torch.Tensor] = dict(self.regressor(images))
+        pgn_out = self.pgn(images) if self.pgn is not None else None
+        with _no_autocast(images.device.type):
+            id_c, exp_c = out["id_coeffs"].float(), out["exp_coeffs"].float()
+            model_lm = self.model_landmarks(id_c, exp_c)
+            mask = self.fm_landmark_mask.expand(model_lm.shape[:2])
+            if pgn_out is not None:
+                lm3d = pgn_out["landmarks_3d"].float()
+                conf = pgn_out["landmark_confidence"].float().detach()
+                floor = self.cfg.fit_weight_floor
+                weights = mask * (floor + (1.0 - floor) * conf)
+                scale, rotation, translation = geometry.fit_pose(model_lm, lm3d, weights)
+                out.update(landmarks_3d=lm3d, landmark_confidence=pgn_out["landmark_confidence"].float(), heatmaps=pgn_out["heatmaps"])
+            else:
+                scale, rotation, translation = self._direct_pose(out.pop("pose_params").float(), model_lm, mask)
+            mesh_lm = geometry.project(model_lm, scale, rotation, translation)
+            if pgn_out is None:
+                out["landmarks_3d"] = mesh_lm
+                out["landmark_confidence"] = mask.clone()
+        out.update(
+            id_coeffs=id_c,
+            exp_coeffs=exp_c,
+            scale=scale,
+            rotation=rotation,
+            translation=translation,
+            model_landmarks=model_lm,
+            mesh_landmarks=mesh_lm,
+            landmark_mask=mask,
+        )
+        return out
+
+    def _direct_pose(self, params: torch.Tensor, model_lm: torch.Tensor, mask: torch.Tensor):
+        s = self.reference_scale * torch.exp(params[:, 0].clamp(-3.0, 3.0))
+        rotation = rotation_from_6d(params[:, 1:7])
+        xy = self.input_size / 2.0 + params[:, 7:9] * self.input_size / 4.0
+        # z translation: centre the landmarks' depth (the convention of landmarks_3d)
+        rotated_z = (model_lm @ rotation.transpose(-1, -2))[..., 2] * s[:, None]
+        tz = -(rotated_z * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+        return s, rotation, torch.cat([xy, tz[:, None]], dim=-1)
+
+    # ---- helpers on outputs ----------------------------------------------------------------
+
+    def mesh_vertices(self, outputs: dict[str, torch.Tensor], vertex_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The posed mesh in crop pixels (B, V, 3) (or only ``vertex_ids``)."""
+        verts = self.model_vertices(outputs["id_coeffs"], outputs["exp_coeffs"], vertex_ids)
+        with _no_autocast(verts.device.type):
+            return geometry.project(verts, outputs["scale"].float(), outputs["rotation"].float(), outputs["translation"].float())
+
+    def vertex_visibility(self, outputs: dict[str, torch.Tensor], vertex_ids: torch.Tensor | None = None, min_cos: float = 0.1) -> torch.Tensor:
+        """Float mask (B, V) of vertices whose normal faces the camera (z of the rotated normal >
+        ``min_cos``). Back-face culling only: self-occlusion (nose at large yaw) is not modelled;
+        ``facepgn.render`` has the z-buffer version. No gradient."""
+        with torch.no_grad():
+            verts = self.model_vertices(outputs["id_coeffs"].detach(), outputs["exp_coeffs"].detach())
+            normals = _vertex_normals(verts, self.fm_triangles) * self.fm_normal_sign
+            if vertex_ids is not None:
+                normals = normals[:, vertex_ids]
+            nz = (normals @ outputs["rotation"].detach().float().transpose(-1, -2))[..., 2]
+            return (nz > min_cos).float()
+
+    def pose_angles(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(pitch, yaw, roll) radians (B, 3), AFLW2000-3D ``Pose_Para`` convention."""
+        return geometry.matrix_to_euler(outputs["rotation"].detach().float())
+
+    def face_arrays(self) -> dict[str, np.ndarray]:
+        """The truncated face model this network predicts coefficients for (numpy)."""
+        return {
+            "mean": self.fm_mean.cpu().numpy(),
+            "id_basis": self.fm_id_basis.cpu().numpy(),
+            "exp_basis": self.fm_exp_basis.cpu().numpy(),
+            "triangles": self.fm_triangles.cpu().numpy().astype(np.int32),
+            "landmark_ids": self.fm_landmark_ids.cpu().numpy().astype(np.int32),
+            "landmark_mask": self.fm_landmark_mask.cpu().numpy().astype(bool),
+        }
+
+
+def _vertex_normals(verts: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals (B, V, 3) of meshes (B, V, 3)."""
+    v0, v1, v2 = verts[:, triangles[:, 0]], verts[:, triangles[:, 1]], verts[:, triangles[:, 2]]
+    face_n = torch.cross(v1 - v0, v2 - v0, dim=-1)
+    normals = torch.zeros_like(verts)
+    for k in range(3):
+        normals.index_add_(1, triangles[:, k], face_n)
+    return torch.nn.functional.normalize(normals, dim=-1)
+
+
+# ---- building, saving, loading -------------------------------------------------------------
+
+
+def face_arrays_from_model(face_model: Any, num_id: int, num_exp: int) -> dict[str, np.ndarray]:
+    """Arrays of a ``facepgn.facemodel.FaceModel`` truncated to ``num_id`` / ``num_exp`` modes."""
+    if hasattr(face_model, "truncated"):
+        face_model = face_model.truncated(num_id, num_exp)
+    out = {
+        "mean": np.asarray(face_model.mean, dtype=np.float32),
+        "id_basis": np.asarray(face_model.id_basis, dtype=np.float32)[:num_id],
+        "exp_basis": np.asarray(face_model.exp_basis, dtype=np.float32)[:num_exp],
+        "triangles": np.asarray(face_model.triangles, dtype=np.int64),
+        "landmark_ids": np.asarray(face_model.landmark_ids, dtype=np.int64),
+    }
+    mask = getattr(face_model, "landmark_mask", None)
+    out["landmark_mask"] = (out["landmark_ids"] >= 0) if mask is None else np.asarray(mask, dtype=bool)
+    return out
+
+
+def build_model(cfg: ModelConfig, face_model: Any = None) -> FaceReconstructor:
+    """A freshly initialised model. ``face_model``: a ``FaceModel`` (default: load ``cfg.face_model``
+    or the default asset)."""
+    if face_model is None:
+        from facepgn.facemodel import load_face_model
+
+        face_model = load_face_model(cfg.face_model)
+    arrays = face_arrays_from_model(face_model, cfg.num_id, cfg.num_exp)
+    return FaceReconstructor(cfg, arrays, face_model_name=str(getattr(face_model, "name", "")))
+
+
+def model_file_payload(model: FaceReconstructor) -> dict[str, Any]:
+    """What a model file holds: only tensors, strings and plain containers (loads with weights_only)."""
+    core = unwrap(model)
+    return {
+        "format": MODEL_FILE_FORMAT,
+        "config": core.cfg.model_dump(mode="json"),
+        "face_model_name": core.face_model_name,
+        "state_dict": {k: v.detach().cpu() for k, v in core.state_dict().items()},
+    }
+
+
+def model_from_payload(payload: dict[str, Any], source: str = "model file") -> FaceReconstructor:
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
+        raise InputError(source, f"not a facepgn model file (expected format {MODEL_FILE_FORMAT})")
+    from facepgn.config import build_config
+
+    cfg = build_config(ModelConfig, payload["config"], source)
+    state = payload["state_dict"]
+    arrays = {name[3:]: state[name].numpy() for name in FACE_BUFFERS}
+    model = FaceReconstructor(cfg, arrays, face_model_name=payload.get("face_model_name", ""))
+    model.load_state_dict(state)
+    return model
+
+
+def save_model_file(model: FaceReconstructor, path: str | os.PathLike) -> None:
+    """Write a standalone model file (config + weights + truncated face model), atomically."""
+    import io
+
+    from facepgn import storage
+
+    buf = io.BytesIO()
+    torch.save(model_file_payload(model), buf)
+    storage.atomic_write_bytes(str(path), buf.getvalue())
+
+
+def load_model_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> FaceReconstructor:
+    """Load a model file written by :func:`save_model_file` (``torch.load(weights_only=True)``), in eval mode."""
+    import io
+
+    from facepgn import storage
+
+    try:
+        data = storage.read_bytes(str(path))
+    except FileNotFoundError:
+        raise InputError(path, "model file not found") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise InputError(path, f"not a readable model file ({exc.__class__.__name__})") from None
+    model = model_from_payload(payload, str(path))
+    return model.to(map_location).eval()
+
+
+def unwrap(model: nn.Module) -> FaceReconstructor:
+    """The FaceReconstructor inside a DDP / compiled wrapper."""
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)  # type: ignore[return-value]

@@ -1,0 +1,315 @@
+"""Face-record and frame-pair batches -> tensors for ``facepgn.train.step``.
+
+A batch may come as Ray Data gives it (``iter_batches(batch_format="numpy")``: a dict of numpy
+columns, list columns as 2D arrays or object arrays of arrays, nulls as None), as a pyarrow Table,
+as a pandas DataFrame, or as a list of row dicts. The output is a dict of tensors:
+
+faces (``face_batch_to_tensors``): ``images`` (B,3,S,S) float in [0,1]; ``landmarks_2d`` (B,68,2);
+``landmarks_3d`` (B,68,3) with ``has_3d`` (B,); ``landmarks_visible`` (B,68); ``id_coeffs`` (B,K),
+``exp_coeffs`` (B,E) with ``has_coeffs`` (B,); ``pose`` (B,3), ``scale`` (B,), ``translation`` (B,3)
+with ``has_pose`` (B,). Crops of another size than the model's ``S`` are resized and their
+coordinates scaled (pixel centres at integers, as ``cv2.resize`` does).
+
+pairs (``pair_batch_to_tensors``): ``images_a``, ``images_b`` (B,3,S,S); ``flow`` (B,2,S,S) A->B in
+crop pixels; ``landmarks_2d_a``, ``landmarks_2d_b`` (B,68,2) with ``has_landmarks_2d`` (B,).
+
+A training step takes ``{"faces": ..., "pairs": ...}`` (either may be missing): ``mixed_batch``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import torch
+
+from facepgn import records
+from facepgn.errors import InputError
+
+NUM_LANDMARKS = records.NUM_LANDMARKS
+
+
+# ---- column access -------------------------------------------------------------------------
+
+
+def _num_rows(batch: Any) -> int:
+    if isinstance(batch, pa.Table):
+        return batch.num_rows
+    if isinstance(batch, list):
+        return len(batch)
+    if hasattr(batch, "shape") and hasattr(batch, "columns"):  # pandas
+        return int(batch.shape[0])
+    first = next(iter(batch.values()))
+    return len(first)
+
+
+def column(batch: Any, name: str) -> list | None:
+    """One column as a list of per-row values (None for nulls), or None if the batch lacks it."""
+    if isinstance(batch, pa.Table):
+        return batch.column(name).to_pylist() if name in batch.column_names else None
+    if isinstance(batch, list):
+        return [row.get(name) for row in batch] if batch and name in batch[0] else None
+    if hasattr(batch, "columns") and hasattr(batch, "shape"):  # pandas
+        return batch[name].tolist() if name in batch.columns else None
+    if name not in batch:
+        return None
+    values = batch[name]
+    if isinstance(values, np.ndarray) and values.dtype != object and values.ndim >= 2:
+        return list(values)
+    return list(values)
+
+
+def _array(value: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=np.float32)
+    if arr.size == 0:
+        return None
+    return arr.reshape(shape)
+
+
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, np.ndarray):
+        return value.tobytes()
+    raise TypeError(f"expected bytes, got {type(value).__name__}")
+
+
+# ---- images, flows, coordinates ------------------------------------------------------------
+
+
+def decode_crop(data: Any, size: int, source: str = "record") -> tuple[np.ndarray, float]:
+    """JPEG/PNG bytes -> (RGB uint8 (size, size, 3), factor = size / original side)."""
+    try:
+        rgb = records.decode_image(_bytes(data))
+    except (ValueError, TypeError) as exc:
+        raise InputError(source, f"image cannot be decoded ({exc})") from None
+    if rgb.shape[0] != rgb.shape[1]:
+        raise InputError(source, f"crop is not square ({rgb.shape[1]}x{rgb.shape[0]})")
+    factor = size / rgb.shape[0]
+    if rgb.shape[0] != size:
+        interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (size, size), interpolation=interp)
+    return rgb, factor
+
+
+def rescale_points(points: np.ndarray, factor: float) -> np.ndarray:
+    """Crop-pixel points (..., 2 or 3) after resizing the crop by ``factor`` (z scales like x, y)."""
+    if factor == 1.0:
+        return points
+    out = points.copy()
+    out[..., :2] = (points[..., :2] + 0.5) * factor - 0.5
+    if points.shape[-1] > 2:
+        out[..., 2:] = points[..., 2:] * factor
+    return out
+
+
+def resize_flow(flow: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 2) flow resized to (size, size, 2), vectors scaled with the image."""
+    if flow.shape[0] == size:
+        return flow
+    factor = size / flow.shape[0]
+    return cv2.resize(flow, (size, size), interpolation=cv2.INTER_LINEAR) * factor
+
+
+def images_to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) list -> float (B, 3, H, W) in [0, 1]."""
+    arr = np.stack(images).astype(np.float32) / 255.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def augment_colour(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random brightness, contrast and per-channel gain (labelled crops only; geometry untouched)."""
+    b = images.shape[0]
+    u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    brightness = 0.75 + 0.5 * u(b, 1, 1, 1)
+    contrast = 0.75 + 0.5 * u(b, 1, 1, 1)
+    gain = 0.9 + 0.2 * u(b, 3, 1, 1)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    out = ((images - mean) * contrast + mean) * brightness * gain
+    return out.clamp(0.0, 1.0)
+
+
+def _fit(vec: np.ndarray | None, n: int) -> np.ndarray:
+    """Truncate or zero-pad coefficients to ``n`` modes."""
+    out = np.zeros(n, np.float32)
+    if vec is not None:
+        k = min(n, vec.size)
+        out[:k] = vec.reshape(-1)[:k]
+    return out
+
+
+# ---- the two batch kinds -------------------------------------------------------------------
+
+
+def face_batch_to_tensors(
+    batch: Any,
+    input_size: int,
+    num_id: int,
+    num_exp: int,
+    face_model_name: str | None = None,
+    augment: bool = False,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Face records (``FACE_RECORD_SCHEMA`` columns) -> tensors (see the module docstring).
+
+    Coefficients count only where the record's ``face_model`` equals ``face_model_name`` (when both
+    are known) and it has exactly ``num_exp`` expression weights (a truncated blendshape model keeps a
+    chosen subset, ``FaceModel.truncated``); identity is truncated / zero-padded to ``num_id``.
+    """
+    n = _num_rows(batch)
+    ids = column(batch, "record_id") or [f"row {i}" for i in range(n)]
+    col = {name: column(batch, name) or [None] * n for name in (
+        "image", "landmarks_2d", "landmarks_3d", "landmarks_visible", "pose", "scale", "translation",
+        "id_coeffs", "exp_coeffs", "face_model")}
+    images, lm2d, lm3d, has3d, visible, coeffs_id, coeffs_exp, has_coeffs = [], [], [], [], [], [], [], []
+    poses, scales, translations, has_pose = [], [], [], []
+    for i in range(n):
+        source = f"face record {ids[i]}"
+        rgb, f = decode_crop(col["image"][i], input_size, source)
+        images.append(rgb)
+        p2 = _array(col["landmarks_2d"][i], (NUM_LANDMARKS, 2))
+        if p2 is None:
+            raise InputError(source, "landmarks_2d is missing")
+        lm2d.append(rescale_points(p2, f))
+        p3 = _array(col["landmarks_3d"][i], (NUM_LANDMARKS, 3))
+        has3d.append(p3 is not None)
+        lm3d.append(rescale_points(p3, f) if p3 is not None else np.zeros((NUM_LANDMARKS, 3), np.float32))
+        vis = col["landmarks_visible"][i]
+        visible.append(np.ones(NUM_LANDMARKS, np.float32) if vis is None else np.asarray(vis, np.float32).reshape(NUM_LANDMARKS))
+        cid, cexp = _array(col["id_coeffs"][i], (-1,)), _array(col["exp_coeffs"][i], (-1,))
+        name = col["face_model"][i]
+        same_model = face_model_name is None or name is None or not face_model_name or name == face_model_name
+        # identity modes are PCA-ordered (truncating is sound); expression blendshapes are a chosen
+        # subset, so their count must match the model's exactly
+        has_coeffs.append(cid is not None and cexp is not None and same_model and cexp.size == num_exp)
+        coeffs_id.append(_fit(cid, num_id))
+        coeffs_exp.append(_fit(cexp, num_exp))
+        pose, scale, trans = _array(col["pose"][i], (3,)), col["scale"][i], _array(col["translation"][i], (3,))
+        ok = pose is not None and scale is not None and trans is not None
+        has_pose.append(ok)
+        poses.append(pose if pose is not None else np.zeros(3, np.float32))
+        scales.append(float(scale) * f if scale is not None else 0.0)
+        translations.append(rescale_points(trans[None], f)[0] if trans is not None else np.zeros(3, np.float32))
+    out = {
+        "images": images_to_tensor(images),
+        "landmarks_2d": torch.from_numpy(np.stack(lm2d).astype(np.float32)),
+        "landmarks_3d": torch.from_numpy(np.stack(lm3d).astype(np.float32)),
+        "has_3d": torch.tensor(has3d, dtype=torch.float32),
+        "landmarks_visible": torch.from_numpy(np.stack(visible)),
+        "id_coeffs": torch.from_numpy(np.stack(coeffs_id)),
+        "exp_coeffs": torch.from_numpy(np.stack(coeffs_exp)),
+        "has_coeffs": torch.tensor(has_coeffs, dtype=torch.float32),
+        "pose": torch.from_numpy(np.stack(poses).astype(np.float32)),
+        "scale": torch.tensor(scales, dtype=torch.float32),
+        "translation": torch.from_numpy(np.stack(translations).astype(np.float32)),
+        "has_pose": torch.tensor(has_pose, dtype=torch.float32),
+    }
+    if augment:
+        out["images"] = augment_colour(out["images"], generator)
+    return out
+
+
+def pair_batch_to_tensors(batch: Any, input_size: int) -> dict[str, torch.Tensor]:
+    """Frame pairs (``FRAME_PAIR_SCHEMA`` columns) -> tensors (see the module docstring)."""
+    n = _num_rows(batch)
+    ids = column(batch, "pair_id") or [f"row {i}" for i in range(n)]
+    col = {name: column(batch, name) or [None] * n for name in (
+        "image_a", "image_b", "flow", "image_size", "landmarks_2d_a", "landmarks_2d_b")}
+    imgs_a, imgs_b, flows, lm_a, lm_b, has_lm = [], [], [], [], [], []
+    for i in range(n):
+        source = f"frame pair {ids[i]}"
+        a, f = decode_crop(col["image_a"][i], input_size, source)
+        b, _ = decode_crop(col["image_b"][i], input_size, source)
+        side = int(col["image_size"][i]) if col["image_size"][i] is not None else int(round(input_size / f))
+        try:
+            flow = records.decode_flow(_bytes(col["flow"][i]), side)
+        except (ValueError, TypeError) as exc:
+            raise InputError(source, f"flow cannot be decoded ({exc})") from None
+        imgs_a.append(a)
+        imgs_b.append(b)
+        flows.append(resize_flow(flow, input_size))
+        pa_, pb_ = _array(col["landmarks_2d_a"][i], (NUM_LANDMARKS, 2)), _array(col["landmarks_2d_b"][i], (NUM_LANDMARKS, 2))
+        ok = pa_ is not None and pb_ is not None
+        has_lm.append(ok)
+        lm_a.append(rescale_points(pa_, f) if ok else np.zeros((NUM_LANDMARKS, 2), np.float32))
+        lm_b.append(rescale_points(pb_, f) if ok else np.zeros((NUM_LANDMARKS, 2), np.float32))
+    out = {
+        "images_a": images_to_tensor(imgs_a),
+        "images_b": images_to_tensor(imgs_b),
+        "flow": torch.from_numpy(np.stack(flows).astype(np.float32)).permute(0, 3, 1, 2).contiguous(),
+    }
+    if any(has_lm):
+        out["landmarks_2d_a"] = torch.from_numpy(np.stack(lm_a).astype(np.float32))
+        out["landmarks_2d_b"] = torch.from_numpy(np.stack(lm_b).astype(np.float32))
+        out["has_landmarks_2d"] = torch.tensor(has_lm, dtype=torch.float32)
+    return out
+
+
+def mixed_batch(faces: Mapping[str, torch.Tensor] | None, pairs: Mapping[str, torch.Tensor] | None) -> dict[str, dict[str, torch.Tensor]]:
+    """The step's input: labelled faces and/or frame pairs."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    if faces is not None:
+        out["faces"] = dict(faces)
+    if pairs is not None:
+        out["pairs"] = dict(pairs)
+    if not out:
+        raise ValueError("a batch needs faces, pairs or both")
+    return out
+
+
+def to_device(batch: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """Move a (nested) dict of tensors to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+    return batch
+
+
+# ---- Parquet sources for the plain loop ----------------------------------------------------
+
+
+def read_records(paths: Sequence[str], kind: str) -> pa.Table:
+    """Read every Parquet file under ``paths`` (files, folders, globs; local or s3://) into one
+    table, checked against the ``kind`` schema (``face_record`` or ``frame_pair``)."""
+    import pyarrow.parquet as pq
+
+    from facepgn import storage
+
+    tables = []
+    for root in paths:
+        files = storage.list_files(str(root), [".parquet"])
+        if not files:
+            raise InputError(root, f"no .parquet files found ({kind} data)")
+        for path in files:
+            fs, fs_path = storage.pyarrow_filesystem(path)
+            try:
+                table = pq.read_table(fs_path, filesystem=fs)
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise InputError(path, f"not a readable Parquet file ({exc.__class__.__name__})") from None
+            records.check_table(table, kind, path)
+            tables.append(table.select([f.name for f in records.SCHEMAS[kind][0]]))
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def random_batches(table: pa.Table, batch_size: int, seed: int = 0) -> Iterator[pa.Table]:
+    """Endless batches of ``batch_size`` rows, reshuffled every epoch (drops no row: the last batch
+    of an epoch is topped up from the next permutation)."""
+    if table.num_rows == 0:
+        raise ValueError("cannot draw batches from an empty table")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(table.num_rows)
+    pos = 0
+    while True:
+        idx = []
+        while len(idx) < batch_size:
+            if pos >= len(order):
+                order, pos = rng.permutation(table.num_rows), 0
+            take = order[pos : pos + batch_size - len(idx)]
+            idx.extend(take.tolist())
+            pos += len(take)
+        yield table.take(pa.array(idx))
