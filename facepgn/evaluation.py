@@ -1,0 +1,727 @@
+"""The benchmark protocol: landmark NME (AFLW2000-3D, 3DDFA protocol), pose error, dense shape error,
+and the report writer (Markdown table, cumulative error distribution plot, metrics.json).
+
+Protocol (as in cleardusk/3DDFA ``benchmark_aflw2000.py``, reproduced exactly for 2D-68):
+
+* per image NME = mean over the points of the Euclidean error, divided by ``sqrt(w * h)`` of the
+  ground truth's 68-point 2D bounding box (the same normaliser for every variant);
+* 2D uses (x, y); 3D uses (x, y, z) after centring z of prediction and ground truth separately (the
+  z origin of image-space landmarks is arbitrary);
+* the 51-point variant drops the jaw line (points 0..16, keeps 17..67);
+* images are bucketed by ``|yaw|`` in degrees, as published (no wrapping: the standard
+  ``AFLW2000-3D.pose.npy`` has 7 images with ``|yaw| > 90`` which land in (60, 90]), giving
+  1312/383/305 images over the full 2000; the headline is the mean of the three bucket means.
+
+All NME values are fractions of the face size (the report shows them in percent). Pose errors are
+in degrees, with differences wrapped into [-180, 180).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from facepgn import storage
+from facepgn.errors import FacepgnError, InputError
+
+log = logging.getLogger(__name__)
+
+NUM_LANDMARKS = 68
+JAWLESS_POINTS = np.arange(17, 68)  # the 51-point variant
+YAW_BUCKETS: tuple[tuple[str, float, float], ...] = (
+    ("[0,30]", -math.inf, 30.0),
+    ("(30,60]", 30.0, 60.0),
+    ("(60,90]", 60.0, math.inf),
+)
+STANDARD_ARRAYS = "media/aflw2000-3d-arrays"  # inside the shared folder
+STANDARD_NUM_IMAGES = 2000
+
+# predict_fn: RGB uint8 crops (B, S, S, 3) -> (B, 68, 2|3) crop-pixel landmarks, or a mapping of
+# named landmark sets (B, 68, 2|3) plus an optional "pose" (B, 3): pitch, yaw, roll radians.
+PredictFn = Callable[[np.ndarray], "np.ndarray | Mapping[str, np.ndarray]"]
+
+
+# ---- array helpers -----------------------------------------------------------------------------
+
+
+def as_landmarks(array: Any, name: str = "landmarks") -> np.ndarray:
+    """(N, 68, D) float64 from (N, 68, D), (N, D, 68) (3DDFA layout), (68, D) or (D, 68); D in {2, 3}."""
+    a = np.asarray(array, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise FacepgnError(f"{name}: expected (N, 68, 2|3) or (N, 2|3, 68) landmarks, got shape {a.shape}")
+    if a.shape[1] == NUM_LANDMARKS and a.shape[2] in (2, 3):
+        return a
+    if a.shape[2] == NUM_LANDMARKS and a.shape[1] in (2, 3):
+        return a.transpose(0, 2, 1)
+    raise FacepgnError(f"{name}: expected (N, 68, 2|3) or (N, 2|3, 68) landmarks, got shape {a.shape}")
+
+
+def face_size(gt: np.ndarray) -> np.ndarray:
+    """(N,) ``sqrt(w * h)`` of each ground truth's 2D bounding box (the NME normaliser)."""
+    gt = as_landmarks(gt, "ground truth")
+    extent = gt[..., :2].max(axis=1) - gt[..., :2].min(axis=1)
+    return np.sqrt(extent[:, 0] * extent[:, 1])
+
+
+def nme(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    dims: int = 2,
+    points: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
+    """(N,) normalised mean error per image, 2D (x, y) or 3D (x, y, centred z); see the module doc."""
+    pred = as_landmarks(pred, "prediction")
+    gt = as_landmarks(gt, "ground truth")
+    if pred.shape[0] != gt.shape[0]:
+        raise FacepgnError(f"prediction has {pred.shape[0]} faces, ground truth {gt.shape[0]}")
+    if dims not in (2, 3):
+        raise ValueError("dims must be 2 or 3")
+    if dims == 3 and (pred.shape[2] < 3 or gt.shape[2] < 3):
+        raise FacepgnError("3D NME needs 3D landmarks in both prediction and ground truth")
+    p, g = pred[..., :dims].copy(), gt[..., :dims].copy()
+    if dims == 3:
+        p[..., 2] -= p[..., 2].mean(axis=1, keepdims=True)
+        g[..., 2] -= g[..., 2].mean(axis=1, keepdims=True)
+    idx = np.arange(NUM_LANDMARKS) if points is None else np.asarray(points)
+    dist = np.linalg.norm(p[:, idx] - g[:, idx], axis=-1)
+    return dist.mean(axis=1) / face_size(gt)
+
+
+def yaw_bucket_index(yaw_degrees: np.ndarray) -> np.ndarray:
+    """(N,) bucket 0, 1, 2 for |yaw| in [0,30], (30,60], (60,...) degrees (unwrapped, as published)."""
+    a = np.abs(np.asarray(yaw_degrees, dtype=np.float64).reshape(-1))
+    out = np.full(a.shape, 2, dtype=np.int64)
+    out[a <= 60.0] = 1
+    out[a <= 30.0] = 0
+    return out
+
+
+def bucket_counts(yaw_degrees: np.ndarray) -> dict[str, int]:
+    idx = yaw_bucket_index(yaw_degrees)
+    return {name: int((idx == i).sum()) for i, (name, _, _) in enumerate(YAW_BUCKETS)}
+
+
+def bucket_means(values: np.ndarray, yaw_degrees: np.ndarray) -> dict[str, float]:
+    """Per-bucket means of per-image ``values``, ``mean`` (the mean of the bucket means: the
+    headline) and ``all`` (the plain mean). An empty bucket is NaN and left out of ``mean``."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    idx = yaw_bucket_index(yaw_degrees)
+    if idx.shape != values.shape:
+        raise FacepgnError(f"{values.size} values but {idx.size} yaw angles")
+    out: dict[str, float] = {}
+    for i, (name, _, _) in enumerate(YAW_BUCKETS):
+        sel = values[idx == i]
+        out[name] = float(sel.mean()) if sel.size else float("nan")
+    present = [out[name] for name, _, _ in YAW_BUCKETS if not math.isnan(out[name])]
+    out["mean"] = float(np.mean(present)) if present else float("nan")
+    out["all"] = float(values.mean()) if values.size else float("nan")
+    return out
+
+
+def wrap_degrees(angles: np.ndarray) -> np.ndarray:
+    """Angles (degrees) wrapped into [-180, 180)."""
+    return (np.asarray(angles, dtype=np.float64) + 180.0) % 360.0 - 180.0
+
+
+def pose_errors(pred_degrees: np.ndarray, gt_degrees: np.ndarray) -> np.ndarray:
+    """(N, 3) absolute wrapped differences of (pitch, yaw, roll) in degrees."""
+    p = np.asarray(pred_degrees, dtype=np.float64).reshape(-1, 3)
+    g = np.asarray(gt_degrees, dtype=np.float64).reshape(-1, 3)
+    if p.shape != g.shape:
+        raise FacepgnError(f"pose prediction has {p.shape[0]} rows, ground truth {g.shape[0]}")
+    return np.abs(wrap_degrees(p - g))
+
+
+def pose_mae(pred_degrees: np.ndarray, gt_degrees: np.ndarray) -> dict[str, float]:
+    """Mean absolute error in degrees of pitch, yaw, roll (wrapped) and their mean."""
+    err = pose_errors(pred_degrees, gt_degrees)
+    out = {name: float(err[:, i].mean()) for i, name in enumerate(("pitch", "yaw", "roll"))}
+    out["mean"] = float(err.mean())
+    return out
+
+
+# ---- dense shape error -------------------------------------------------------------------------
+
+
+@dataclass
+class ShapeError:
+    """Dense shape error after similarity alignment of the prediction onto the ground truth."""
+
+    rmse: float  # sqrt(mean squared distance), ground-truth units (mm for Florence scans)
+    mean_distance: float
+    num_points: int  # ground-truth points used (after the nose-tip crop)
+    iterations: int
+    scale: float
+    rotation: np.ndarray
+    translation: np.ndarray
+    aligned: np.ndarray  # the prediction's vertices aligned onto the ground truth
+
+
+def similarity_align(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None):
+    """``(s, R, t)`` with ``dst ≈ s R src + t`` (proper rotation) -- ``facepgn.geometry.similarity_fit``."""
+    from facepgn.geometry import similarity_fit
+
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    s, R, t = similarity_fit(src, dst, w)
+    return float(s), np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64)
+
+
+def _apply(points: np.ndarray, s: float, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return s * points @ R.T + t
+
+
+def shape_error(
+    pred_vertices: np.ndarray,
+    gt_vertices: np.ndarray,
+    *,
+    correspondence: str = "known",
+    pred_landmarks: np.ndarray | None = None,
+    gt_landmarks: np.ndarray | None = None,
+    crop_radius: float | None = None,
+    gt_nose_tip: np.ndarray | int | None = None,
+    allow_scale: bool = True,
+    max_iterations: int = 50,
+    tolerance: float = 1e-7,
+) -> ShapeError:
+    """Dense 3D shape error (Florence / FaceWarehouse style).
+
+    ``correspondence="known"``: the meshes share a topology (vertex i matches vertex i); one
+    similarity fit, then the RMSE over the (cropped) ground-truth vertices.
+    ``correspondence="nearest"``: different topologies; start from a landmark fit (if both landmark
+    sets are given) or from matching centroids and RMS radii, then iterate: each ground-truth point's
+    nearest aligned predicted vertex (``scipy.spatial.cKDTree``) -> similarity refit, until the RMSE
+    stops improving. Distances are ground truth -> prediction, as in the Florence protocol.
+    ``crop_radius``: keep only ground-truth points within this distance of ``gt_nose_tip`` (a point or
+    a vertex index), e.g. 95 (mm) for Florence. ``allow_scale=False`` gives a rigid fit.
+    """
+    pred = np.asarray(pred_vertices, dtype=np.float64).reshape(-1, 3)
+    gt = np.asarray(gt_vertices, dtype=np.float64).reshape(-1, 3)
+    keep = np.arange(gt.shape[0])
+    if crop_radius is not None:
+        if gt_nose_tip is None:
+            raise ValueError("crop_radius needs gt_nose_tip (a vertex index or a 3D point)")
+        tip = gt[int(gt_nose_tip)] if np.ndim(gt_nose_tip) == 0 else np.asarray(gt_nose_tip, dtype=np.float64)
+        keep = np.flatnonzero(np.linalg.norm(gt - tip, axis=1) <= crop_radius)
+        if keep.size < 3:
+            raise FacepgnError(f"only {keep.size} ground-truth points within {crop_radius} of the nose tip")
+
+    def fit(src: np.ndarray, dst: np.ndarray):
+        s, R, t = similarity_align(src, dst)
+        if not allow_scale:
+            # rigid: refit t with unit scale
+            s = 1.0
+            t = dst.mean(axis=0) - src.mean(axis=0) @ R.T
+        return s, R, t
+
+    if correspondence == "known":
+        if pred.shape != gt.shape:
+            raise FacepgnError(f"known correspondence needs equal vertex counts, got {pred.shape[0]} and {gt.shape[0]}")
+        s, R, t = fit(pred[keep], gt[keep])
+        aligned = _apply(pred, s, R, t)
+        d = np.linalg.norm(aligned[keep] - gt[keep], axis=1)
+        return ShapeError(float(np.sqrt((d**2).mean())), float(d.mean()), int(keep.size), 1, s, R, t, aligned)
+    if correspondence != "nearest":
+        raise ValueError("correspondence must be 'known' or 'nearest'")
+
+    from scipy.spatial import cKDTree
+
+    target = gt[keep]
+    if pred_landmarks is not None and gt_landmarks is not None:
+        s, R, t = fit(np.asarray(pred_landmarks, np.float64).reshape(-1, 3), np.asarray(gt_landmarks, np.float64).reshape(-1, 3))
+    else:
+        pc, gc = pred.mean(axis=0), target.mean(axis=0)
+        s = float(np.sqrt(((target - gc) ** 2).sum(1).mean() / max(((pred - pc) ** 2).sum(1).mean(), 1e-30)))
+        s = s if allow_scale else 1.0
+        R, t = np.eye(3), gc - s * pc
+    best = None
+    prev = math.inf
+    iterations = 0
+    for iterations in range(1, max_iterations + 1):
+        aligned = _apply(pred, s, R, t)
+        d, idx = cKDTree(aligned).query(target)
+        rmse = float(np.sqrt((d**2).mean()))
+        if best is None or rmse < best[0]:
+            best = (rmse, float(d.mean()), s, R, t, aligned)
+        if prev - rmse <= tolerance * max(rmse, 1e-12):
+            break
+        prev = rmse
+        s, R, t = fit(pred[idx], target)
+    rmse, mean_d, s, R, t, aligned = best
+    return ShapeError(rmse, mean_d, int(keep.size), iterations, s, R, t, aligned)
+
+
+# ---- landmark evaluation -----------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics (JSON-ready) and the per-image values behind them."""
+
+    metrics: dict[str, Any]
+    per_image: dict[str, np.ndarray]  # name -> (N,) values; "name" and "yaw_deg" included
+    names: list[str] = field(default_factory=list)
+    report_paths: dict[str, str] = field(default_factory=dict)
+
+
+def evaluate_landmarks(
+    predictions: np.ndarray | Mapping[str, np.ndarray],
+    gt: np.ndarray,
+    yaw_degrees: np.ndarray,
+    *,
+    pred_pose_degrees: np.ndarray | None = None,
+    gt_pose_degrees: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> EvaluationResult:
+    """NME (2D/3D, 68/51 points, per yaw bucket) of one or more named landmark sets in image pixels,
+    and the pose MAE when both poses are given."""
+    gt = as_landmarks(gt, "ground truth")
+    n = gt.shape[0]
+    yaw = np.asarray(yaw_degrees, dtype=np.float64).reshape(-1)
+    if yaw.size != n:
+        raise FacepgnError(f"{yaw.size} yaw angles for {n} faces")
+    sets = {"landmarks": predictions} if not isinstance(predictions, Mapping) else dict(predictions)
+    per_image: dict[str, np.ndarray] = {"yaw_deg": yaw}
+    metrics: dict[str, Any] = {"num_images": n, "bucket_counts": bucket_counts(yaw), "landmarks": {}}
+    for set_name, pred in sets.items():
+        pred = as_landmarks(pred, set_name)
+        if pred.shape[0] != n:
+            raise FacepgnError(f"{set_name}: {pred.shape[0]} predictions for {n} faces")
+        variants = [("nme_2d_68", 2, None), ("nme_2d_51", 2, JAWLESS_POINTS)]
+        if pred.shape[2] == 3 and gt.shape[2] == 3:
+            variants += [("nme_3d_68", 3, None), ("nme_3d_51", 3, JAWLESS_POINTS)]
+        entry = {}
+        for key, dims, points in variants:
+            values = nme(pred, gt, dims, points)
+            per_image[f"{set_name}.{key}"] = values
+            entry[key] = bucket_means(values, yaw)
+        metrics["landmarks"][set_name] = entry
+    if pred_pose_degrees is not None and gt_pose_degrees is not None:
+        err = pose_errors(pred_pose_degrees, gt_pose_degrees)
+        for i, angle in enumerate(("pitch", "yaw", "roll")):
+            per_image[f"pose_error.{angle}"] = err[:, i]
+        metrics["pose_mae_deg"] = pose_mae(pred_pose_degrees, gt_pose_degrees)
+    if extra:
+        metrics.update(extra)
+    return EvaluationResult(metrics, per_image, list(names) if names is not None else [str(i) for i in range(n)])
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100.0 * x:.2f}"
+
+
+def report_markdown(result: EvaluationResult, title: str = "Evaluation") -> str:
+    """The metrics as Markdown: an NME table (percent of face size) per landmark set, pose MAE."""
+    m = result.metrics
+    counts = m["bucket_counts"]
+    lines = [f"# {title}", "", f"{m['num_images']} images; |yaw| buckets: "
+             + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ".", ""]
+    lines += ["NME in % of sqrt(w*h) of the ground-truth 2D landmark box (3DDFA protocol); "
+              "'mean' is the mean of the three bucket means (the headline), 'all' the plain mean.", ""]
+    header = ["landmarks", "metric", *counts.keys(), "mean", "all"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for set_name, entry in m["landmarks"].items():
+        for key, values in entry.items():
+            cells = [set_name, key] + [_pct(values[b]) for b in counts] + [f"**{_pct(values['mean'])}**", _pct(values["all"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    if m.get("pose_mae_deg"):
+        p = m["pose_mae_deg"]
+        lines += ["", "Pose MAE (degrees, wrapped):", "", "| yaw | pitch | roll | mean |", "|---|---|---|---|",
+                  f"| {p['yaw']:.2f} | {p['pitch']:.2f} | {p['roll']:.2f} | {p['mean']:.2f} |"]
+    if m.get("box"):
+        lines += ["", f"Crop boxes: {m['box']}."]
+    if m.get("errors"):
+        lines += ["", f"{len(m['errors'])} input(s) skipped:", ""] + [f"- {e['path']}: {e['reason']}" for e in m["errors"]]
+    empty = [b for b, c in counts.items() if c == 0]
+    if empty:
+        lines += ["", f"Note: no images in bucket(s) {', '.join(empty)}; 'mean' averages the others."]
+    return "\n".join(lines) + "\n"
+
+
+def ced_plot_png(result: EvaluationResult, title: str = "Cumulative error distribution", max_nme: float | None = None) -> bytes:
+    """PNG bytes: the fraction of images with NME <= x, for each landmark set's 2D/3D 68-point NME."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    curves = {k.replace(".nme_", " ").replace("_68", " 68pt"): 100.0 * v
+              for k, v in result.per_image.items() if k.endswith("_68") and ".nme_" in k}
+    if max_nme is None:
+        top = max((np.percentile(v, 95) for v in curves.values()), default=10.0)
+        max_nme = float(max(10.0, math.ceil(top)))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    for label, values in curves.items():
+        xs = np.sort(values)
+        ys = np.arange(1, xs.size + 1) / xs.size
+        xs = np.concatenate([[0.0], xs])
+        ys = np.concatenate([[0.0], ys])
+        mean = values.mean()
+        ax.step(xs, ys, where="post", label=f"{label} (mean {mean:.2f}%)")
+    ax.set_xlim(0, max_nme)
+    ax.set_ylim(0, 1.0)
+    ax.set_xlabel("NME (% of face size)")
+    ax.set_ylabel("fraction of images")
+    ax.set_title(f"{title} ({result.metrics['num_images']} images)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    return value
+
+
+def write_report(result: EvaluationResult, out_dir: str, title: str = "Evaluation") -> dict[str, str]:
+    """Write ``report.md``, ``ced.png``, ``metrics.json`` and ``per_image.csv`` (atomically) to ``out_dir``."""
+    storage.makedirs(out_dir)
+    paths = {name: storage.join(out_dir, name) for name in ("report.md", "ced.png", "metrics.json", "per_image.csv")}
+    storage.atomic_write_text(paths["report.md"], report_markdown(result, title))
+    storage.atomic_write_bytes(paths["ced.png"], ced_plot_png(result, title))
+    storage.atomic_write_text(paths["metrics.json"], json.dumps(_json_safe(result.metrics), indent=2))
+    columns = list(result.per_image)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["name", *columns])
+    for i, name in enumerate(result.names):
+        writer.writerow([name, *(f"{float(result.per_image[c][i]):.6g}" for c in columns)])
+    storage.atomic_write_text(paths["per_image.csv"], text.getvalue())
+    result.report_paths = paths
+    return paths
+
+
+# ---- whole benchmarks --------------------------------------------------------------------------
+
+
+def load_array(path: str, what: str) -> np.ndarray:
+    """A ``.npy`` array (local or ``s3://``) with a one-line error naming the file."""
+    try:
+        data = storage.read_bytes(str(path))
+    except FileNotFoundError:
+        raise InputError(path, f"{what} file not found") from None
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
+        raise InputError(path, f"not a readable .npy {what} array ({type(exc).__name__})") from None
+
+
+def evaluate_arrays(
+    pred: np.ndarray | str,
+    gt: np.ndarray | str,
+    pose: np.ndarray | str,
+    *,
+    pred_pose: np.ndarray | str | None = None,
+    roi_boxes: np.ndarray | str | None = None,
+    crop_size: int | None = None,
+    out_dir: str | None = None,
+    title: str = "AFLW2000-3D (precomputed predictions)",
+) -> EvaluationResult:
+    """Evaluate precomputed predictions against ground-truth arrays (arrays or ``.npy`` paths).
+
+    ``pose``: (N,) yaw in degrees (like ``AFLW2000-3D.pose.npy``) or (N, 3) pitch, yaw, roll in
+    degrees. ``pred_pose`` (N, 3) degrees gives the pose MAE (needs a (N, 3) ``pose``). With
+    ``roi_boxes`` (N, 4: x0, y0, x1, y1) and ``crop_size`` the predictions are in crop pixels and
+    are mapped back to the image as 3DDFA does (x * (x1 - x0) / crop_size + x0, likewise y; z scaled
+    by the geometric mean of the two scales).
+    """
+    sources = {"pred": pred, "gt": gt, "pose": pose, "pred_pose": pred_pose, "roi": roi_boxes}
+    arrays = {k: (load_array(v, k) if isinstance(v, (str, os.PathLike)) else v) for k, v in sources.items()}
+    p = as_landmarks(arrays["pred"], str(pred) if isinstance(pred, (str, os.PathLike)) else "prediction")
+    g = as_landmarks(arrays["gt"], str(gt) if isinstance(gt, (str, os.PathLike)) else "ground truth")
+    pose_arr = np.asarray(arrays["pose"], dtype=np.float64)
+    if pose_arr.ndim == 2 and pose_arr.shape[1] == 3:
+        yaw, gt_pose = pose_arr[:, 1], pose_arr
+    elif pose_arr.ndim == 1:
+        yaw, gt_pose = pose_arr, None
+    else:
+        raise InputError(str(pose), f"expected (N,) yaw or (N, 3) pitch/yaw/roll degrees, got shape {pose_arr.shape}")
+    if arrays["roi"] is not None:
+        if crop_size is None:
+            raise FacepgnError("roi boxes need the crop size the predictions are in (crop_size)")
+        roi = np.asarray(arrays["roi"], dtype=np.float64).reshape(-1, 4)
+        if roi.shape[0] != p.shape[0]:
+            raise FacepgnError(f"{roi.shape[0]} roi boxes for {p.shape[0]} predictions")
+        p = p.copy()
+        sx = (roi[:, 2] - roi[:, 0]) / crop_size
+        sy = (roi[:, 3] - roi[:, 1]) / crop_size
+        p[..., 0] = p[..., 0] * sx[:, None] + roi[:, None, 0]
+        p[..., 1] = p[..., 1] * sy[:, None] + roi[:, None, 1]
+        if p.shape[2] == 3:
+            p[..., 2] *= np.sqrt(sx * sy)[:, None]
+    pp = arrays["pred_pose"]
+    if pp is not None and gt_pose is None:
+        raise FacepgnError("pose MAE needs the ground-truth pose as (N, 3) pitch, yaw, roll degrees")
+    result = evaluate_landmarks(p, g, yaw, pred_pose_degrees=pp, gt_pose_degrees=gt_pose if pp is not None else None)
+    if out_dir:
+        write_report(result, out_dir, title)
+    return result
+
+
+def standard_arrays_dir() -> Path:
+    from facepgn.paths import shared_path
+
+    return shared_path(STANDARD_ARRAYS)
+
+
+def match_standard_rows(landmarks: np.ndarray, pts68: np.ndarray, tolerance: float = 1e-2) -> np.ndarray | None:
+    """Row of the standard ``AFLW2000-3D.pts68.npy`` (2000, 3, 68) holding each face's ``pt3d_68``
+    (equal up to float32 rounding), or None if any face is not found."""
+    from scipy.spatial import cKDTree
+
+    lm = as_landmarks(landmarks, "landmarks")
+    ref = as_landmarks(pts68, "standard landmarks")
+    if lm.shape[2] != 3:
+        return None
+    flat_ref = ref.reshape(ref.shape[0], -1)
+    flat = lm.reshape(lm.shape[0], -1)
+    _, rows = cKDTree(flat_ref[:, :12]).query(flat[:, :12])
+    if np.abs(flat_ref[rows] - flat).max(initial=0.0) > tolerance:
+        return None
+    return rows.astype(np.int64)
+
+
+def crop_batch(images: Sequence[np.ndarray], crop_to_frames: Sequence[np.ndarray], size: int) -> np.ndarray:
+    from facepgn.labelled import crop_with_affine
+
+    return np.stack([crop_with_affine(img, m, size) for img, m in zip(images, crop_to_frames)])
+
+
+def roi_affine(box: np.ndarray, size: int) -> np.ndarray:
+    """3DDFA's crop: the box (x0, y0, x1, y1), possibly not square, resized to size x size."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return np.array([[(x1 - x0) / size, 0.0, x0], [0.0, (y1 - y0) / size, y0]], dtype=np.float64)
+
+
+def _split_prediction(out: Any, batch: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    if isinstance(out, Mapping):
+        pose = out.get("pose")
+        sets = {k: np.asarray(v, dtype=np.float64) for k, v in out.items() if k != "pose"}
+    else:
+        pose, sets = None, {"landmarks": np.asarray(out, dtype=np.float64)}
+    for k, v in sets.items():
+        if v.shape[0] != batch or v.shape[1:2] != (NUM_LANDMARKS,) or v.shape[2] not in (2, 3):
+            raise FacepgnError(f"predictor returned {k} of shape {v.shape}, expected ({batch}, 68, 2|3)")
+    return sets, None if pose is None else np.asarray(pose, dtype=np.float64).reshape(batch, 3)
+
+
+@dataclass
+class Aflw2000Plan:
+    """What an AFLW2000-3D evaluation runs over: ground truth, poses and the crop of every face."""
+
+    image_paths: list[str]
+    gt: np.ndarray  # (N, 68, 3|2) image pixels
+    pose_degrees: np.ndarray  # (N, 3) pitch, yaw, roll (Pose_Para, degrees, unwrapped)
+    crop_to_frame: np.ndarray  # (N, 2, 3)
+    box: str  # how the crops were chosen
+    standard_rows: np.ndarray | None  # row of each face in the standard arrays, if matched
+    faces: list[Any] | None = None  # LabelledFace objects when given in memory
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [storage.basename(os.path.splitext(p)[0]) for p in self.image_paths]
+
+
+def plan_aflw2000(
+    data: str | os.PathLike | Sequence[Any],
+    *,
+    image_size: int = 128,
+    box: str = "auto",
+    margin: float | None = None,
+    arrays_dir: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+    limit: int | None = None,
+) -> Aflw2000Plan:
+    """Read the ground truth of a folder laid out like AFLW2000-3D (or a list of
+    ``labelled.LabelledFace``) and choose each face's crop; see :func:`evaluate_aflw2000`."""
+    from facepgn import labelled
+
+    if box not in ("auto", "roi", "landmarks"):
+        raise FacepgnError(f"box must be auto, roi or landmarks, not {box!r}")
+    margin = labelled.DEFAULT_MARGIN if margin is None else margin
+    errors: list[dict[str, str]] = []
+    gts: list[np.ndarray] = []
+    poses: list[np.ndarray] = []
+    image_paths: list[str] = []
+    faces = None
+    if isinstance(data, (str, os.PathLike)):
+        for p in labelled.list_labelled_images(str(data))[:limit]:
+            mat_path = os.path.splitext(p)[0] + ".mat"
+            try:
+                mat = labelled.read_mat(mat_path)
+                lm = labelled.landmarks_from_mat(mat, mat_path)
+                pose_para = labelled._vector(mat, "Pose_Para", 7, mat_path)
+                if pose_para is None:
+                    raise InputError(mat_path, "no Pose_Para (needed for the yaw buckets)")
+            except InputError as exc:
+                if not skip_bad:
+                    raise
+                errors.append({"path": exc.path, "reason": exc.cause})
+                continue
+            gts.append(lm)
+            poses.append(pose_para[:3])
+            image_paths.append(p)
+    else:
+        faces = list(data)[:limit]
+        for f in faces:
+            if f.pose is None:
+                raise InputError(f.mat_path, "no Pose_Para (needed for the yaw buckets)")
+        gts = [f.landmarks for f in faces]
+        poses = [f.pose for f in faces]
+        image_paths = [f.source_path for f in faces]
+    if not gts:
+        raise InputError(str(data), "no faces to evaluate")
+    dims = min(g.shape[1] for g in gts)
+    gt = np.stack([g[:, :dims] for g in gts]).astype(np.float64)
+    pose_deg = np.degrees(np.stack(poses).astype(np.float64))
+
+    rows = None
+    if box in ("auto", "roi"):
+        adir = Path(arrays_dir) if arrays_dir else standard_arrays_dir()
+        pts_file, roi_file = adir / "AFLW2000-3D.pts68.npy", adir / "AFLW2000-3D_crop.roi_box.npy"
+        if pts_file.exists() and roi_file.exists() and dims == 3:
+            rows = match_standard_rows(gt, load_array(str(pts_file), "standard landmarks"))
+        if rows is not None:
+            roi = load_array(str(roi_file), "roi boxes").astype(np.float64)
+            affines = np.stack([roi_affine(roi[r], image_size) for r in rows])
+            box_used = f"standard 3DDFA roi boxes ({roi_file.name})"
+        elif box == "roi":
+            raise InputError(str(data), f"faces do not match the standard AFLW2000-3D arrays in {adir}; use box=landmarks")
+    if rows is None:
+        boxes = [labelled.landmark_box(g, margin) for g in gt]
+        affines = np.stack([np.array([[sd / image_size, 0, x0], [0, sd / image_size, y0]]) for x0, y0, sd in boxes])
+        box_used = f"square boxes around the ground-truth landmarks (margin {margin})"
+    return Aflw2000Plan(image_paths, gt, pose_deg, affines, box_used, rows, faces, errors)
+
+
+def evaluate_aflw2000(
+    predict_fn: PredictFn,
+    data: str | os.PathLike | Sequence[Any] | Aflw2000Plan,
+    out_dir: str | None = None,
+    *,
+    image_size: int = 128,
+    batch_size: int = 32,
+    box: str = "auto",
+    margin: float | None = None,
+    arrays_dir: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+    limit: int | None = None,
+    title: str = "AFLW2000-3D",
+) -> EvaluationResult:
+    """Run ``predict_fn`` over AFLW2000-3D (a folder laid out like it, the full 2000 included, or a
+    list of ``labelled.LabelledFace``, or a plan from :func:`plan_aflw2000`) and score it with the
+    3DDFA protocol.
+
+    ``predict_fn`` takes RGB uint8 crops (B, S, S, 3) and returns (B, 68, 2|3) landmarks in crop
+    pixels, or a mapping of named landmark sets plus an optional ``"pose"`` (B, 3) pitch, yaw, roll
+    radians (gives the pose MAE). Predictions are mapped back to image pixels through each crop's
+    ``crop_to_frame``.
+
+    Crops: ``box="roi"`` uses the standard 3DDFA boxes (``AFLW2000-3D_crop.roi_box.npy`` in
+    ``arrays_dir``, default the shared copy), found by matching each ``pt3d_68`` to the standard
+    ``AFLW2000-3D.pts68.npy`` (so any subset of the 2000, in any folder, gets its own boxes);
+    ``"landmarks"`` uses a square box around the ground-truth landmarks; ``"auto"`` uses the roi
+    boxes when every face matches, else the landmark box.
+
+    A bad image/.mat pair is an error naming the file (a benchmark must be complete) unless
+    ``skip_bad``, which records it in the metrics and goes on.
+    """
+    from facepgn import labelled
+
+    start = time.time()
+    if isinstance(data, Aflw2000Plan):
+        plan = data
+    else:
+        plan = plan_aflw2000(data, image_size=image_size, box=box, margin=margin, arrays_dir=arrays_dir,
+                             skip_bad=skip_bad, limit=limit)
+    errors = list(plan.errors)
+    n = len(plan.image_paths)
+    valid = np.ones(n, dtype=bool)
+    predictions: dict[str, list[np.ndarray]] = {}
+    pred_pose: list[np.ndarray] = []
+    log.info("evaluate: %d faces, crops %dpx, %s", n, image_size, plan.box)
+    for first in range(0, n, batch_size):
+        idx = list(range(first, min(n, first + batch_size)))
+        images = []
+        for i in idx:
+            if plan.faces is not None:
+                images.append(plan.faces[i].image)
+                continue
+            try:
+                images.append(labelled.read_image(plan.image_paths[i]))
+            except InputError as exc:
+                if not skip_bad:
+                    raise
+                errors.append({"path": exc.path, "reason": exc.cause})
+                valid[i] = False
+                images.append(np.zeros((8, 8, 3), np.uint8))  # placeholder, dropped below
+        crops = crop_batch(images, [plan.crop_to_frame[i] for i in idx], image_size)
+        sets, pose = _split_prediction(predict_fn(crops), len(idx))
+        for name, pts in sets.items():
+            predictions.setdefault(name, []).extend(_to_frame(pts[j], plan.crop_to_frame[i]) for j, i in enumerate(idx))
+        if pose is not None:
+            pred_pose.append(np.degrees(pose))
+        log.info("evaluate: %d/%d faces", idx[-1] + 1, n)
+    if not valid.any():
+        raise InputError(str(data), "no readable faces to evaluate")
+    pred_arrays = {k: np.stack(v)[valid] for k, v in predictions.items()}
+    names = [name for name, ok in zip(plan.names, valid) if ok]
+    gt_pose = plan.pose_degrees[valid]
+    extra = {
+        "box": plan.box,
+        "image_size": image_size,
+        "standard_rows_matched": plan.standard_rows is not None,
+        "errors": errors,
+        "seconds": round(time.time() - start, 3),
+        "data": str(data) if isinstance(data, (str, os.PathLike)) else f"{n} faces",
+    }
+    result = evaluate_landmarks(
+        pred_arrays, plan.gt[valid], gt_pose[:, 1],
+        pred_pose_degrees=np.concatenate(pred_pose)[valid] if pred_pose else None,
+        gt_pose_degrees=gt_pose if pred_pose else None,
+        names=names, extra=extra,
+    )
+    if plan.standard_rows is not None:
+        result.per_image["standard_row"] = plan.standard_rows[valid].astype(np.float64)
+    if out_dir:
+        write_report(result, out_dir, title)
+    return result
+
+
+def _to_frame(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Crop-pixel points (68, 2|3) -> image pixels through a 2x3 crop->frame affine."""
+    from facepgn.records import apply_affine
+
+    return apply_affine(affine, points)
