@@ -191,9 +191,10 @@ def local_video(path: str) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="facepgn-video-") as tmp:
         try:
-            yield storage.local_copy(path, tmp)
+            local = storage.local_copy(path, tmp)
         except FileNotFoundError:
             raise InputError(path, "not found") from None
+        yield local
 
 
 class VideoReader:
@@ -227,6 +228,7 @@ class VideoReader:
         if not np.isfinite(fps) or fps <= 0:
             fps = 25.0
         self._reader = probe
+        self.source_size = (int(width), int(height))
         if max_side and max(width, height) > max_side:
             scale = max_side / max(width, height)
             w, h = int(round(width * scale / 2) * 2), int(round(height * scale / 2) * 2)
@@ -237,6 +239,8 @@ class VideoReader:
                 raise InputError(shown, f"cannot decode video ({_decord_cause(exc)})") from None
             width, height = w, h
         self.display_path = shown
+        # decoded-frame pixels -> source-video pixels (1.0 unless decoded downscaled)
+        self.scale_to_source = self.source_size[0] / float(width)
         self.info = VideoInfo(num_frames=num_frames, fps=fps, width=int(width), height=int(height))
 
     def sample_indices(self, target_fps: float | None, max_frames: int | None = None) -> list[int]:

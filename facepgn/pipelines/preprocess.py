@@ -1,0 +1,546 @@
+"""Unlabelled videos -> frame-pair Parquet shards (``FRAME_PAIR_SCHEMA``), streamed with Ray Data.
+
+Graph: ``ray.data.from_items(videos)`` (one block per video) -> ``map(process one video)`` as
+tasks with fractional CPUs, so Ray schedules as many videos at once as the cluster has CPUs for
+(4 on 2 CPUs, hundreds on a big cluster). Each task streams its video (chunked decode -> detect ->
+track -> crop -> pair -> DIS flow -> quality filters) and writes the video's shards itself, at most
+``shard_max_pairs`` rows each, so memory per task is bounded whatever the video or corpus size.
+Only a small JSON result per video travels back to the driver.
+
+Output layout (a local folder or an ``s3://`` prefix)::
+
+    shards/<video_id>/part-00000.parquet   frame pairs, FRAME_PAIR_SCHEMA (the only Parquet files)
+    videos/<video_id>.json                 done marker: the video's result (ok / partial / skipped + reason)
+    summary.json                           counts, skipped videos and why, rejections, timings, config
+    errors.csv                             video_id, path, status, reason of every video not fully read
+
+Resume: a video counts as done when its marker exists; markers are written after the video's
+shards, and every file is written atomically, so an interrupted run leaves no half-written file
+and a rerun redoes exactly the unfinished videos (their stale shards removed first). Pair choice is
+seeded per (seed, video, track), so a resumed run writes the same shards as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import json
+import logging
+import re
+import resource
+import time
+import traceback
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from facepgn import __version__, paths, records, storage
+from facepgn.config import PreprocessConfig
+from facepgn.errors import FacepgnError, InputError
+
+log = logging.getLogger("facepgn.preprocess")
+
+SHARDS_DIR = "shards"
+MARKERS_DIR = "videos"
+STAGES = ("decode", "detect", "crop", "landmarks", "flow", "encode", "write")
+
+
+# ---- one video -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """One quality-checked face crop of a track at one sampled frame."""
+
+    step: int
+    frame: int
+    time: float
+    crop: np.ndarray
+    jpeg: bytes
+    box: np.ndarray  # source-video pixels
+    crop_to_frame: np.ndarray  # crop px -> source-video px
+    points: np.ndarray  # 5 detector points, crop px
+    score: float
+    blur: float
+    landmarks: np.ndarray | None  # 68 points, crop px
+
+
+@dataclass
+class _TrackState:
+    history: deque
+    rng: np.random.Generator
+
+
+@dataclass
+class VideoResult:
+    video_id: str
+    path: str
+    subject_id: str
+    status: str = "ok"  # ok | partial (decoding stopped early) | skipped
+    reason: str = ""
+    frames_sampled: int = 0
+    faces_detected: int = 0
+    tracks: int = 0
+    pairs: int = 0
+    shards: list[str] = field(default_factory=list)
+    rejections: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def video_seed(seed: int, video_id: str, track_id: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{video_id}/{track_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def marker_path(output: str, video_id: str) -> str:
+    return storage.join(output, MARKERS_DIR, f"{video_id}.json")
+
+
+def shard_dir(output: str, video_id: str) -> str:
+    return storage.join(output, SHARDS_DIR, video_id)
+
+
+class VideoProcessor:
+    """Turns one video into frame-pair shards. Plain Python: used by Ray tasks and by the local loop.
+
+    Holds the detector, landmark model and flow estimator, so one instance serves many videos.
+    """
+
+    def __init__(self, config: PreprocessConfig | dict, output: str):
+        import cv2
+
+        from facepgn.faces import FaceDetector, LandmarkModel
+        from facepgn.flow import FlowEstimator
+
+        self.cfg = config if isinstance(config, PreprocessConfig) else PreprocessConfig.model_validate(config)
+        self.output = output
+        cv2.setNumThreads(max(0, int(self.cfg.cv2_threads)))
+        d = self.cfg.detector
+        self.detector = FaceDetector(
+            d.model_path, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold, top_k=d.top_k, detect_width=d.detect_width
+        )
+        self.landmarks = LandmarkModel(self.cfg.landmark_model) if self.cfg.landmarks else None
+        self.flow = FlowEstimator(self.cfg.flow_preset)
+
+    # -- entry point ------------------------------------------------------------------------
+
+    def __call__(self, item: dict) -> VideoResult:
+        """Process one video (``VideoItem`` as a dict). Never raises for bad input: the reason is
+        recorded in the result and in the video's marker."""
+        result = VideoResult(video_id=item["video_id"], path=item["path"], subject_id=item["subject_id"])
+        start = time.perf_counter()
+        timings = defaultdict(float)
+        try:
+            storage.remove(shard_dir(self.output, result.video_id))  # stale shards of an interrupted run
+            self._process(item, result, timings)
+        except InputError as exc:
+            result.status = "partial" if result.pairs else "skipped"
+            result.reason = str(exc.cause)
+        except Exception as exc:  # a bug or an unexpected library error: record it, go on
+            result.status = "partial" if result.pairs else "skipped"
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            result.reason = f"unexpected error: {last[:300]}"
+            log.exception("%s: unexpected error", item["path"])
+        result.timings = {k: round(v, 4) for k, v in timings.items()}
+        result.seconds = round(time.perf_counter() - start, 4)
+        result.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+        storage.atomic_write_text(marker_path(self.output, result.video_id), json.dumps(result.to_dict(), indent=1))
+        return result
+
+    # -- the streaming loop -----------------------------------------------------------------
+
+    def _process(self, item: dict, result: VideoResult, timings: dict[str, float]) -> None:
+        from facepgn.faces import FaceTracker
+        from facepgn.video import VideoReader, local_video
+
+        cfg = self.cfg
+        rejections = result.rejections
+        tracker = FaceTracker(cfg.tracker.iou_threshold, cfg.tracker.max_centre_shift, cfg.tracker.max_missed)
+        tracks: dict[int, _TrackState] = {}
+        buffer: list[dict] = []
+        frames_with_face = 0
+
+        t0 = time.perf_counter()
+        with local_video(item["path"]) as local_path:
+            reader = VideoReader(local_path, max_side=cfg.decode_max_side, display_path=item["path"])
+            timings["decode"] += time.perf_counter() - t0
+            result.width, result.height = reader.source_size
+            result.fps = reader.info.fps
+            indices = reader.sample_indices(cfg.target_fps, cfg.max_frames_per_video)
+            frames = reader.frames(indices, chunk_size=cfg.decode_chunk)
+            step = -1
+            try:
+                while True:
+                    t0 = time.perf_counter()
+                    frame = next(frames, None)
+                    timings["decode"] += time.perf_counter() - t0
+                    if frame is None:
+                        break
+                    step += 1
+                    result.frames_sampled += 1
+                    t0 = time.perf_counter()
+                    detections = self.detector.detect(frame.rgb)[: cfg.tracker.max_faces]
+                    tracked = tracker.update(detections)
+                    timings["detect"] += time.perf_counter() - t0
+                    result.faces_detected += len(detections)
+                    frames_with_face += bool(detections)
+                    for track_id, det in tracked:
+                        entry = self._entry(frame, step, det, reader.scale_to_source, rejections, timings)
+                        if entry is None:
+                            continue
+                        state = tracks.get(track_id)
+                        if state is None:
+                            state = _TrackState(deque(maxlen=max(1, cfg.max_gap + 1)), np.random.default_rng(video_seed(cfg.seed, result.video_id, track_id)))
+                            tracks[track_id] = state
+                        self._pairs(result, track_id, state, entry, buffer, rejections, timings)
+                        state.history.append(entry)
+                        if len(buffer) >= cfg.shard_max_pairs:
+                            self._write_shard(result, buffer, timings)
+                    while len(buffer) >= cfg.shard_max_pairs:
+                        self._write_shard(result, buffer, timings)
+            finally:
+                if buffer:  # keep what was paired before a decode error
+                    self._write_shard(result, buffer, timings)
+        result.tracks = len(tracks)
+        if result.frames_sampled == 0:
+            raise InputError(item["path"], "no frames decoded")
+        if frames_with_face == 0:
+            raise InputError(item["path"], f"no face found in {result.frames_sampled} sampled frames")
+        if result.pairs == 0:
+            top = ", ".join(f"{k} {v}" for k, v in sorted(rejections.items(), key=lambda kv: -kv[1])[:3]) or "too few frames per track"
+            raise InputError(item["path"], f"no frame pair passed the filters ({top})")
+
+    def _entry(self, frame, step: int, det, to_source: float, rejections: dict, timings: dict) -> _Entry | None:
+        from facepgn.faces import blur_score, frame_to_crop, square_crop
+
+        cfg, q = self.cfg, self.cfg.quality
+        if det.side * to_source < q.min_face_size:
+            rejections["face_too_small"] = rejections.get("face_too_small", 0) + 1
+            return None
+        if det.score < q.min_det_score:
+            rejections["low_detector_score"] = rejections.get("low_detector_score", 0) + 1
+            return None
+        t0 = time.perf_counter()
+        crop, crop_to_frame = square_crop(frame.rgb, det.box, cfg.crop_margin, cfg.image_size)
+        blur = blur_score(crop)
+        points = frame_to_crop(det.points, crop_to_frame)
+        timings["crop"] += time.perf_counter() - t0
+        if blur < q.min_blur:
+            rejections["blurry"] = rejections.get("blurry", 0) + 1
+            return None
+        landmarks = None
+        if self.landmarks is not None:
+            t0 = time.perf_counter()
+            landmarks = frame_to_crop(self.landmarks.predict(frame.rgb, det.box), crop_to_frame)
+            timings["landmarks"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        jpeg = records.encode_image(crop, quality=cfg.jpeg_quality)
+        timings["encode"] += time.perf_counter() - t0
+        # crop px -> source-video px (frames may have been decoded downscaled)
+        to_src = np.asarray(crop_to_frame, dtype=np.float32) * np.float32(to_source)
+        return _Entry(
+            step=step, frame=frame.index, time=frame.time, crop=crop, jpeg=jpeg,
+            box=(det.box * to_source).astype(np.float32), crop_to_frame=to_src, points=points,
+            score=det.score, blur=blur, landmarks=landmarks,
+        )
+
+    def _pairs(self, result: VideoResult, track_id: int, state: _TrackState, b: _Entry, buffer: list, rejections: dict, timings: dict) -> None:
+        from facepgn.flow import flow_magnitude
+
+        cfg, q = self.cfg, self.cfg.quality
+        candidates = [a for a in state.history if cfg.min_gap <= b.step - a.step <= cfg.max_gap]
+        if not candidates:
+            return
+        k = min(max(1, cfg.pairs_per_frame), len(candidates))
+        chosen = sorted(state.rng.choice(len(candidates), size=k, replace=False).tolist())
+        for i in chosen:
+            a = candidates[i]
+            t0 = time.perf_counter()
+            flow = self.flow(a.crop, b.crop)
+            magnitude = flow_magnitude(flow)
+            timings["flow"] += time.perf_counter() - t0
+            if magnitude < q.min_flow_magnitude:
+                rejections["flow_too_small"] = rejections.get("flow_too_small", 0) + 1
+                continue
+            if magnitude > q.max_flow_magnitude * cfg.image_size:
+                rejections["flow_too_large"] = rejections.get("flow_too_large", 0) + 1
+                continue
+            t0 = time.perf_counter()
+            flow_bytes = records.encode_flow(flow)
+            timings["encode"] += time.perf_counter() - t0
+            buffer.append(
+                {
+                    "pair_id": f"{result.video_id}/{track_id}/{a.frame}-{b.frame}",
+                    "video_id": result.video_id,
+                    "subject_id": result.subject_id if track_id == 0 else f"{result.subject_id}/track{track_id}",
+                    "track_id": track_id,
+                    "frame_a": a.frame,
+                    "frame_b": b.frame,
+                    "time_a": a.time,
+                    "time_b": b.time,
+                    "image_size": cfg.image_size,
+                    "image_a": a.jpeg,
+                    "image_b": b.jpeg,
+                    "flow": flow_bytes,
+                    "box_a": a.box,
+                    "box_b": b.box,
+                    "crop_to_frame_a": a.crop_to_frame,
+                    "crop_to_frame_b": b.crop_to_frame,
+                    "det_landmarks_a": a.points,
+                    "det_landmarks_b": b.points,
+                    "det_score_a": a.score,
+                    "det_score_b": b.score,
+                    "landmarks_2d_a": a.landmarks,
+                    "landmarks_2d_b": b.landmarks,
+                    "blur_a": a.blur,
+                    "blur_b": b.blur,
+                    "flow_magnitude": magnitude,
+                    "source_path": result.path,
+                }
+            )
+
+    def _write_shard(self, result: VideoResult, buffer: list[dict], timings: dict) -> None:
+        import pyarrow.parquet as pq
+
+        rows = buffer[: self.cfg.shard_max_pairs]
+        del buffer[: len(rows)]
+        t0 = time.perf_counter()
+        table = records.to_table(rows, "frame_pair")
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        timings["encode"] += time.perf_counter() - t0
+        name = f"part-{len(result.shards):05d}.parquet"
+        t0 = time.perf_counter()
+        storage.atomic_write_bytes(storage.join(shard_dir(self.output, result.video_id), name), sink.getvalue())
+        timings["write"] += time.perf_counter() - t0
+        result.shards.append(f"{SHARDS_DIR}/{result.video_id}/{name}")
+        result.pairs += len(rows)
+
+
+# ---- Ray task ----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=2)
+def _processor_for(config_json: str, output: str) -> VideoProcessor:
+    """One processor per worker process and config (models load once, not per video)."""
+    return VideoProcessor(json.loads(config_json), output)
+
+
+def _ray_process_row(row: dict[str, Any], config_json: str, output: str) -> dict[str, Any]:
+    result = _processor_for(config_json, output)(row)
+    return {"video_id": result.video_id, "result": json.dumps(result.to_dict())}
+
+
+# ---- the job -----------------------------------------------------------------------------------
+
+
+def resolve_config(cfg: PreprocessConfig) -> PreprocessConfig:
+    """Fill the model paths (so workers and the summary see concrete files); fail early if missing."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.detector.model_path = str(paths.resolve_asset("detector", cfg.detector.model_path))
+    if cfg.landmarks:
+        cfg.landmark_model = str(paths.resolve_asset("landmarks", cfg.landmark_model))
+    if cfg.min_gap < 1 or cfg.max_gap < cfg.min_gap:
+        raise FacepgnError(f"preprocess: need 1 <= min_gap <= max_gap, got {cfg.min_gap}, {cfg.max_gap}")
+    if cfg.shard_max_pairs < 1:
+        raise FacepgnError("preprocess: shard_max_pairs must be >= 1")
+    return cfg
+
+
+def _read_markers(output: str) -> dict[str, dict]:
+    found = {}
+    for path in storage.list_files(storage.join(output, MARKERS_DIR), extensions=[".json"], recursive=False):
+        try:
+            data = json.loads(storage.read_text(path))
+            found[data["video_id"]] = data
+        except (OSError, ValueError, KeyError):
+            continue  # an unreadable marker: the video is simply redone
+    return found
+
+
+def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, Any]:
+    """Run the whole job; returns the summary (also written to ``<output>/summary.json``).
+
+    Raises :class:`FacepgnError` (one line) when there are no inputs, or when not a single video
+    could be read (the summary is still written first).
+    """
+    from facepgn.video import list_videos
+
+    if not cfg.input:
+        raise FacepgnError("preprocess: no input given (--input or input: in the config)")
+    if not cfg.output:
+        raise FacepgnError("preprocess: no output given (--output or output: in the config)")
+    cfg = resolve_config(cfg)
+    output = cfg.output.rstrip("/")
+    started = time.perf_counter()
+    items = list_videos(cfg.input, cfg.extensions)
+    if not items:
+        raise InputError(cfg.input, f"no video files found (extensions {', '.join(cfg.extensions)})")
+    storage.makedirs(output)
+    markers = {} if cfg.overwrite else _read_markers(output)
+    item_ids = {it.video_id for it in items}
+    markers = {k: v for k, v in markers.items() if k in item_ids}
+
+    def is_done(video_id: str) -> bool:
+        m = markers.get(video_id)
+        return m is not None and (m["status"] != "skipped" or not cfg.retry_failed)
+
+    pending = [it for it in items if not is_done(it.video_id)]
+    already_done = len(items) - len(pending)
+    if cfg.max_videos is not None:
+        pending = pending[: max(0, cfg.max_videos)]
+    log.info("preprocess: %d videos found, %d already done, %d to process", len(items), already_done, len(pending))
+
+    run_started = time.perf_counter()
+    results: list[dict] = []
+    for n, result in enumerate(_execute(pending, cfg, output), 1):
+        results.append(result)
+        markers[result["video_id"]] = result
+        if progress:
+            note = f"{result['pairs']} pairs" if result["status"] != "skipped" else f"skipped: {result['reason']}"
+            log.info("[%d/%d] %s: %s (%.1fs)", n, len(pending), result["video_id"], note, result["seconds"])
+    run_seconds = time.perf_counter() - run_started
+
+    summary = _summary(cfg, items, markers, results, already_done, run_seconds, time.perf_counter() - started)
+    storage.atomic_write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=1))
+    storage.atomic_write_text(storage.join(output, "errors.csv"), _errors_csv(items, markers))
+    if summary["videos_read"] == 0 and summary["videos_skipped_count"]:
+        first = summary["videos_skipped"][0]
+        raise FacepgnError(
+            f"{cfg.input}: none of the {len(items)} videos could be read (e.g. {first['path']}: {first['reason']}); see {storage.join(output, 'errors.csv')}"
+        )
+    return summary
+
+
+def _execute(pending: list, cfg: PreprocessConfig, output: str) -> Iterable[dict]:
+    if not pending:
+        return
+    if cfg.executor == "local":
+        processor = VideoProcessor(cfg, output)
+        for item in pending:
+            yield processor(item.to_dict()).to_dict()
+        return
+    import ray
+
+    config_json = cfg.model_dump_json()
+    ds = ray.data.from_items([it.to_dict() for it in pending], override_num_blocks=len(pending))
+    ds = ds.map(
+        _ray_process_row,
+        fn_kwargs={"config_json": config_json, "output": output},
+        num_cpus=cfg.num_cpus_per_video,
+    )
+    for row in ds.iter_rows():
+        yield json.loads(row["result"])
+
+
+def _versions() -> dict[str, str]:
+    import cv2
+    import pyarrow
+
+    out = {"facepgn": __version__, "opencv": cv2.__version__, "pyarrow": pyarrow.__version__, "numpy": np.__version__}
+    for name in ("ray", "decord"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # optional at summary time
+            pass
+    return out
+
+
+def _summary(cfg, items, markers, results, already_done, run_seconds, total_seconds) -> dict[str, Any]:
+    by_id = {it.video_id: it for it in items}
+    read = [m for vid, m in markers.items() if vid in by_id and m["status"] in ("ok", "partial")]
+    skipped = [m for vid, m in markers.items() if vid in by_id and m["status"] == "skipped"]
+    partial = [m for m in read if m["status"] == "partial"]
+    stage = defaultdict(float)
+    rejections = defaultdict(int)
+    for r in results:
+        for k, v in r["timings"].items():
+            stage[k] += v
+        for k, v in r["rejections"].items():
+            rejections[k] += v
+    frames = sum(r["frames_sampled"] for r in results)
+    return {
+        "kind": "preprocess",
+        "input": cfg.input,
+        "output": cfg.output,
+        "videos_found": len(items),
+        "videos_already_done": already_done,
+        "videos_processed_this_run": len(results),
+        "videos_pending": len(items) - len(read) - len(skipped),
+        "videos_read": len(read),
+        "videos_partial": [{"video_id": m["video_id"], "path": m["path"], "reason": m["reason"]} for m in partial],
+        "videos_skipped_count": len(skipped),
+        "videos_skipped": [{"video_id": m["video_id"], "path": m["path"], "reason": m["reason"]} for m in skipped],
+        "pairs_written": int(sum(m["pairs"] for m in read)),
+        "pairs_written_this_run": int(sum(r["pairs"] for r in results)),
+        "shards": int(sum(len(m["shards"]) for m in read)),
+        "tracks": int(sum(m.get("tracks", 0) for m in read)),
+        "frames_sampled_this_run": int(frames),
+        "rejections_this_run": dict(rejections),
+        "timings": {
+            "total_s": round(total_seconds, 3),
+            "run_s": round(run_seconds, 3),
+            "frames_per_s": round(frames / run_seconds, 2) if run_seconds > 0 else None,
+            "stage_s": {k: round(stage.get(k, 0.0), 3) for k in STAGES},
+            "max_worker_rss_mb": max((r["peak_rss_mb"] for r in results), default=None),
+        },
+        "versions": _versions(),
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
+def _errors_csv(items, markers) -> str:
+    sink = io.StringIO()
+    writer = csv.writer(sink)
+    writer.writerow(["video_id", "path", "status", "reason"])
+    for it in items:
+        m = markers.get(it.video_id)
+        if m and m["status"] != "ok":
+            writer.writerow([m["video_id"], m["path"], m["status"], m["reason"]])
+    return sink.getvalue()
+
+
+# ---- reading shards back ---------------------------------------------------------------------
+
+
+def list_shards(path: str) -> list[str]:
+    """The frame-pair Parquet files under a preprocess output (or any folder/prefix of shards)."""
+    path = str(path).rstrip("/")
+    shards = storage.list_files(storage.join(path, SHARDS_DIR), extensions=[".parquet"])
+    if not shards:
+        shards = storage.list_files(path, extensions=[".parquet"])
+    return shards
+
+
+def read_frame_pairs(path: str | list[str], **read_kwargs) -> "ray.data.Dataset":  # noqa: F821
+    """A Ray Dataset of frame pairs from preprocess outputs (local or ``s3://``).
+
+    Raises a one-line :class:`FacepgnError` if ``path`` holds no shards or they are not frame pairs.
+    """
+    import pyarrow.parquet as pq
+    import ray
+
+    sources = [path] if isinstance(path, str) else list(path)
+    shards: list[str] = []
+    for src in sources:
+        found = list_shards(src)
+        if not found:
+            raise FacepgnError(f"{src}: no frame-pair shards (*.parquet) found; run `facepgn preprocess` first")
+        shards.extend(found)
+    fs, _ = storage.pyarrow_filesystem(shards[0])
+    stripped = [storage.pyarrow_filesystem(s)[1] for s in shards]
+    schema = pq.read_schema(stripped[0], filesystem=fs)
+    records.check_table(schema.empty_table(), "frame_pair", source=shards[0])
+    return ray.data.read_parquet(stripped, filesystem=fs, **read_kwargs)
