@@ -650,3 +650,329 @@ def contact_sheet_from_records(paths: Iterable[str], limit: int = 64, columns: i
         if len(tiles) >= limit:
             break
     return render.contact_sheet(tiles, columns=columns)
+
+
+# ---- videos --------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoSettings:
+    """What the synthetic video generator samples (mirrors ``config.SyntheticVideosConfig``)."""
+
+    frames: int = 60
+    size: int = 256
+    fps: float = 25.0
+    num_id: int = 40
+    num_exp: int = 20
+    id_std: float = 1.0
+    expression_prob: float = 0.25
+    face_px: tuple[float, float] = (80.0, 110.0)  # landmark box side in frame pixels
+    yaw_amplitude_deg: float = 45.0
+    pitch_amplitude_deg: float = 15.0
+    roll_amplitude_deg: float = 10.0
+    drift_px: float = 12.0
+    face_model: str | None = None
+
+
+def smooth_signal(rng: np.random.Generator, times: np.ndarray, amplitude: float, components: int = 3,
+                  max_hz: float = 0.6) -> np.ndarray:
+    """A smooth random signal (sum of a few sinusoids of at most ``max_hz``) with peak near ``amplitude``."""
+    out = np.zeros_like(times, dtype=np.float64)
+    weights = rng.dirichlet(np.ones(components))
+    for w in weights:
+        f = rng.uniform(0.08, max_hz)
+        out += w * np.sin(2 * np.pi * f * times + rng.uniform(0, 2 * np.pi))
+    return amplitude * out
+
+
+def synthesize_video(index: int, seed: int, settings: VideoSettings | None = None,
+                     model: FaceModel | None = None) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Frames (RGB uint8) of clip ``index`` (one identity, smooth pose/expression/translation) and
+    per-frame ground truth in frame pixels (3D landmark z centred per frame)."""
+    settings = settings or VideoSettings()
+    if model is None:
+        model = face_model_for(FaceSettings(num_id=settings.num_id, num_exp=settings.num_exp, face_model=settings.face_model))
+    rng = np.random.default_rng([seed, index, 1])
+    n, size = settings.frames, settings.size
+    times = np.arange(n) / settings.fps
+    id_coeffs = sample_identity(rng, model.num_id, settings.id_std)
+    albedo = random_albedo(face_skin(model), rng)
+    light, ambient, diffuse = _random_light(rng)
+    background = random_background(rng, size, size)
+    yaw_centre = rng.uniform(-0.3, 0.3) * settings.yaw_amplitude_deg
+    pose = np.stack(
+        [
+            smooth_signal(rng, times, settings.pitch_amplitude_deg),
+            yaw_centre + smooth_signal(rng, times, settings.yaw_amplitude_deg),
+            smooth_signal(rng, times, settings.roll_amplitude_deg),
+        ],
+        1,
+    )
+    pose = np.radians(pose).astype(np.float32)
+    active = rng.random(model.num_exp) < settings.expression_prob
+    exp = np.zeros((n, model.num_exp), np.float32)
+    for k in np.flatnonzero(active):
+        exp[:, k] = np.clip(0.5 + smooth_signal(rng, times, 0.9, 2, 0.8), 0.0, 1.0) * rng.uniform(0.4, 1.0)
+    box = rng.uniform(*settings.face_px)
+    box_t = box * (1 + smooth_signal(rng, times, 0.08, 2, 0.3))
+    cx = size / 2 + smooth_signal(rng, times, settings.drift_px, 2, 0.3)
+    cy = size / 2 + smooth_signal(rng, times, settings.drift_px, 2, 0.3)
+
+    frames: list[np.ndarray] = []
+    gt: dict[str, list] = {k: [] for k in ("scale", "translation", "landmarks_3d", "landmarks_visible", "face_box")}
+    for i in range(n):
+        params = FaceParams(id_coeffs, exp[i], pose[i], 0.0, np.zeros(3))
+        params.scale, params.translation = place_face(model, id_coeffs, exp[i], pose[i], float(box_t[i]), (float(cx[i]), float(cy[i])))
+        face = render_face(model, params, albedo, size, size, background, light, ambient, diffuse)
+        frame_rng = np.random.default_rng([seed, index, 2, i])
+        frames.append(_camera_effects(face.image, frame_rng))
+        ys, xs = np.nonzero(face.rendering.mask)
+        gt["face_box"].append([xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1] if len(xs) else [0, 0, 0, 0])
+        gt["scale"].append(params.scale)
+        gt["translation"].append(params.translation)
+        gt["landmarks_3d"].append(np.nan_to_num(face.landmarks_3d))
+        gt["landmarks_visible"].append(face.landmarks_visible)
+    lm3d = np.asarray(gt["landmarks_3d"], np.float32)
+    truth = {
+        "frame_index": np.arange(n, dtype=np.int64),
+        "time": times.astype(np.float64),
+        "fps": np.float64(settings.fps),
+        "size": np.int64(size),
+        "pose": pose,
+        "scale": np.asarray(gt["scale"], np.float32),
+        "translation": np.asarray(gt["translation"], np.float32),
+        "id_coeffs": id_coeffs,
+        "exp_coeffs": exp,
+        "landmarks_2d": lm3d[..., :2].copy(),
+        "landmarks_3d": lm3d,
+        "landmarks_visible": np.asarray(gt["landmarks_visible"], bool),
+        "face_box": np.asarray(gt["face_box"], np.float32),
+        "face_model": np.array(model.name),
+        "exp_names": np.array(model.exp_names),
+        "seed": np.int64(seed),
+        "index": np.int64(index),
+    }
+    return frames, truth
+
+
+def write_mp4(frames: list[np.ndarray], path: str, fps: float) -> None:
+    """Encode RGB frames as an mp4 (OpenCV 'mp4v'), written atomically to a local or s3:// path."""
+    if not frames:
+        raise ValueError("no frames to write")
+    h, w = frames[0].shape[:2]
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "clip.mp4")
+        writer = cv2.VideoWriter(local, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+        if not writer.isOpened():
+            raise RuntimeError(f"{path}: OpenCV could not open an mp4v video writer")
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        storage.atomic_write_file(local, path)
+
+
+def _write_video_task(task: tuple[int, int, VideoSettings, str]) -> dict[str, Any]:
+    index, seed, settings, out_dir = task
+    t0 = time.perf_counter()
+    name = f"synthetic-{index:04d}"
+    frames, truth = synthesize_video(index, seed, settings)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **truth)
+    storage.atomic_write_bytes(storage.join(out_dir, f"{name}.gt.npz"), buf.getvalue())
+    video_path = storage.join(out_dir, f"{name}.mp4")
+    write_mp4(frames, video_path, settings.fps)  # written last: its presence marks the clip done
+    return {"video": video_path, "frames": len(frames), "seconds": time.perf_counter() - t0,
+            "visible_landmarks": float(truth["landmarks_visible"].mean() * 68)}
+
+
+def generate_videos(out_dir: str, n: int, seed: int = 0, settings: VideoSettings | None = None,
+                    workers: int = 1, resume: bool = True,
+                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Write ``n`` clips as ``synthetic-NNNN.mp4`` + ``synthetic-NNNN.gt.npz`` under ``out_dir``."""
+    settings = settings or VideoSettings()
+    storage.makedirs(out_dir)
+    tasks, skipped = [], []
+    for i in range(n):
+        path = storage.join(out_dir, f"synthetic-{i:04d}.mp4")
+        if resume and storage.exists(path) and storage.exists(storage.join(out_dir, f"synthetic-{i:04d}.gt.npz")):
+            skipped.append(path)
+            if progress:
+                progress(1)
+            continue
+        tasks.append((i, seed, settings, out_dir))
+    t0 = time.perf_counter()
+    done = []
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            done.append(_write_video_task(task))
+            if progress:
+                progress(1)
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+            for result in pool.map(_write_video_task, tasks):
+                done.append(result)
+                if progress:
+                    progress(1)
+    return {
+        "videos": n,
+        "written": len(done),
+        "skipped_existing": len(skipped),
+        "files": sorted([d["video"] for d in done] + skipped),
+        "frames_per_video": settings.frames,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+# ---- frame pairs with exact flow -----------------------------------------------------------
+
+
+@dataclass
+class FramePair:
+    """Two renders of one face with known motion and the exact dense flow A -> B.
+
+    ``flow`` (S, S, 2) float32: pixel (x, y) of A shows the surface point that is at
+    (x + u, y + v) in B. ``valid`` (S, S) bool: the pixel is on the face in A and that surface point
+    is visible in B (inside B's face, not occluded, away from B's silhouette by a pixel).
+    The vertex colours are shaded once and kept for both frames (the light moves with the head), so
+    the photometric constancy holds exactly up to resampling.
+    """
+
+    image_a: np.ndarray
+    image_b: np.ndarray
+    flow: np.ndarray
+    valid: np.ndarray
+    face_a: FaceRender
+    face_b: FaceRender
+
+
+def exact_flow(raster_a: render.Raster, triangles: np.ndarray, verts_a: np.ndarray, verts_b: np.ndarray,
+               raster_b: render.Raster | None = None, tolerance: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Dense flow A -> B from the surface each pixel of A sees (barycentric interpolation of the
+    per-vertex displacement) and, with ``raster_b``, whether that point is visible in B."""
+    h, w = raster_a.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    pos_b = render.interpolate(raster_a, triangles, np.asarray(verts_b, np.float64))
+    mask_a = raster_a.mask
+    flow = np.zeros((h, w, 2), np.float32)
+    flow[mask_a, 0] = pos_b[mask_a, 0] - xs[mask_a]
+    flow[mask_a, 1] = pos_b[mask_a, 1] - ys[mask_a]
+    valid = mask_a.copy()
+    if raster_b is not None:
+        if tolerance is None:
+            tolerance = max(1.0, 0.015 * float(np.ptp(np.asarray(verts_b)[:, :2], axis=0).max()))
+        inner_b = cv2.erode(raster_b.mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        bx = np.round(pos_b[..., 0]).astype(np.int64)
+        by = np.round(pos_b[..., 1]).astype(np.int64)
+        inside = mask_a & (bx >= 0) & (bx < raster_b.shape[1]) & (by >= 0) & (by < raster_b.shape[0])
+        ok = np.zeros_like(mask_a)
+        bxi, byi = bx[inside], by[inside]
+        ok[inside] = inner_b[byi, bxi] & (pos_b[inside, 2] >= raster_b.depth[byi, bxi] - tolerance)
+        valid = ok
+    return flow, valid
+
+
+def render_pair(seed: int, size: int = 128, max_rotation_deg: float = 6.0, max_shift_px: float = 3.0,
+                expression_change: float = 0.2, settings: FaceSettings | None = None,
+                model: FaceModel | None = None) -> FramePair:
+    """A frame pair of one identity: frame B is frame A moved by a small random rotation, shift,
+    scale change and expression change; returns both images, the exact flow and its validity."""
+    settings = settings or FaceSettings(size=size)
+    model = model or face_model_for(settings)
+    rng = np.random.default_rng([seed, 7])
+    id_coeffs = sample_identity(rng, model.num_id, settings.id_std)
+    exp_a = sample_expression(rng, model.num_exp, settings.expression_prob)
+    pose_a = sample_pose(rng, min(settings.yaw_max_deg, 60), min(settings.pitch_max_deg, 25), min(settings.roll_max_deg, 20))
+    box = rng.uniform(*settings.face_fill) * size
+    centre = np.array([size / 2, size / 2]) + rng.uniform(-2, 2, 2)
+    params_a = FaceParams(id_coeffs, exp_a, pose_a, 0.0, np.zeros(3))
+    params_a.scale, params_a.translation = place_face(model, id_coeffs, exp_a, pose_a, box, tuple(centre))
+    exp_b = np.clip(exp_a + rng.uniform(-1, 1, model.num_exp) * expression_change * (exp_a > 0), 0, 1).astype(np.float32)
+    pose_b = (pose_a + np.radians(rng.uniform(-1, 1, 3) * max_rotation_deg)).astype(np.float32)
+    params_b = FaceParams(id_coeffs, exp_b, pose_b, params_a.scale * rng.uniform(0.97, 1.03),
+                          params_a.translation + np.r_[rng.uniform(-1, 1, 2) * max_shift_px, 0.0])
+    skin = face_skin(model)
+    albedo = random_albedo(skin, rng)
+    light, ambient, diffuse = _random_light(rng)
+    background = random_background(rng, size, size)
+    # Shade once with A's geometry; both frames use these colours (brightness constancy).
+    verts_a_model = skin.close(model.vertices(id_coeffs, exp_a).astype(np.float64))
+    verts_a = project(verts_a_model, params_a.scale, euler_to_matrix(pose_a.astype(np.float64)), params_a.translation)
+    colours = shade_albedo(verts_a, skin.triangles, albedo, light, ambient, diffuse)
+    face_a = render_face(model, params_a, albedo, size, size, background, vertex_colours=colours)
+    face_b = render_face(model, params_b, albedo, size, size, background, vertex_colours=colours)
+    flow, valid = exact_flow(face_a.rendering.raster, skin.triangles, face_a.verts, face_b.verts, face_b.rendering.raster)
+    return FramePair(face_a.image, face_b.image, flow, valid, face_a, face_b)
+
+
+def warp_back(image_b: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Image B sampled at x + flow(x): reproduces A where the flow is valid (bilinear)."""
+    h, w = flow.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return cv2.remap(image_b, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _five_points(landmarks: np.ndarray) -> np.ndarray:
+    """YuNet-style 5 points from the 68: eye centres (subject's right first), nose tip, mouth corners."""
+    lm = np.asarray(landmarks)[:, :2]
+    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]]).astype(np.float32)
+
+
+def _mask_box(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return np.zeros(4, np.float32)
+    return np.array([xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1], np.float32)
+
+
+def synthetic_pair_rows(n: int, seed: int = 0, size: int = 128, **pair_kwargs) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """``n`` FRAME_PAIR_SCHEMA rows from synthetic pairs (exact flow in the ``flow`` column,
+    GT 68-landmark pseudo-labels), plus their ground truth stacked in a side dict: ``flow`` and
+    ``valid`` (n, S, S[, 2]), ``landmarks_3d_a/b`` (n, 68, 3), ``visible_a/b``, ``pose_a/b``,
+    ``scale_a/b``, ``translation_a/b``, ``id_coeffs``, ``exp_coeffs_a/b``."""
+    rows, gt = [], {k: [] for k in ("flow", "valid", "landmarks_3d_a", "landmarks_3d_b", "visible_a", "visible_b",
+                                    "pose_a", "pose_b", "scale_a", "scale_b", "translation_a", "translation_b",
+                                    "id_coeffs", "exp_coeffs_a", "exp_coeffs_b")}
+    crop = records.crop_transform(0, 0, size, size).reshape(-1)
+    for i in range(n):
+        pair = render_pair(seed * 1_000_003 + i, size=size, **pair_kwargs)
+        fa, fb = pair.face_a, pair.face_b
+        lm_a, lm_b = np.nan_to_num(fa.landmarks_3d), np.nan_to_num(fb.landmarks_3d)
+        video_id = f"synthetic-s{seed}-{i:06d}"
+        rows.append({
+            "pair_id": f"{video_id}/0/0-1",
+            "video_id": video_id,
+            "subject_id": video_id,
+            "track_id": 0,
+            "frame_a": 0,
+            "frame_b": 1,
+            "time_a": 0.0,
+            "time_b": 1 / 25,
+            "image_size": size,
+            "image_a": records.encode_image(pair.image_a),
+            "image_b": records.encode_image(pair.image_b),
+            "flow": records.encode_flow(pair.flow),
+            "box_a": _mask_box(fa.rendering.mask),
+            "box_b": _mask_box(fb.rendering.mask),
+            "crop_to_frame_a": crop,
+            "crop_to_frame_b": crop,
+            "det_landmarks_a": _five_points(lm_a).reshape(-1),
+            "det_landmarks_b": _five_points(lm_b).reshape(-1),
+            "det_score_a": 1.0,
+            "det_score_b": 1.0,
+            "landmarks_2d_a": lm_a[:, :2].astype(np.float32),
+            "landmarks_2d_b": lm_b[:, :2].astype(np.float32),
+            "blur_a": float(cv2.Laplacian(cv2.cvtColor(pair.image_a, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var()),
+            "blur_b": float(cv2.Laplacian(cv2.cvtColor(pair.image_b, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var()),
+            "flow_magnitude": float(np.linalg.norm(pair.flow[pair.valid], axis=-1).mean()) if pair.valid.any() else 0.0,
+            "source_path": f"synthetic-pairs:seed={seed}",
+        })
+        for key, value in (("flow", pair.flow), ("valid", pair.valid), ("landmarks_3d_a", lm_a), ("landmarks_3d_b", lm_b),
+                           ("visible_a", fa.landmarks_visible), ("visible_b", fb.landmarks_visible),
+                           ("pose_a", fa.params.pose), ("pose_b", fb.params.pose), ("scale_a", fa.params.scale),
+                           ("scale_b", fb.params.scale), ("translation_a", fa.params.translation),
+                           ("translation_b", fb.params.translation), ("id_coeffs", fa.params.id_coeffs),
+                           ("exp_coeffs_a", fa.params.exp_coeffs), ("exp_coeffs_b", fb.params.exp_coeffs)):
+            gt[key].append(value)
+    return rows, {k: np.asarray(v) for k, v in gt.items()}
