@@ -138,6 +138,51 @@ def dump_config(config: StrictModel, path: str | os.PathLike | None = None) -> s
 
 # == face model (facepgn.facemodel) ==
 # == synthetic data (facepgn.synthetic) ==
+
+from typing import Literal, Optional  # noqa: E402  (kept in this section to keep edits local)
+
+
+class SyntheticFacesConfig(StrictModel):
+    """``facepgn synth faces``: labelled face crops rendered from the face model (facepgn.synthetic)."""
+
+    n: int = 1000
+    output: str = "data/synthetic/faces"  # folder or s3:// prefix: part-NNNNN.parquet, summary.json, contact_sheet.png
+    seed: int = 0
+    size: int = 128  # crop side, pixels
+    num_id: int = 40  # identity modes sampled (the face model truncated like ModelConfig)
+    num_exp: int = 20
+    id_std: float = 1.0  # identity coefficients ~ N(0, id_std)
+    expression_prob: float = 0.15  # each expression is active with this probability, weight U(0.1, 1)
+    yaw_max_deg: float = 90.0  # |yaw| uniform in [0, max]: AFLW2000-3D buckets equally represented
+    pitch_max_deg: float = 40.0
+    roll_max_deg: float = 30.0
+    face_fill: tuple[float, float] = (0.45, 0.65)  # 68-landmark box side / crop side
+    centre_jitter: float = 0.05  # of the crop side
+    image_format: Literal[".jpg", ".png"] = ".jpg"
+    rows_per_shard: int = 256
+    workers: int = 0  # processes; 0: one per CPU
+    contact_sheet: int = 64  # faces in contact_sheet.png; 0: none
+    face_model: Optional[str] = None  # None: facepgn.paths.resolve_asset("face_model")
+
+
+class SyntheticVideosConfig(StrictModel):
+    """``facepgn synth videos``: mp4 clips of one synthetic identity each, with per-frame ground truth."""
+
+    n: int = 3
+    output: str = "data/synthetic/videos"
+    seed: int = 0
+    frames: int = 60
+    size: int = 256  # frame side, pixels
+    fps: float = 25.0
+    num_id: int = 40
+    num_exp: int = 20
+    face_px: tuple[float, float] = (80.0, 110.0)  # 68-landmark box side in frame pixels
+    yaw_amplitude_deg: float = 45.0
+    pitch_amplitude_deg: float = 15.0
+    roll_amplitude_deg: float = 10.0
+    workers: int = 0
+    face_model: Optional[str] = None
+
 # == model and losses (facepgn.model, facepgn.losses) ==
 
 from typing import Literal, Optional  # noqa: E402  (kept in this section to keep edits local)
