@@ -133,3 +133,131 @@ def test_env_var_selects_model(ict, tmp_path, monkeypatch):
     ict.truncated(3, 2).save(path)
     monkeypatch.setenv("FACEPGN_FACE_MODEL", str(path))
     assert load_face_model().num_id == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Other layouts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ict_upstream_converter_reproduces_shared_npz(shared, tmp_path):
+    from facepgn.facemodel import convert_ict_upstream
+
+    sample = shared / "facemodels" / "ict" / "upstream-sample"
+    model = convert_ict_upstream(sample, allow_missing=True)
+    with np.load(shared / "facemodels" / "ict" / "ict_face_area.npz") as npz:
+        ref = {k: npz[k] for k in npz.files}
+    names = list(ref["exp_names"])
+    assert model.exp_names == ["eyeBlink_L", "jawOpen"]  # vertex_indices.json order
+    np.testing.assert_array_equal(model.mean, ref["mean"])
+    np.testing.assert_array_equal(model.id_basis, ref["id_basis"][:2])
+    for k, name in enumerate(model.exp_names):
+        np.testing.assert_array_equal(model.exp_basis[k], ref["exp_basis"][names.index(name)])
+    np.testing.assert_array_equal(model.triangles, ref["triangles"])
+    np.testing.assert_array_equal(model.landmark_ids, ref["lm68"])
+    # canonical file round trip
+    model.save(tmp_path / "ict.npz")
+    back = load_face_model(tmp_path / "ict.npz")
+    np.testing.assert_array_equal(back.exp_basis, model.exp_basis)
+    # a strict conversion of an incomplete folder names the first missing file
+    with pytest.raises(InputError, match="identity002.obj: file not found"):
+        convert_ict_upstream(sample)
+
+
+def test_obj_reader_errors(tmp_path):
+    from facepgn.facemodel import read_obj
+
+    bad = tmp_path / "bad.obj"
+    bad.write_text("v 1 2\nv 3 4 5\n")
+    with pytest.raises(InputError, match="bad.obj: not a valid .obj"):
+        read_obj(bad)
+    good = tmp_path / "tri.obj"
+    good.write_text("# c\nv 0 0 0\nv 1 0 0\nvt 0 0\nv 0 1 0\nv 1 1 0\nf 1/1 2/1 4/1 3/1\nf 1 2 3\n")
+    verts, polys = read_obj(good)
+    assert verts.shape == (4, 3) and polys == [[0, 1, 3, 2], [0, 1, 2]]
+
+
+def test_surrey_face_model(shared):
+    from facepgn.facemodel import load_sfm, open_face_model
+
+    folder = shared / "facemodels" / "sfm"
+    sfm = open_face_model(folder)
+    assert (sfm.num_vertices, sfm.num_id, sfm.num_exp) == (3448, 63, 6)
+    assert sfm.triangles.shape == (6736, 3) and sfm.units == "mm"
+    assert sfm.landmark_mask.sum() == 50
+    assert not sfm.landmark_mask[:8].any() and sfm.landmark_mask[8] and not sfm.landmark_mask[60]
+    assert sfm.landmark_ids[30] == 114 and sfm.exp_names[3] == "happiness"  # iBUG 31 = nose tip
+    # same frame as ICT: +y up (chin below nose), +z towards the viewer (nose tip in front)
+    assert sfm.mean[114, 2] > np.percentile(sfm.mean[:, 2], 99)
+    assert sfm.mean[33, 1] < sfm.mean[114, 1]
+    # identity modes are orthogonal, scaled by sqrt(eigenvalue): Gram matrix diagonal, decreasing
+    flat = sfm.id_basis.reshape(63, -1).astype(np.float64)
+    gram = flat @ flat.T
+    assert np.abs(gram - np.diag(np.diag(gram))).max() < 1e-3 * gram.max()
+    assert np.all(np.diff(np.diag(gram)) <= 1e-6 * gram.max())
+    direct = load_sfm(folder / "sfm_shape_3448.bin")
+    np.testing.assert_array_equal(direct.exp_basis, sfm.exp_basis)
+
+
+def test_surrey_truncated_file(shared, tmp_path):
+    from facepgn.facemodel import load_sfm
+
+    data = (shared / "facemodels" / "sfm" / "sfm_shape_3448.bin").read_bytes()
+    cut = tmp_path / "sfm_shape_3448.bin"
+    cut.write_bytes(data[:5000])
+    with pytest.raises(InputError, match="truncated cereal binary"):
+        load_sfm(cut)
+
+
+def _write_bfm(tmp_path, with_kpt=True):
+    import scipy.io
+
+    rng = np.random.default_rng(5)
+    v, k, e = 80, 5, 3
+    mu = rng.normal(size=(3 * v, 1)) * 5e4
+    pc, _ = np.linalg.qr(rng.normal(size=(3 * v, k)))
+    ev = np.sort(rng.uniform(1e4, 1e5, size=(k, 1)))[::-1]
+    tl = rng.integers(1, v + 1, size=(100, 3))
+    shape = {"shapeMU": mu, "shapePC": pc, "shapeEV": ev, "tl": tl.astype(np.float64)}
+    if with_kpt:
+        shape["kpt_ind"] = np.arange(1, 69, dtype=np.float64)[None]
+    scipy.io.savemat(tmp_path / "01_MorphableModel.mat", shape)
+    exp = {"mu_exp": rng.normal(size=(3 * v, 1)), "w_exp": rng.normal(size=(3 * v, e)),
+           "sigma_exp": np.array([[2.0], [1.0], [0.5]])}
+    scipy.io.savemat(tmp_path / "Model_Expression.mat", exp)
+    return shape, exp
+
+
+def test_bfm2009_layout(tmp_path):
+    from facepgn.facemodel import load_bfm, open_face_model
+
+    shape, exp = _write_bfm(tmp_path)
+    bfm = load_bfm(tmp_path / "01_MorphableModel.mat", tmp_path / "Model_Expression.mat")
+    v = 80
+    assert (bfm.num_vertices, bfm.num_id, bfm.num_exp) == (v, 5, 3)
+    assert bfm.units == "um" and bfm.exp_kind == "pca"
+    # MATLAB's column vectors are x1 y1 z1 x2 ...: vertex 7's coordinates are entries 21..23
+    np.testing.assert_allclose(bfm.mean[7], (shape["shapeMU"][21:24, 0] + exp["mu_exp"][21:24, 0]), rtol=1e-6)
+    np.testing.assert_allclose(bfm.id_basis[2, 7], shape["shapePC"][21:24, 2] * shape["shapeEV"][2, 0], rtol=1e-5)
+    np.testing.assert_allclose(bfm.exp_basis[2, 7], exp["w_exp"][21:24, 2] * 0.5, rtol=1e-5)
+    np.testing.assert_array_equal(bfm.triangles, shape["tl"].astype(int) - 1)
+    np.testing.assert_array_equal(bfm.landmark_ids, np.arange(68))
+    assert open_face_model(tmp_path / "01_MorphableModel.mat").num_exp == 0
+    assert bfm.truncated(2, 1).exp_names == ["exp00"]  # PCA: the first components
+
+
+def test_bfm_errors(tmp_path):
+    import scipy.io
+
+    from facepgn.facemodel import load_bfm, open_face_model
+
+    scipy.io.savemat(tmp_path / "x.mat", {"foo": np.zeros(3)})
+    with pytest.raises(InputError, match="x.mat: not a BFM 2009 model file"):
+        load_bfm(tmp_path / "x.mat")
+    with pytest.raises(InputError, match="unknown face model format"):
+        open_face_model(_touch(tmp_path / "m.ply"))
+
+
+def _touch(path):
+    path.write_bytes(b"x")
+    return path

@@ -215,9 +215,8 @@ def test_project_mean_face_landmarks_by_hand():
 def test_convention_against_aflw2000_ground_truth(shared):
     """Fit the ICT mean-face landmarks to AFLW2000-3D ``pt3d_68`` (z as published) and compare the
     recovered rotation with ``Pose_Para``: pins the Euler order/signs and the y flip."""
-    import scipy.io
-
     from facepgn.facemodel import load_face_model
+    from facepgn.labelled import read_mat
 
     model = load_face_model()
     X = model.mean[model.landmark_ids].astype(np.float64)
@@ -225,7 +224,7 @@ def test_convention_against_aflw2000_ground_truth(shared):
     assert len(files) >= 15
     rot_err, yaw_err, big_yaw = [], [], 0
     for f in files:
-        mat = scipy.io.loadmat(f)
+        mat = read_mat(f)
         pts = mat["pt3d_68"].T.astype(np.float64)
         pose = mat["Pose_Para"].reshape(-1)[:3].astype(np.float64)
         s, R, t = g.fit_pose(X, pts)
