@@ -85,3 +85,29 @@ def ray_session(s3_server):
         )
     yield ray
     ray.shutdown()
+
+
+# == H4 preprocess: frame-pair shards from real videos ==
+
+FRAME_PAIR_FIXTURE_VIDEOS = ("d10.mp4", "short_hamilton_clip.mp4")
+
+
+@pytest.fixture(scope="session")
+def frame_pair_shards(ray_session, shared, tmp_path_factory) -> str:
+    """A tiny preprocess output (via the Ray pipeline) from 2 real videos: d10.mp4 (one face) and
+    short_hamilton_clip.mp4 (2-3 faces, several tracks); 10 sampled frames each at 10 fps, 64 px
+    crops, 2D landmark pseudo-labels. Returns the output folder (``shards/``, ``summary.json``);
+    read it with ``facepgn.pipelines.preprocess.read_frame_pairs(path)`` or pyarrow."""
+    from facepgn.config import PreprocessConfig
+    from facepgn.pipelines.preprocess import run_preprocess
+
+    inputs = tmp_path_factory.mktemp("frame_pair_videos")
+    for name in FRAME_PAIR_FIXTURE_VIDEOS:
+        (inputs / name).symlink_to(shared / "media" / "videos" / name)
+    output = tmp_path_factory.mktemp("frame_pair_shards")
+    cfg = PreprocessConfig(
+        input=str(inputs), output=str(output), image_size=64, max_frames_per_video=10, target_fps=10.0, max_gap=3
+    )
+    summary = run_preprocess(cfg, progress=False)
+    assert summary["pairs_written"] > 0, summary
+    return str(output)
