@@ -1,0 +1,843 @@
+"""Batch inference over videos, as plain per-item functions (no Ray here).
+
+The Ray Data graph (``facepgn.pipelines.infer``) and the plain-loop baseline (same module, and
+``bench/bench_infer.py``) call exactly these functions:
+
+1. :func:`iter_face_batches` — one video: chunked decode (``facepgn.video``), YuNet detection and
+   tracking, square crops (``facepgn.faces``). Yields column batches (one row per face per sampled
+   frame) and, last, one *footer* row with the video's totals or the reason it failed.
+2. :class:`FaceModelRunner` — the model on a batch of crops, torch eager or onnxruntime (the
+   networks in ONNX, the closed-form pose fit in torch: SVD/eigh have no ONNX operator).
+   :func:`frame_outputs` maps its crop-pixel outputs back to the original frame.
+3. :func:`finalize_video` — one video's rows: temporal smoothing per track
+   (``facepgn.smoothing``), the Parquet file (``records.FACE_TRACK_SCHEMA``), meshes of selected
+   frames, the overlay video, and last the done marker. Every file is written atomically, so a
+   rerun skips finished videos and redoes the rest.
+
+Output layout (a folder or an ``s3://`` prefix)::
+
+    rows/<video_id>.parquet      one row per face per sampled frame (kind "inference_row")
+    overlays/<video_id>.mp4      --overlay: the sampled frames with the mesh or landmarks drawn
+    meshes/<video_id>/f<frame>_t<track>.obj|.ply   --meshes every:N | frames:a,b
+    done/<video_id>.json         per-video marker + stats (written last)
+    errors/<video_id>.json       why a video failed (removed once it succeeds)
+    summary.json                 counts, errors, timings, versions, resolved config
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import time as _time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from facepgn import records, storage
+from facepgn.config import InferConfig, ModelConfig
+from facepgn.errors import FacepgnError, InputError
+
+# Row kinds in the stream between the stages.
+KIND_FACE = 0
+KIND_FOOTER = 1
+
+FACE_INPUT_COLUMNS = ("video_id", "source_path", "frame_index", "time", "track_id", "box", "det_score", "crop_to_frame")
+
+# --------------------------------------------------------------------------------------------
+# model loading and runtimes
+# --------------------------------------------------------------------------------------------
+
+
+def load_inference_model(path: str, map_location: str = "cpu"):
+    """A ``FaceReconstructor`` in eval mode from a model file (``facepgn.model.save_model_file``) or a
+    training checkpoint that holds the model (``facepgn.train``), local or ``s3://``."""
+    import torch
+
+    from facepgn import model as model_lib
+
+    try:
+        data = storage.read_bytes(str(path))
+    except FileNotFoundError:
+        raise InputError(path, "model file not found") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise InputError(path, f"not a readable model file or checkpoint ({exc.__class__.__name__})") from None
+    found = _find_model_payload(payload)
+    if found is None:
+        raise InputError(path, f"neither a facepgn model file ({model_lib.MODEL_FILE_FORMAT}) nor a checkpoint holding one")
+    if found.get("format") == model_lib.MODEL_FILE_FORMAT:
+        model = model_lib.model_from_payload(found, str(path))
+    else:  # a checkpoint: model config + state dict
+        from facepgn.config import build_config
+
+        cfg = build_config(ModelConfig, found["config"], f"{path} (model config)")
+        state = found["state_dict"]
+        arrays = {name[3:]: state[name].numpy() for name in model_lib.FACE_BUFFERS}
+        model = model_lib.FaceReconstructor(cfg, arrays, face_model_name=str(found.get("face_model_name", "")))
+        model.load_state_dict(state)
+    return model.to(map_location).eval()
+
+
+def _find_model_payload(payload: Any, depth: int = 0) -> dict | None:
+    """The model-file dict inside a model file or a checkpoint (searched a few levels deep)."""
+    from facepgn import model as model_lib
+
+    if not isinstance(payload, dict) or depth > 3:
+        return None
+    if payload.get("format") == model_lib.MODEL_FILE_FORMAT:
+        return payload
+    state = payload.get("state_dict", payload.get("model_state", payload.get("model_state_dict")))
+    config = payload.get("model_config", payload.get("config"))
+    if isinstance(config, dict) and "model" in config and isinstance(config["model"], dict):
+        config = config["model"]  # a TrainConfig dump
+    if isinstance(state, dict) and isinstance(config, dict) and all(f in state for f in model_lib.FACE_BUFFERS):
+        return {"config": config, "state_dict": state, "face_model_name": payload.get("face_model_name", "")}
+    for key in ("model", "model_file", "model_payload", "checkpoint"):
+        found = _find_model_payload(payload.get(key), depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+class _NetworkExport:
+    """The two networks of a ``FaceReconstructor`` as one module with flat outputs (for ONNX)."""
+
+    @staticmethod
+    def module(model):
+        import torch
+
+        class Networks(torch.nn.Module):
+            def __init__(self, core):
+                super().__init__()
+                self.regressor = core.regressor
+                self.pgn = core.pgn
+
+            def forward(self, images):
+                reg = self.regressor(images)
+                outs = [reg[k] for k in sorted(reg)]
+                if self.pgn is not None:
+                    pgn = self.pgn(images)
+                    outs += [pgn["landmarks_3d"], pgn["landmark_confidence"]]
+                return tuple(outs)
+
+        return Networks(model).eval()
+
+    @staticmethod
+    def output_names(model) -> list[str]:
+        import torch
+
+        with torch.no_grad():
+            reg = model.regressor(torch.zeros(1, 3, model.input_size, model.input_size))
+        names = [f"regressor.{k}" for k in sorted(reg)]
+        if model.pgn is not None:
+            names += ["pgn.landmarks_3d", "pgn.landmark_confidence"]
+        return names
+
+
+def export_onnx(model, path: str, opset: int = 17) -> list[str]:
+    """Export the model's networks (regressor + PGN) to ONNX with a dynamic batch axis.
+
+    The closed-form pose (a symmetric eigendecomposition) has no ONNX operator, so it stays in
+    torch: :class:`FaceModelRunner` with ``runtime="onnx"`` runs the networks in onnxruntime and
+    the fit in torch, and gives the same outputs as the torch model. Returns the output names.
+    """
+    import warnings
+
+    import torch
+
+    networks = _NetworkExport.module(model)
+    names = _NetworkExport.output_names(model)
+    dummy = torch.rand(2, 3, model.input_size, model.input_size)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            networks,
+            (dummy,),
+            buf,
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    import onnx
+
+    proto = onnx.load_from_string(buf.getvalue())
+    meta = {"facepgn.format": "facepgn.onnx/1", "facepgn.input_size": str(model.input_size)}
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    storage.atomic_write_bytes(str(path), proto.SerializeToString())
+    return names
+
+
+class _Precomputed:
+    """Stands in for a network inside ``FaceReconstructor.forward``: returns outputs computed
+    elsewhere (onnxruntime), so the pose fit and everything after it is the model's own code."""
+
+    @staticmethod
+    def module():
+        import torch
+
+        class Precomputed(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.value: dict | None = None
+
+            def forward(self, images):
+                return self.value
+
+        return Precomputed()
+
+
+class FaceModelRunner:
+    """Runs the model on uint8 crops (B, S, S, 3) -> numpy outputs in crop pixels.
+
+    ``runtime="torch"``: eager torch. ``runtime="onnx"``: the networks in onnxruntime (exported on
+    the fly unless ``onnx_path`` names an exported file), the pose fit in torch. ``threads`` sets
+    torch's and onnxruntime's intra-op threads (one per actor: parallelism comes from actors).
+    """
+
+    OUTPUT_KEYS = ("landmarks_3d", "landmark_confidence", "mesh_landmarks", "landmark_mask", "id_coeffs", "exp_coeffs", "scale", "rotation", "translation")
+
+    def __init__(self, model_path: str | None = None, *, model=None, runtime: str = "torch", device: str = "cpu",
+                 threads: int = 1, onnx_path: str | None = None):
+        import torch
+
+        if threads and threads > 0 and device == "cpu":
+            torch.set_num_threads(int(threads))
+        self.device = device
+        self.runtime = runtime
+        self.model = model if model is not None else load_inference_model(model_path, map_location="cpu")
+        self.model = self.model.to(device).eval()
+        self.input_size = int(self.model.input_size)
+        self.face_model_name = str(getattr(self.model, "face_model_name", ""))
+        self._session = None
+        if runtime == "onnx":
+            self._init_onnx(onnx_path, threads)
+        elif runtime != "torch":
+            raise FacepgnError(f"inference runtime {runtime!r}: expected torch or onnx")
+
+    def _init_onnx(self, onnx_path: str | None, threads: int) -> None:
+        import onnxruntime as ort
+
+        if onnx_path is None:
+            tmp = tempfile.mkdtemp(prefix="facepgn-onnx-")
+            onnx_path = os.path.join(tmp, "networks.onnx")
+            export_onnx(self.model, onnx_path)
+        opts = ort.SessionOptions()
+        if threads and threads > 0:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        data = storage.read_bytes(str(onnx_path))
+        self._session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        self._onnx_names = [o.name for o in self._session.get_outputs()]
+        self._real_regressor, self._real_pgn = self.model.regressor, self.model.pgn
+        self._fake_regressor = _Precomputed.module()
+        self._fake_pgn = _Precomputed.module() if self.model.pgn is not None else None
+
+    def to_images(self, crops: np.ndarray):
+        import torch
+
+        arr = np.ascontiguousarray(crops)
+        if arr.ndim != 4 or arr.shape[1] != self.input_size or arr.shape[3] != 3:
+            raise ValueError(f"expected crops (B, {self.input_size}, {self.input_size}, 3), got {arr.shape}")
+        return torch.from_numpy(arr).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+
+    def torch_outputs(self, crops: np.ndarray) -> dict:
+        """The model's output dict (torch tensors) for uint8 crops."""
+        import torch
+
+        images = self.to_images(crops)
+        with torch.inference_mode():
+            if self._session is None:
+                return self.model(images)
+            flat = self._session.run(None, {"images": images.cpu().numpy()})
+            reg, pgn = {}, {}
+            for name, value in zip(self._onnx_names, flat):
+                group, key = name.split(".", 1)
+                (reg if group == "regressor" else pgn)[key] = torch.from_numpy(value)
+            if pgn:
+                pgn["heatmaps"] = torch.empty(0)
+            self._fake_regressor.value = reg
+            if self._fake_pgn is not None:
+                self._fake_pgn.value = pgn
+            self.model.regressor, self.model.pgn = self._fake_regressor, self._fake_pgn
+            try:
+                return self.model(images)
+            finally:
+                self.model.regressor, self.model.pgn = self._real_regressor, self._real_pgn
+
+    def __call__(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.torch_outputs(crops)
+        return {k: out[k].detach().float().cpu().numpy() for k in self.OUTPUT_KEYS if k in out}
+
+    def face_model(self):
+        """The (truncated) face model the coefficients refer to, as a ``facepgn.facemodel.FaceModel``."""
+        return face_model_of(self.model)
+
+
+def face_model_of(model):
+    from facepgn.facemodel import FaceModel
+
+    arrays = model.face_arrays()
+    return FaceModel(
+        mean=arrays["mean"], id_basis=arrays["id_basis"], exp_basis=arrays["exp_basis"],
+        exp_names=[f"exp{i}" for i in range(arrays["exp_basis"].shape[0])], triangles=arrays["triangles"],
+        landmark_ids=arrays["landmark_ids"], name=str(getattr(model, "face_model_name", "") or "face-model"),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# stage 1: decode, detect, track, crop
+# --------------------------------------------------------------------------------------------
+
+
+def sampled_indices(num_frames: int, stride: int, max_frames: int | None) -> list[int]:
+    """The frames inference looks at: every ``stride``-th of the first ``max_frames``."""
+    stop = num_frames if max_frames is None else min(num_frames, int(max_frames))
+    return list(range(0, max(0, stop), max(1, int(stride))))
+
+
+def _empty_face_batch(size: int) -> dict[str, Any]:
+    return {
+        "video_id": [], "source_path": [], "frame_index": [], "time": [], "track_id": [], "box": [],
+        "det_score": [], "crop": [], "crop_to_frame": [],
+    }
+
+
+def _stack_batch(rows: dict[str, list], size: int, kind: int, footer: dict | None = None) -> dict[str, np.ndarray]:
+    n = len(rows["frame_index"])
+    out = {
+        "kind": np.full(n, kind, np.int8),
+        "video_id": np.array(rows["video_id"], dtype=object),
+        "source_path": np.array(rows["source_path"], dtype=object),
+        "frame_index": np.asarray(rows["frame_index"], np.int64),
+        "time": np.asarray(rows["time"], np.float64),
+        "track_id": np.asarray(rows["track_id"], np.int32),
+        "box": np.asarray(rows["box"], np.float32).reshape(n, 4),
+        "det_score": np.asarray(rows["det_score"], np.float32),
+        "crop": np.asarray(rows["crop"], np.uint8).reshape(n, size, size, 3),
+        "crop_to_frame": np.asarray(rows["crop_to_frame"], np.float32).reshape(n, 2, 3),
+    }
+    meta = footer or {}
+    out["total_rows"] = np.full(n, int(meta.get("total_rows", -1)), np.int64)
+    out["error"] = np.array([str(meta.get("error", ""))] * n, dtype=object)
+    out["info"] = np.array([json.dumps(meta.get("info", {}))] * n if footer else [""] * n, dtype=object)
+    return out
+
+
+def iter_face_batches(video_path: str, video_id: str, cfg: InferConfig, image_size: int, detector=None) -> Iterator[dict[str, np.ndarray]]:
+    """Stage 1 for one video: yields a column batch of face crops per decoded chunk, then a footer.
+
+    The footer (``kind == KIND_FOOTER``, always last, always yielded) carries ``total_rows`` (rows
+    of this video including itself), ``error`` ("" or the one-line reason the video failed) and
+    ``info`` (JSON: frame count, fps, size, stage timings). Memory is bounded by one chunk.
+    """
+    import cv2
+
+    from facepgn import faces, video
+
+    cv2.setNumThreads(1)
+    emitted = 0
+    timings = {"decode_s": 0.0, "detect_s": 0.0, "crop_s": 0.0}
+    info: dict[str, Any] = {}
+    error = ""
+    try:
+        if detector is None:
+            d = cfg.detector
+            detector = faces.FaceDetector(d.model_path, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold,
+                                          top_k=d.top_k, detect_width=d.detect_width)
+        tracker = faces.FaceTracker(cfg.tracker.iou_threshold, cfg.tracker.max_centre_shift, cfg.tracker.max_missed)
+        with video.local_video(video_path) as local:
+            reader = video.VideoReader(local, display_path=video_path)
+            meta = reader.info
+            info = {"num_frames": meta.num_frames, "fps": meta.fps, "width": meta.width, "height": meta.height}
+            indices = sampled_indices(meta.num_frames, cfg.stride, cfg.max_frames)
+            info["sampled_frames"] = len(indices)
+            frames_iter = reader.frames(indices, chunk_size=cfg.chunk_frames)
+            done = False
+            faces_seen = 0
+            while not done:
+                rows = _empty_face_batch(image_size)
+                t0 = _time.perf_counter()
+                chunk = []
+                for frame in frames_iter:
+                    chunk.append(frame)
+                    if len(chunk) >= cfg.chunk_frames:
+                        break
+                else:
+                    done = True
+                timings["decode_s"] += _time.perf_counter() - t0
+                for frame in chunk:
+                    t1 = _time.perf_counter()
+                    dets = detector.detect(frame.rgb)[: cfg.tracker.max_faces]
+                    tracked = tracker.update(dets)
+                    t2 = _time.perf_counter()
+                    timings["detect_s"] += t2 - t1
+                    for track_id, det in tracked:
+                        crop, crop_to_frame = faces.square_crop(frame.rgb, det.box, cfg.crop_margin, image_size)
+                        rows["video_id"].append(video_id)
+                        rows["source_path"].append(video_path)
+                        rows["frame_index"].append(frame.index)
+                        rows["time"].append(frame.time)
+                        rows["track_id"].append(track_id)
+                        rows["box"].append(det.box)
+                        rows["det_score"].append(det.score)
+                        rows["crop"].append(crop)
+                        rows["crop_to_frame"].append(crop_to_frame)
+                    timings["crop_s"] += _time.perf_counter() - t2
+                del chunk
+                if rows["frame_index"]:
+                    batch = _stack_batch(rows, image_size, KIND_FACE)
+                    emitted += len(batch["frame_index"])
+                    faces_seen += len(batch["frame_index"])
+                    yield batch
+            info["faces"] = faces_seen
+    except InputError as exc:
+        error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a batch job records a bad video and goes on
+        error = f"{video_path}: {exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+    info.update(timings)
+    footer_rows = _empty_face_batch(image_size)
+    footer_rows["video_id"].append(video_id)
+    footer_rows["source_path"].append(video_path)
+    footer_rows["frame_index"].append(-1)
+    footer_rows["time"].append(0.0)
+    footer_rows["track_id"].append(-1)
+    footer_rows["box"].append(np.zeros(4, np.float32))
+    footer_rows["det_score"].append(0.0)
+    footer_rows["crop"].append(np.zeros((image_size, image_size, 3), np.uint8))
+    footer_rows["crop_to_frame"].append(np.zeros((2, 3), np.float32))
+    yield _stack_batch(footer_rows, image_size, KIND_FOOTER, {"total_rows": emitted + 1, "error": error, "info": info})
+
+
+# --------------------------------------------------------------------------------------------
+# stage 2: model outputs -> frame pixels
+# --------------------------------------------------------------------------------------------
+
+_FLIP = np.diag([1.0, -1.0, 1.0])
+
+
+def frame_outputs(outputs: dict[str, np.ndarray], crop_to_frame: np.ndarray, det_score: np.ndarray, image_size: int) -> dict[str, np.ndarray]:
+    """Crop-pixel model outputs (B, ...) -> the numeric fields of an inference row, in frame pixels.
+
+    A crop->frame similarity ``A = a [Q | o]`` (``a`` scale, ``Q`` an in-plane rotation, identity for
+    the axis-aligned crops of ``facepgn.faces``) turns the weak-perspective pose
+    ``p = s F R X + t`` into ``s' = a s``, ``R' = F Q3 F R``, ``t' = (A [t_x, t_y, 1], a t_z)``.
+    """
+    from facepgn import geometry
+
+    A = np.asarray(crop_to_frame, np.float64).reshape(-1, 2, 3)
+    b = A.shape[0]
+    lin = A[:, :, :2]
+    a = np.sqrt(np.abs(np.linalg.det(lin)))  # (B,)
+    q = lin / a[:, None, None]
+    q3 = np.tile(np.eye(3), (b, 1, 1))
+    q3[:, :2, :2] = q
+
+    def to_frame(pts: np.ndarray) -> np.ndarray:
+        pts = np.asarray(pts, np.float64)
+        xy = np.einsum("bij,bnj->bni", lin, pts[..., :2]) + A[:, None, :, 2]
+        return np.concatenate([xy, pts[..., 2:] * a[:, None, None]], axis=-1)
+
+    lm3d = to_frame(outputs["landmarks_3d"])
+    mesh_lm = to_frame(outputs["mesh_landmarks"])
+    rot = np.asarray(outputs["rotation"], np.float64)
+    rot_f = _FLIP @ q3 @ _FLIP @ rot
+    t = np.asarray(outputs["translation"], np.float64)
+    t_xy = np.einsum("bij,bj->bi", lin, t[:, :2]) + A[:, :, 2]
+    trans_f = np.concatenate([t_xy, t[:, 2:3] * a[:, None]], axis=1)
+    scale_f = np.asarray(outputs["scale"], np.float64).reshape(b) * a
+    angles = np.degrees(np.asarray(geometry.matrix_to_euler(rot_f), np.float64))  # pitch, yaw, roll
+    mask = np.asarray(outputs.get("landmark_mask", np.ones((b, lm3d.shape[1]))), np.float64)
+    dist = np.linalg.norm(outputs["landmarks_3d"][..., :2] - outputs["mesh_landmarks"][..., :2], axis=-1)
+    fit_error = (dist * mask).sum(1) / np.maximum(mask.sum(1), 1.0) / float(image_size)
+    quality = np.asarray(det_score, np.float64) * np.exp(-fit_error / 0.05)
+    return {
+        "pitch": angles[:, 0].astype(np.float32),
+        "yaw": angles[:, 1].astype(np.float32),
+        "roll": angles[:, 2].astype(np.float32),
+        "rotation": rot_f.astype(np.float32),
+        "scale": scale_f.astype(np.float32),
+        "translation": trans_f.astype(np.float32),
+        "landmarks_2d": lm3d[..., :2].astype(np.float32),
+        "landmarks_3d": lm3d.astype(np.float32),
+        "id_coeffs": np.asarray(outputs["id_coeffs"], np.float32),
+        "exp_coeffs": np.asarray(outputs["exp_coeffs"], np.float32),
+        "quality": np.clip(quality, 0.0, 1.0).astype(np.float32),
+        "fit_error": fit_error.astype(np.float32),
+    }
+
+
+def infer_batch(runner: FaceModelRunner, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Stage 2 on one column batch: runs the model on the face rows, passes footers through, drops
+    the crops. Output columns: the inputs (minus ``crop``) plus the fields of :func:`frame_outputs`."""
+    t0 = _time.perf_counter()
+    kind = np.asarray(batch["kind"])
+    n = kind.shape[0]
+    faces = np.nonzero(kind == KIND_FACE)[0]
+    out = {k: v for k, v in batch.items() if k != "crop"}
+    num_id, num_exp = runner.model.cfg.num_id, runner.model.cfg.num_exp
+    fields = {
+        "pitch": np.zeros(n, np.float32), "yaw": np.zeros(n, np.float32), "roll": np.zeros(n, np.float32),
+        "rotation": np.zeros((n, 3, 3), np.float32), "scale": np.zeros(n, np.float32),
+        "translation": np.zeros((n, 3), np.float32), "landmarks_2d": np.zeros((n, 68, 2), np.float32),
+        "landmarks_3d": np.zeros((n, 68, 3), np.float32), "id_coeffs": np.zeros((n, num_id), np.float32),
+        "exp_coeffs": np.zeros((n, num_exp), np.float32), "quality": np.zeros(n, np.float32),
+        "fit_error": np.zeros(n, np.float32),
+    }
+    if faces.size:
+        outputs = runner(np.asarray(batch["crop"])[faces])
+        mapped = frame_outputs(outputs, np.asarray(batch["crop_to_frame"])[faces], np.asarray(batch["det_score"])[faces], runner.input_size)
+        for k, v in mapped.items():
+            fields[k][faces] = v
+    out.update(fields)
+    elapsed = _time.perf_counter() - t0
+    out["model_s"] = np.full(n, elapsed / max(n, 1), np.float64)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# stage 3: per-video outputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    root: str
+
+    def rows(self, video_id: str) -> str:
+        return storage.join(self.root, "rows", f"{video_id}.parquet")
+
+    def overlay(self, video_id: str) -> str:
+        return storage.join(self.root, "overlays", f"{video_id}.mp4")
+
+    def mesh(self, video_id: str, frame: int, track: int, fmt: str) -> str:
+        return storage.join(self.root, "meshes", video_id, f"f{frame:06d}_t{track}.{fmt}")
+
+    def done(self, video_id: str) -> str:
+        return storage.join(self.root, "done", f"{video_id}.json")
+
+    def error(self, video_id: str) -> str:
+        return storage.join(self.root, "errors", f"{video_id}.json")
+
+    @property
+    def summary(self) -> str:
+        return storage.join(self.root, "summary.json")
+
+    def done_ids(self) -> set[str]:
+        files = storage.list_files(storage.join(self.root, "done"), extensions=[".json"], recursive=False)
+        return {storage.basename(f)[: -len(".json")] for f in files}
+
+
+def parse_mesh_selection(spec: str | None) -> tuple[str, Any] | None:
+    """``"every:30"`` -> ("every", 30); ``"frames:0,10"`` -> ("frames", {0, 10}); None -> None."""
+    if not spec:
+        return None
+    kind, _, arg = str(spec).partition(":")
+    try:
+        if kind == "every" and int(arg) > 0:
+            return "every", int(arg)
+        if kind == "frames":
+            return "frames", {int(v) for v in arg.split(",") if v.strip()}
+    except ValueError:
+        pass
+    raise FacepgnError(f"meshes {spec!r}: expected every:N (N > 0) or frames:A,B,...")
+
+
+def mesh_selected(selection: tuple[str, Any] | None, frame_index: int) -> bool:
+    if selection is None:
+        return False
+    kind, arg = selection
+    return frame_index % arg == 0 if kind == "every" else frame_index in arg
+
+
+def smooth_rows(rows: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
+    """Temporal smoothing (``SmoothingConfig``) of one video's rows, per track, in place of the raw
+    values: landmarks, rotation (re-orthonormalised; Euler angles recomputed), scale, translation,
+    expressions; identity is the track's quality-weighted mean (one person) unless configured
+    otherwise. Rows must be sorted by (track_id, frame_index)."""
+    from facepgn import geometry, smoothing
+
+    out = {k: np.array(v, copy=True) for k, v in rows.items()}
+    kw = dict(method=cfg.method, sigma=cfg.sigma_s, min_cutoff=cfg.min_cutoff, beta=cfg.beta)
+    for track in np.unique(out["track_id"]):
+        idx = np.nonzero(out["track_id"] == track)[0]
+        for seg in smoothing.split_segments(out["frame_index"][idx], cfg.max_gap_frames):
+            ids = idx[seg]
+            if ids.size < 2:
+                continue
+            t = out["time"][ids]
+            for key in ("landmarks_3d", "scale", "translation", "exp_coeffs"):
+                out[key][ids] = smoothing.smooth_series(out[key][ids], t, **kw).astype(np.float32)
+            out["landmarks_2d"][ids] = out["landmarks_3d"][ids][..., :2]
+            rot = smoothing.smooth_rotations(out["rotation"][ids], t, **kw)
+            out["rotation"][ids] = rot.astype(np.float32)
+            ang = np.degrees(np.asarray(geometry.matrix_to_euler(rot), np.float64))
+            out["pitch"][ids], out["yaw"][ids], out["roll"][ids] = ang[:, 0], ang[:, 1], ang[:, 2]
+            if cfg.identity == "track_mean":
+                w = np.clip(out["quality"][ids].astype(np.float64), 1e-3, None)
+                out["id_coeffs"][ids] = (out["id_coeffs"][ids] * w[:, None]).sum(0) / w.sum()
+            else:
+                out["id_coeffs"][ids] = smoothing.smooth_series(out["id_coeffs"][ids], t, **kw).astype(np.float32)
+    out["smoothed"] = np.ones(len(out["frame_index"]), bool)
+    return out
+
+
+ROW_FIELDS = [f.name for f in records.FACE_TRACK_SCHEMA if f.name != "schema_version"]
+
+
+def rows_table(rows: dict[str, np.ndarray]):
+    """Column arrays -> a validated ``inference_row`` table."""
+    import pyarrow as pa
+
+    n = len(rows["frame_index"])
+    columns = {}
+    for field in records.FACE_TRACK_SCHEMA:
+        if field.name == "schema_version":
+            columns[field.name] = pa.array(np.full(n, records.INFERENCE_ROW_VERSION, np.int32))
+            continue
+        value = rows[field.name]
+        if pa.types.is_list(field.type):
+            flat = np.asarray(value, np.float32).reshape(n, -1)
+            width = flat.shape[1]
+            offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)) if n else pa.array([0], pa.int32())
+            columns[field.name] = pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1), pa.float32()))
+        else:
+            columns[field.name] = pa.array(list(value) if np.asarray(value).dtype == object else np.asarray(value), type=field.type)
+    table = pa.Table.from_pydict(columns, schema=records.FACE_TRACK_SCHEMA)
+    records.check_table(table, "inference_row")
+    return table
+
+
+def write_parquet(table, path: str) -> None:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    storage.atomic_write_bytes(path, buf.getvalue())
+
+
+def mesh_bytes(vertices: np.ndarray, triangles: np.ndarray, fmt: str) -> bytes:
+    """A triangle mesh as Wavefront OBJ text or binary little-endian PLY."""
+    v = np.asarray(vertices, np.float32).reshape(-1, 3)
+    f = np.asarray(triangles, np.int64).reshape(-1, 3)
+    if fmt == "obj":
+        buf = io.StringIO()
+        buf.write("# facepgn mesh: frame pixels, x right, y down, z towards the camera\n")
+        np.savetxt(buf, v, fmt="v %.3f %.3f %.3f")
+        np.savetxt(buf, f + 1, fmt="f %d %d %d")
+        return buf.getvalue().encode()
+    if fmt == "ply":
+        header = (
+            "ply\nformat binary_little_endian 1.0\ncomment facepgn mesh: frame pixels, x right, y down, z towards the camera\n"
+            f"element vertex {len(v)}\nproperty float x\nproperty float y\nproperty float z\n"
+            f"element face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n"
+        ).encode()
+        faces = np.zeros(len(f), dtype=[("n", "u1"), ("i", "<i4", (3,))])
+        faces["n"] = 3
+        faces["i"] = f
+        return header + v.astype("<f4").tobytes() + faces.tobytes()
+    raise FacepgnError(f"mesh format {fmt!r}: expected obj or ply")
+
+
+def posed_vertices(face_model, row: dict[str, np.ndarray]) -> np.ndarray:
+    """The mesh of one row in frame pixels (V, 3)."""
+    from facepgn import geometry
+
+    verts = face_model.vertices(np.asarray(row["id_coeffs"], np.float32), np.asarray(row["exp_coeffs"], np.float32))
+    return np.asarray(
+        geometry.project(np.asarray(verts, np.float64), np.float64(row["scale"]), np.asarray(row["rotation"], np.float64).reshape(3, 3),
+                         np.asarray(row["translation"], np.float64)),
+        np.float32,
+    )
+
+
+def front_triangles(face_model, rotation: np.ndarray) -> np.ndarray:
+    """Triangles whose normal faces the camera under ``rotation`` (back-face culling)."""
+    v = face_model.mean.astype(np.float64)
+    tri = face_model.triangles
+    n = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])
+    outward = 1.0 if n[:, 2].sum() >= 0 else -1.0
+    nz = (n @ np.asarray(rotation, np.float64).reshape(3, 3).T)[:, 2] * outward
+    return tri[nz > 0]
+
+
+def draw_overlay_frame(frame: np.ndarray, rows: list[dict], style: str, face_model=None) -> np.ndarray:
+    """The frame (RGB) with each face's mesh (wireframe, back faces culled) or landmarks drawn."""
+    import cv2
+
+    from facepgn import render
+
+    out = frame
+    for row in rows:
+        if style == "mesh" and face_model is not None:
+            verts = posed_vertices(face_model, row)
+            out = render.draw_mesh(out, verts[:, :2], front_triangles(face_model, row["rotation"]), mode="wireframe", alpha=0.6)
+        out = render.draw_landmarks(out, np.asarray(row["landmarks_2d"]).reshape(68, 2))
+        x, y, w, h = (int(round(float(c))) for c in np.asarray(row["box"]).reshape(4))
+        out = np.ascontiguousarray(out)
+        cv2.rectangle(out, (x, y), (x + w, y + h), (255, 200, 0), 1)
+        cv2.putText(out, f"#{int(row['track_id'])}", (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 200, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def write_overlay(video_path: str, rows: dict[str, np.ndarray], cfg: InferConfig, dest: str, face_model=None) -> int:
+    """Re-decode the sampled frames in chunks, draw each frame's faces, write an mp4 (mp4v) to
+    ``dest`` atomically. Returns the number of frames written."""
+    import cv2
+
+    from facepgn import video
+
+    by_frame: dict[int, list[dict]] = {}
+    for i in range(len(rows["frame_index"])):
+        by_frame.setdefault(int(rows["frame_index"][i]), []).append({k: rows[k][i] for k in ("landmarks_2d", "box", "track_id", "id_coeffs", "exp_coeffs", "scale", "rotation", "translation")})
+    written = 0
+    with video.local_video(video_path) as local, tempfile.TemporaryDirectory(prefix="facepgn-overlay-") as tmp:
+        reader = video.VideoReader(local, display_path=video_path)
+        info = reader.info
+        indices = sampled_indices(info.num_frames, cfg.stride, cfg.max_frames)
+        out_path = os.path.join(tmp, "overlay.mp4")
+        writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), max(1.0, info.fps / max(1, cfg.stride)), (info.width, info.height))
+        if not writer.isOpened():
+            raise FacepgnError(f"{dest}: cannot open an mp4 video writer (OpenCV without the mp4v codec?)")
+        try:
+            for frame in reader.frames(indices, chunk_size=cfg.chunk_frames):
+                drawn = draw_overlay_frame(frame.rgb, by_frame.get(frame.index, []), cfg.overlay_style, face_model)
+                writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+                written += 1
+        finally:
+            writer.release()
+        storage.atomic_write_file(out_path, dest)
+    return written
+
+
+def collect_rows(batches: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], dict]:
+    """Concatenate one video's stage-2 batches -> (face rows sorted by track and frame, footer)."""
+    footer: dict = {}
+    parts = []
+    for b in batches:
+        kind = np.asarray(b["kind"])
+        for i in np.nonzero(kind == KIND_FOOTER)[0]:
+            footer = {"error": str(b["error"][i]), "info": json.loads(str(b["info"][i]) or "{}")}
+        face = np.nonzero(kind == KIND_FACE)[0]
+        if face.size:
+            parts.append({k: np.asarray(v)[face] for k, v in b.items()})
+    if parts:
+        rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    else:
+        rows = {k: np.asarray(v)[:0] for k, v in batches[0].items()} if batches else {}
+    if rows and len(rows.get("frame_index", [])):
+        order = np.lexsort((rows["frame_index"], rows["track_id"]))
+        rows = {k: v[order] for k, v in rows.items()}
+    return rows, footer
+
+
+def finalize_video(video_id: str, batches: list[dict[str, np.ndarray]], cfg: InferConfig, face_model=None, face_model_name: str = "") -> dict:
+    """Stage 3 for one video: smoothing, rows Parquet, meshes, overlay, then the done marker.
+
+    Returns the video's stats (also the done marker's content). A video whose footer carries an
+    error gets ``errors/<video_id>.json`` instead and no other output.
+    """
+    layout = OutputLayout(cfg.output)
+    rows, footer = collect_rows(batches)
+    info = footer.get("info", {})
+    source_path = str(rows["source_path"][0]) if len(rows.get("frame_index", [])) else ""
+    if not source_path:
+        for b in batches:
+            if len(b["source_path"]):
+                source_path = str(b["source_path"][0])
+                break
+    stats: dict[str, Any] = {"video_id": video_id, "source_path": source_path, "info": info}
+    if footer.get("error"):
+        stats["error"] = footer["error"]
+        storage.atomic_write_text(layout.error(video_id), json.dumps(stats, indent=2))
+        return stats
+    t0 = _time.perf_counter()
+    n = len(rows.get("frame_index", []))
+    if n and cfg.smoothing.enabled:
+        rows = smooth_rows(rows, cfg.smoothing)
+    else:
+        rows["smoothed"] = np.zeros(n, bool)
+    rows["face_model"] = np.array([face_model_name] * n, dtype=object)
+    t1 = _time.perf_counter()
+    write_parquet(rows_table(rows), layout.rows(video_id))
+    t2 = _time.perf_counter()
+    meshes = 0
+    selection = parse_mesh_selection(cfg.meshes)
+    if selection is not None and face_model is not None:
+        for i in range(n):
+            if mesh_selected(selection, int(rows["frame_index"][i])):
+                row = {k: rows[k][i] for k in ("id_coeffs", "exp_coeffs", "scale", "rotation", "translation")}
+                data = mesh_bytes(posed_vertices(face_model, row), face_model.triangles, cfg.mesh_format)
+                storage.atomic_write_bytes(layout.mesh(video_id, int(rows["frame_index"][i]), int(rows["track_id"][i]), cfg.mesh_format), data)
+                meshes += 1
+    t3 = _time.perf_counter()
+    overlay_frames = None
+    if cfg.overlay:
+        overlay_frames = write_overlay(source_path, rows, cfg, layout.overlay(video_id), face_model)
+    t4 = _time.perf_counter()
+    tracks = np.unique(rows["track_id"]) if n else np.zeros(0)
+    stats.update(
+        rows=n,
+        tracks=int(tracks.size),
+        frames_with_faces=int(np.unique(rows["frame_index"]).size) if n else 0,
+        meshes=meshes,
+        overlay_frames=overlay_frames,
+        smoothed=bool(cfg.smoothing.enabled),
+        timings={**{k: info.get(k, 0.0) for k in ("decode_s", "detect_s", "crop_s")}, "model_s": float(np.sum(rows.get("model_s", 0.0))),
+                 "smooth_s": t1 - t0, "write_s": t2 - t1, "meshes_s": t3 - t2, "overlay_s": t4 - t3},
+    )
+    storage.atomic_write_text(layout.done(video_id), json.dumps(stats, indent=2, default=_json_default))
+    if storage.exists(layout.error(video_id)):
+        storage.remove(layout.error(video_id))
+    return stats
+
+
+def _json_default(value: Any):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def read_rows(output: str, video_id: str | None = None):
+    """The inference rows of a run (one video or all) as a pyarrow table, schema-checked."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    layout = OutputLayout(output)
+    if video_id is not None:
+        paths = [layout.rows(video_id)]
+    else:
+        paths = storage.list_files(storage.join(output, "rows"), extensions=[".parquet"], recursive=False)
+    tables = []
+    for p in paths:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(p)))
+        records.check_table(table, "inference_row", p)
+        tables.append(table)
+    return pa.concat_tables(tables) if tables else records.FACE_TRACK_SCHEMA.empty_table()
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in ("facepgn", "torch", "ray", "onnxruntime", "numpy", "pyarrow", "cv2", "decord"):
+        try:
+            module = __import__(name)
+            out[name] = str(getattr(module, "__version__", "?"))
+        except Exception:  # noqa: BLE001
+            continue
+    return out
+
+
+def nan_to_none(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value

@@ -1,0 +1,260 @@
+"""Batch inference over videos on Ray Data (``facepgn infer``), and the same work as a plain loop.
+
+Graph (streaming; each arrow is a stream of small column batches)::
+
+    videos not done yet (from_items, one block per video)
+      -> map_batches(decode_detect_crop)   tasks, fractional CPUs: chunked decode, YuNet, tracker, crops
+      -> map_batches(FaceModelActor)       actor pool (ActorPoolStrategy): the model, GPU if any
+      -> driver: groups rows by video; when a video's footer and all its rows have arrived
+         (the footer says how many), a Ray task finalises it: smoothing, rows Parquet, meshes,
+         overlay, done marker (facepgn.inference.finalize_video).
+
+Memory stays bounded: a decode task holds one chunk of one video; the driver holds only the
+(small, crop-free) rows of videos in flight. Videos already done are skipped; a bad video is
+recorded in ``errors/`` and ``summary.json`` and the others complete.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from facepgn import inference, storage
+from facepgn.config import InferConfig
+from facepgn.errors import FacepgnError
+
+# ---- stage callables (Ray Data UDFs) ---------------------------------------------------------
+
+
+def decode_detect_crop(batch: dict[str, np.ndarray], cfg_json: str, image_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data generator UDF: one batch of videos (path, video_id) -> face-crop batches + footers."""
+    cfg = InferConfig.model_validate_json(cfg_json)
+    for path, video_id in zip(batch["path"], batch["video_id"]):
+        yield from inference.iter_face_batches(str(path), str(video_id), cfg, image_size)
+
+
+class FaceModelActor:
+    """Ray Data callable class: loads the model once per actor, runs it on batches of crops."""
+
+    def __init__(self, model_path: str, runtime: str, threads: int, device: str):
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            device = "cpu"
+        self.runner = inference.FaceModelRunner(model_path, runtime=runtime, threads=threads, device=device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return inference.infer_batch(self.runner, batch)
+
+
+# ---- driving ---------------------------------------------------------------------------------
+
+
+class _VideoAssembler:
+    """Collects stage-2 batches per video; says when a video is complete (footer + all its rows)."""
+
+    def __init__(self):
+        self.batches: dict[str, list[dict[str, np.ndarray]]] = {}
+        self.count: dict[str, int] = {}
+        self.total: dict[str, int] = {}
+
+    def add(self, batch: dict[str, np.ndarray]) -> list[tuple[str, list[dict[str, np.ndarray]]]]:
+        ids = np.asarray(batch["video_id"]).astype(str)
+        complete = []
+        for vid in np.unique(ids):
+            sel = np.nonzero(ids == vid)[0]
+            part = {k: np.asarray(v)[sel] for k, v in batch.items()}
+            self.batches.setdefault(vid, []).append(part)
+            self.count[vid] = self.count.get(vid, 0) + sel.size
+            totals = part["total_rows"][part["total_rows"] >= 0]
+            if totals.size:
+                self.total[vid] = int(totals[0])
+            if self.total.get(vid) is not None and self.count[vid] >= self.total[vid]:
+                complete.append((vid, self.batches.pop(vid)))
+                self.count.pop(vid)
+                self.total.pop(vid)
+        return complete
+
+    def pending(self) -> list[str]:
+        return sorted(self.batches)
+
+
+def _resolve(cfg: InferConfig) -> InferConfig:
+    for name in ("model", "input", "output"):
+        if not getattr(cfg, name):
+            raise FacepgnError(f"inference config: {name} is not set (--{name} or --set {name}=...)")
+    return cfg
+
+
+def plan_videos(cfg: InferConfig) -> tuple[list[Any], list[str]]:
+    """(videos to process, ids skipped because their done marker exists)."""
+    from facepgn import video
+
+    items = video.list_videos(cfg.input)
+    layout = inference.OutputLayout(cfg.output)
+    done = layout.done_ids() if cfg.resume else set()
+    todo = [it for it in items if it.video_id not in done]
+    skipped = [it.video_id for it in items if it.video_id in done]
+    if cfg.max_videos is not None:
+        todo = todo[: cfg.max_videos]
+    return todo, skipped
+
+
+def run_inference(cfg: InferConfig, progress: Callable[[str], None] | None = print) -> dict:
+    """Run batch inference as configured (Ray Data, or a plain loop with ``executor: local``).
+
+    Writes ``cfg.output``: rows/, overlays/, meshes/, done/, errors/, summary.json. Returns the summary.
+    """
+    cfg = _resolve(cfg)
+    started = time.time()
+    log = progress or (lambda _msg: None)
+    storage.makedirs(cfg.output)
+    todo, skipped = plan_videos(cfg)
+    log(f"facepgn infer: {len(todo)} videos to process, {len(skipped)} already done ({cfg.output})")
+    model = inference.load_inference_model(cfg.model)
+    face_model = inference.face_model_of(model)
+    image_size = int(model.input_size)
+    face_model_name = str(getattr(model, "face_model_name", ""))
+    del model
+    results: list[dict] = []
+    if todo:
+        if cfg.executor == "local":
+            results = list(_run_local(cfg, todo, face_model, face_model_name, image_size, log))
+        else:
+            results = list(_run_ray(cfg, todo, face_model, face_model_name, image_size, log))
+    summary = write_summary(cfg, results, skipped, time.time() - started)
+    log(
+        f"facepgn infer: {summary['counts']['videos_done_this_run']} done, {summary['counts']['videos_failed']} failed, "
+        f"{summary['counts']['rows_this_run']} rows in {summary['timings']['wall_s']:.1f} s"
+    )
+    return summary
+
+
+def _run_local(cfg: InferConfig, todo, face_model, face_model_name: str, image_size: int, log) -> Iterable[dict]:
+    """The plain loop over the same functions, in this process (debugging and the bench baseline)."""
+    runner = inference.FaceModelRunner(cfg.model, runtime=cfg.runtime, threads=cfg.torch_threads)
+    for n, item in enumerate(todo, 1):
+        outs = []
+        pending: list[dict[str, np.ndarray]] = []
+        pending_rows = 0
+        for batch in inference.iter_face_batches(item.path, item.video_id, cfg, image_size):
+            pending.append(batch)
+            pending_rows += len(batch["kind"])
+            if pending_rows >= cfg.batch_size:
+                outs.append(inference.infer_batch(runner, _concat(pending)))
+                pending, pending_rows = [], 0
+        if pending:
+            outs.append(inference.infer_batch(runner, _concat(pending)))
+        stats = inference.finalize_video(item.video_id, outs, cfg, face_model, face_model_name)
+        log(_video_line(stats, n, len(todo)))
+        yield stats
+
+
+def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def _video_line(stats: dict, n: int, total: int) -> str:
+    if stats.get("error"):
+        return f"  [{n}/{total}] {stats['video_id']}: FAILED {stats['error']}"
+    return f"  [{n}/{total}] {stats['video_id']}: {stats['rows']} rows, {stats['tracks']} tracks"
+
+
+def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_size: int, log) -> Iterable[dict]:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, log_to_driver=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = False
+    ctx.enable_progress_bars = False
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if has_gpu else 0.0)
+    device = "cuda" if num_gpus > 0 else "cpu"
+    actor_resources: dict[str, Any] = {"num_gpus": num_gpus} if num_gpus > 0 else {"num_cpus": cfg.actor_num_cpus}
+
+    items = [{"path": it.path, "video_id": it.video_id} for it in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        decode_detect_crop,
+        batch_size=1,
+        fn_kwargs={"cfg_json": cfg.model_dump_json(), "image_size": image_size},
+        # Remote args from a function keep Ray Data from fusing this stage into the model actors:
+        # decode+detect runs in its own tasks, in parallel with the model, one video per task.
+        ray_remote_args_fn=lambda: {"num_cpus": cfg.decode_num_cpus},
+    )
+    ds = ds.map_batches(
+        FaceModelActor,
+        fn_constructor_kwargs={"model_path": cfg.model, "runtime": cfg.runtime, "threads": cfg.torch_threads, "device": device},
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=max(cfg.min_actors, cfg.max_actors)),
+        **actor_resources,
+    )
+    finalize = ray.remote(num_cpus=0.25)(inference.finalize_video)
+    face_ref = ray.put(face_model)
+    assembler = _VideoAssembler()
+    in_flight: dict[Any, str] = {}
+    finished = 0
+
+    def drain(block: bool) -> Iterator[dict]:
+        nonlocal finished
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=None if block else 0)
+            if not ready:
+                return
+            ref = ready[0]
+            vid = in_flight.pop(ref)
+            try:
+                stats = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a failed finalisation fails that video only
+                stats = {"video_id": vid, "error": f"{vid}: finalising failed ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})"}
+                storage.atomic_write_text(inference.OutputLayout(cfg.output).error(vid), json.dumps(stats))
+            finished += 1
+            log(_video_line(stats, finished, len(todo)))
+            yield stats
+
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        for vid, parts in assembler.add(batch):
+            in_flight[finalize.remote(vid, parts, cfg, face_ref, face_model_name)] = vid
+        yield from drain(block=False)
+    yield from drain(block=True)
+    for vid in assembler.pending():  # never completes unless a stage lost rows: record it
+        stats = {"video_id": vid, "error": f"{vid}: incomplete output stream (rows lost between stages)"}
+        storage.atomic_write_text(inference.OutputLayout(cfg.output).error(vid), json.dumps(stats))
+        yield stats
+
+
+def write_summary(cfg: InferConfig, results: list[dict], skipped: list[str], wall_s: float) -> dict:
+    """summary.json: counts, errors with reasons, stage timings, versions, the resolved config."""
+    layout = inference.OutputLayout(cfg.output)
+    ok = [r for r in results if not r.get("error")]
+    failed = [r for r in results if r.get("error")]
+    stage_totals: dict[str, float] = {}
+    for r in ok:
+        for k, v in (r.get("timings") or {}).items():
+            stage_totals[k] = stage_totals.get(k, 0.0) + float(v or 0.0)
+    frames = sum(int((r.get("info") or {}).get("sampled_frames", 0)) for r in ok)
+    summary = {
+        "kind": "facepgn.infer.summary/1",
+        "counts": {
+            "videos_done_this_run": len(ok),
+            "videos_skipped_already_done": len(skipped),
+            "videos_failed": len(failed),
+            "videos_done_total": len(layout.done_ids()),
+            "rows_this_run": sum(int(r.get("rows", 0)) for r in ok),
+            "sampled_frames_this_run": frames,
+            "tracks_this_run": sum(int(r.get("tracks", 0)) for r in ok),
+            "meshes_this_run": sum(int(r.get("meshes", 0)) for r in ok),
+        },
+        "errors": [{"video_id": r["video_id"], "path": r.get("source_path", ""), "reason": r["error"]} for r in failed],
+        "videos": {r["video_id"]: {k: r.get(k) for k in ("rows", "tracks", "frames_with_faces", "meshes", "overlay_frames")} for r in ok},
+        "timings": {"wall_s": wall_s, "frames_per_s": frames / wall_s if wall_s > 0 else None, "stage_s": stage_totals},
+        "schema": "inference_row/1",
+        "versions": inference.versions(),
+        "config": json.loads(cfg.model_dump_json()),
+    }
+    storage.atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=inference._json_default))
+    return summary
