@@ -48,21 +48,21 @@ class FaceReconstructor(nn.Module):
         self.cfg = cfg
         self.face_model_name = face_model_name
         self.input_size = cfg.input_size
-        mean = torch.as_tensor(np.asarray(face_arrays["mean"]), dtype=torch.float32)
-        id_basis = torch.as_tensor(np.asarray(face_arrays["id_basis"]), dtype=torch.float32)[: cfg.num_id]
-        exp_basis = torch.as_tensor(np.asarray(face_arrays["exp_basis"]), dtype=torch.float32)[: cfg.num_exp]
+        mean = torch.tensor(np.asarray(face_arrays["mean"]), dtype=torch.float32)
+        id_basis = torch.tensor(np.asarray(face_arrays["id_basis"]), dtype=torch.float32)[: cfg.num_id]
+        exp_basis = torch.tensor(np.asarray(face_arrays["exp_basis"]), dtype=torch.float32)[: cfg.num_exp]
         if id_basis.shape[0] != cfg.num_id or exp_basis.shape[0] != cfg.num_exp:
             raise FacepgnError(
                 f"face model has {id_basis.shape[0]} identity / {exp_basis.shape[0]} expression modes, "
                 f"the model config asks for {cfg.num_id} / {cfg.num_exp}"
             )
-        lm_ids = torch.as_tensor(np.asarray(face_arrays["landmark_ids"]), dtype=torch.long)
+        lm_ids = torch.tensor(np.asarray(face_arrays["landmark_ids"]), dtype=torch.long)
         lm_mask = face_arrays.get("landmark_mask")
-        lm_mask = (lm_ids >= 0) if lm_mask is None else torch.as_tensor(np.asarray(lm_mask)).bool() & (lm_ids >= 0)
+        lm_mask = (lm_ids >= 0) if lm_mask is None else torch.tensor(np.asarray(lm_mask)).bool() & (lm_ids >= 0)
         self.register_buffer("fm_mean", mean)
         self.register_buffer("fm_id_basis", id_basis)
         self.register_buffer("fm_exp_basis", exp_basis)
-        self.register_buffer("fm_triangles", torch.as_tensor(np.asarray(face_arrays["triangles"]), dtype=torch.long))
+        self.register_buffer("fm_triangles", torch.tensor(np.asarray(face_arrays["triangles"]), dtype=torch.long))
         self.register_buffer("fm_landmark_ids", lm_ids)
         self.register_buffer("fm_landmark_mask", lm_mask.float())
         self.register_buffer("fm_normal_sign", torch.tensor(1.0))
