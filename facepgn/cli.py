@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "facepgn.commands.infer",
     "facepgn.commands.export",
     "facepgn.commands.evaluate",
+    "facepgn.commands.labelled",
 ]
 
 

@@ -725,3 +725,58 @@ def _to_frame(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     from facepgn.records import apply_affine
 
     return apply_affine(affine, points)
+
+
+# ---- predictors --------------------------------------------------------------------------------
+
+
+def model_predictor(model: Any, device: str = "cpu") -> PredictFn:
+    """A ``predict_fn`` for a ``facepgn.model.FaceReconstructor``: crops (B, S, S, 3) uint8 ->
+    ``landmarks_3d`` (the PGN's) and ``mesh_landmarks`` (the fitted mesh's) in crop pixels, and the
+    pose (pitch, yaw, roll radians) of the fitted rotation."""
+    import torch
+
+    model = model.to(device).eval()
+    has_pgn = getattr(model, "pgn", None) is not None
+
+    def predict(crops: np.ndarray) -> dict[str, np.ndarray]:
+        images = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            out = model(images)
+            pose = model.pose_angles(out)
+        result = {"mesh_landmarks": out["mesh_landmarks"].float().cpu().numpy(), "pose": pose.cpu().numpy()}
+        if has_pgn:
+            result["landmarks_3d"] = out["landmarks_3d"].float().cpu().numpy()
+        return result
+
+    return predict
+
+
+def peer_landmark_predictor(model_path: str | None = None) -> PredictFn:
+    """The shared 68-point 2D landmark network (``facepgn.faces.LandmarkModel``) as a peer: it is
+    given the centre 1/1.4 of each crop as its face box, which its 0.2 expansion turns back into
+    the whole crop (the crops here are ~1.4x the face)."""
+    from facepgn.faces import LandmarkModel
+
+    net = LandmarkModel(model_path)
+
+    def predict(crops: np.ndarray) -> np.ndarray:
+        size = crops.shape[1]
+        inner = size / (1.0 + 2.0 * net.expand)
+        box = np.array([(size - inner) / 2.0, (size - inner) / 2.0, inner, inner])
+        return np.stack([net.predict(c, box) for c in crops]).astype(np.float64)
+
+    return predict
+
+
+def with_peer_landmarks(predict_fn: PredictFn, model_path: str | None = None) -> PredictFn:
+    """``predict_fn`` plus a ``peer_2d`` landmark set from :func:`peer_landmark_predictor`."""
+    peer = peer_landmark_predictor(model_path)
+
+    def predict(crops: np.ndarray) -> dict[str, np.ndarray]:
+        out = predict_fn(crops)
+        out = dict(out) if isinstance(out, Mapping) else {"landmarks": out}
+        out["peer_2d"] = peer(crops)
+        return out
+
+    return predict

@@ -1,0 +1,121 @@
+"""``facepgn evaluate``: score a model (or precomputed predictions) with the AFLW2000-3D protocol.
+
+    facepgn evaluate aflw2000 --model MODEL_FILE --data DIR --out DIR [--config FILE] [--set k=v ...]
+    facepgn evaluate arrays --pred PRED.npy --gt GT.npy --pose POSE.npy [--out DIR]
+
+Both write ``report.md``, ``ced.png``, ``metrics.json``, ``per_image.csv`` and ``summary.json`` into
+``--out`` and print the headline numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def register(subparsers) -> None:
+    from facepgn.cli import add_config_args
+
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate landmarks/pose on AFLW2000-3D (3DDFA protocol) and write a report",
+        description="Evaluate a model file on a folder laid out like AFLW2000-3D, or precomputed "
+        "prediction arrays, with the 3DDFA protocol (NME by |yaw| bucket).",
+    )
+    sub = parser.add_subparsers(dest="evaluate_command", metavar="BENCHMARK", required=True)
+
+    aflw = sub.add_parser("aflw2000", help="run a model file over AFLW2000-3D images (jpg + mat)")
+    aflw.add_argument("--model", required=True, help="model file (facepgn.model.save_model_file), local or s3://")
+    aflw.add_argument("--data", required=True, help="folder laid out like AFLW2000-3D (imageNNNNN.jpg + .mat)")
+    aflw.add_argument("--out", required=True, help="output folder (local or s3://)")
+    aflw.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_config_args(aflw)
+    aflw.set_defaults(handler=run_aflw2000)
+
+    arrays = sub.add_parser("arrays", help="score precomputed prediction arrays (.npy)")
+    arrays.add_argument("--pred", required=True, help="predicted landmarks (N, 68, 2|3) or (N, 2|3, 68), image pixels")
+    arrays.add_argument("--gt", required=True, help="ground-truth landmarks, e.g. AFLW2000-3D.pts68.npy")
+    arrays.add_argument("--pose", required=True, help="(N,) yaw degrees (AFLW2000-3D.pose.npy) or (N, 3) pitch/yaw/roll degrees")
+    arrays.add_argument("--pred-pose", default=None, help="predicted (N, 3) pitch/yaw/roll degrees (pose MAE)")
+    arrays.add_argument("--roi", default=None, help="(N, 4) crop boxes: --pred is then in crop pixels (3DDFA style)")
+    arrays.add_argument("--crop-size", type=int, default=None, help="crop side of --pred when --roi is given (3DDFA: 120)")
+    arrays.add_argument("--out", default=None, help="output folder for the report (optional)")
+    arrays.set_defaults(handler=run_arrays)
+
+
+def _print_headline(metrics: dict) -> None:
+    for set_name, entry in metrics["landmarks"].items():
+        parts = [f"{key} {100 * v['mean']:.2f}%" for key, v in entry.items()]
+        print(f"{set_name}: " + ", ".join(parts) + " (mean of |yaw| bucket means)")
+    if metrics.get("pose_mae_deg"):
+        p = metrics["pose_mae_deg"]
+        print(f"pose MAE: yaw {p['yaw']:.2f}, pitch {p['pitch']:.2f}, roll {p['roll']:.2f} degrees")
+
+
+def _write_summary(out_dir: str, args: argparse.Namespace, metrics: dict, config: dict, seconds: float) -> None:
+    from facepgn import __version__, storage
+    from facepgn.evaluation import _json_safe
+
+    summary = {
+        "command": f"evaluate {args.evaluate_command}",
+        "arguments": {k: v for k, v in vars(args).items() if k not in ("handler",) and not callable(v)},
+        "config": config,
+        "num_images": metrics["num_images"],
+        "bucket_counts": metrics["bucket_counts"],
+        "errors": metrics.get("errors", []),
+        "seconds": round(seconds, 3),
+        "versions": {"facepgn": __version__},
+        "metrics": "metrics.json",
+    }
+    storage.atomic_write_text(storage.join(out_dir, "summary.json"), json.dumps(_json_safe(summary), indent=2))
+
+
+def run_aflw2000(args: argparse.Namespace) -> int:
+    import logging
+
+    from facepgn import evaluation
+    from facepgn.config import EvaluateConfig, load_config
+    from facepgn.model import load_model_file
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    cfg = load_config(EvaluateConfig, args.config, args.overrides)
+    start = time.time()
+    model = load_model_file(args.model, map_location=args.device)
+    predict = evaluation.model_predictor(model, device=args.device)
+    if cfg.peer_landmarks:
+        predict = evaluation.with_peer_landmarks(predict)
+    result = evaluation.evaluate_aflw2000(
+        predict,
+        args.data,
+        args.out,
+        image_size=model.input_size,
+        batch_size=cfg.batch_size,
+        box=cfg.box,
+        margin=cfg.margin,
+        arrays_dir=cfg.arrays_dir,
+        skip_bad=cfg.skip_bad,
+        limit=cfg.limit,
+        title=f"AFLW2000-3D: {args.model}",
+    )
+    _write_summary(args.out, args, result.metrics, cfg.model_dump(mode="json"), time.time() - start)
+    _print_headline(result.metrics)
+    print(f"report: {result.report_paths['report.md']}")
+    return 0
+
+
+def run_arrays(args: argparse.Namespace) -> int:
+    from facepgn import evaluation
+
+    start = time.time()
+    result = evaluation.evaluate_arrays(
+        args.pred, args.gt, args.pose, pred_pose=args.pred_pose, roi_boxes=args.roi,
+        crop_size=args.crop_size, out_dir=args.out,
+    )
+    if args.out:
+        _write_summary(args.out, args, result.metrics, {}, time.time() - start)
+    _print_headline(result.metrics)
+    if args.out:
+        print(f"report: {result.report_paths['report.md']}")
+    return 0
