@@ -318,6 +318,121 @@ class PreprocessConfig(StrictModel):
     overwrite: bool = False  # ignore done markers and reprocess everything
 
 # == training and tuning (facepgn.train) ==
+
+from typing import Literal as _TLiteral, Optional as _TOptional  # noqa: E402
+
+from pydantic import Field as _TField, model_validator as _t_model_validator  # noqa: E402
+
+
+class ScalingSettings(StrictModel):
+    """Ray Train workers (``ray.train.ScalingConfig``). Fractional CPUs leave room for Ray Data."""
+
+    num_workers: int = _TField(2, ge=1)
+    use_gpu: bool = False  # one GPU per worker (gpus_per_worker), NCCL, mixed precision per optim.amp
+    cpus_per_worker: float = _TField(0.5, gt=0)  # 0.5: two workers + data reading fit a 2-CPU machine
+    gpus_per_worker: float = _TField(1.0, ge=0)  # only with use_gpu
+    resources_per_worker: dict[str, float] = {}  # extra (custom) resources per worker
+    backend: _TLiteral["auto", "nccl", "gloo"] = "auto"  # auto: nccl with GPUs, gloo on CPUs
+    read_cpus: float = _TField(0.25, gt=0)  # CPUs per Ray Data Parquet read task
+
+
+class ValidationSettings(StrictModel):
+    """Held-out labelled faces: landmark NME after every epoch (and at the end)."""
+
+    labelled: list[str] = []  # face-record Parquet; empty: no validation unless holdout_fraction > 0
+    holdout_fraction: float = _TField(0.0, ge=0.0, lt=1.0)  # else: hold out this share of data.labelled, by subject
+    max_records: int = _TField(512, ge=1)  # validation faces used (the first ones)
+    batch_size: int = _TField(32, ge=1)
+    overlay_images: int = _TField(4, ge=0)  # faces drawn with the predicted mesh + landmarks to TensorBoard
+
+
+class RayRunSettings(StrictModel):
+    """Where Ray Train keeps the run; the same name + storage_path resumes from its latest checkpoint."""
+
+    name: str = _TField("facepgn-train", min_length=1, pattern=r"^[A-Za-z0-9_.=-]+$")
+    storage_path: str = "runs/ray"  # local folder or s3://bucket/prefix
+    max_failures: int = _TField(2, ge=-1)  # worker-group restarts from the last checkpoint (-1: unlimited)
+    checkpoints_to_keep: int = _TField(2, ge=1)
+    record_batch_ids: bool = False  # audit: each worker writes the ids it trained on to output_dir/batch_ids/
+
+
+class FaultInjection(StrictModel):
+    """Deliberate worker death, for fault-tolerance tests and drills: worker ``rank`` exits its process
+    (``os._exit``) after step ``at_step``, once: the ``marker`` file records that it happened."""
+
+    at_step: _TOptional[int] = None
+    rank: int = 1
+    marker: _TOptional[str] = None
+
+    @_t_model_validator(mode="after")
+    def _marker_needed(self):
+        if self.at_step is not None and not self.marker:
+            raise ValueError("fault.at_step needs fault.marker (a file that makes the crash happen once)")
+        return self
+
+
+class DistributedTrainConfig(TrainConfig):
+    """``facepgn train``: the plain loop's config plus Ray Train scaling, validation and run storage.
+    ``facepgn train --local`` runs the same file with the plain loop (the extra sections ignored)."""
+
+    scaling: ScalingSettings = ScalingSettings()
+    validation: ValidationSettings = ValidationSettings()
+    ray: RayRunSettings = RayRunSettings()
+    fault: FaultInjection = FaultInjection()
+
+    def plain(self) -> TrainConfig:
+        """The plain-loop part of this config."""
+        return TrainConfig.model_validate(self.model_dump(include=set(TrainConfig.model_fields)))
+
+
+class SearchDimension(StrictModel):
+    """One searched setting: exactly one of the distributions."""
+
+    loguniform: _TOptional[tuple[float, float]] = None
+    uniform: _TOptional[tuple[float, float]] = None
+    randint: _TOptional[tuple[int, int]] = None
+    choice: _TOptional[list[Any]] = None
+    grid: _TOptional[list[Any]] = None  # every value (times num_samples)
+
+    @_t_model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("loguniform", "uniform", "randint", "choice", "grid") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of loguniform, uniform, randint, choice, grid (got {given or 'none'})")
+        lo_hi = self.loguniform or self.uniform or self.randint
+        if lo_hi is not None and not lo_hi[0] < lo_hi[1]:
+            raise ValueError(f"range {list(lo_hi)} is empty")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        if (self.choice is not None and not self.choice) or (self.grid is not None and not self.grid):
+            raise ValueError("choice/grid needs at least one value")
+        return self
+
+
+class SweepSettings(StrictModel):
+    """Ray Tune: samples, ASHA early stopping on the validation NME (time unit: epochs)."""
+
+    num_samples: int = _TField(8, ge=1)
+    max_concurrent_trials: int = _TField(0, ge=0)  # 0: as many as the cluster's resources fit
+    metric: str = "val_nme"
+    mode: _TLiteral["min", "max"] = "min"
+    grace_period: int = _TField(1, ge=1)  # epochs before ASHA may stop a trial
+    max_t: int = _TField(10, ge=1)  # epochs at most per trial
+    reduction_factor: float = _TField(2.0, gt=1.0)
+    seed: _TOptional[int] = 0
+
+
+class TuneJobConfig(StrictModel):
+    """``facepgn tune``: a training config (``base`` file and/or inline ``train``), the search space
+    over its dotted keys (``losses.flow``, ``optim.lr``, ...) and the sweep settings."""
+
+    base: _TOptional[str] = None  # training YAML the trials start from (relative paths: to this file)
+    train: DistributedTrainConfig = DistributedTrainConfig()
+    search_space: dict[str, SearchDimension] = {}
+    sweep: SweepSettings = SweepSettings()
+    name: str = _TField("facepgn-tune", min_length=1, pattern=r"^[A-Za-z0-9_.=-]+$")
+    storage_path: str = "runs/ray"  # Ray Tune experiment + the trials' Ray Train runs
+    output_dir: str = "runs/tune"  # results.csv, results.md, best.yaml, summary.json
 # == inference (facepgn.pipelines.infer) ==
 
 
@@ -342,10 +457,10 @@ class InferConfig(StrictModel):
     runtime: Literal["torch", "onnx"] = "torch"  # onnx: onnxruntime for the networks (CPU: faster)
     stride: int = 1  # process every Nth frame
     max_frames: Optional[int] = None  # per video, before the stride (previews, tests)
-    chunk_frames: int = 48  # frames decoded at a time per video (bounds memory)
-    detect_width: int = 320  # frames are downscaled to this width for the detector
-    min_score: float = 0.6  # detector score threshold
-    max_faces: int = 8  # per frame, highest scores first
+    chunk_frames: int = 32  # frames decoded at a time per video (bounds memory)
+    detector: FaceDetectorConfig = FaceDetectorConfig(detect_width=320)
+    tracker: FaceTrackerConfig = FaceTrackerConfig()
+    crop_margin: float = 0.3  # context around the detector box; keep equal to the training crops'
     batch_size: int = 32  # faces per model call
     min_actors: int = 1  # model actor pool size
     max_actors: int = 1
@@ -358,8 +473,9 @@ class InferConfig(StrictModel):
     meshes: Optional[str] = None  # "every:30" or "frames:0,10,20": export meshes of those frames
     mesh_format: Literal["obj", "ply"] = "obj"
     smoothing: SmoothingConfig = SmoothingConfig()
-    resume: bool = True  # skip videos whose done marker exists
-    max_videos: Optional[int] = None
+    resume: bool = True  # skip videos whose done marker exists (False: redo everything)
+    max_videos: Optional[int] = None  # process at most this many videos not yet done
+    executor: Literal["ray", "local"] = "ray"  # local: a plain loop in this process (debugging, baseline)
 # == labelled datasets and evaluation (facepgn.labelled, facepgn.evaluation) ==
 
 
