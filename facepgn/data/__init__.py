@@ -1,0 +1,1 @@
+"""Package data: pinned checksum tables for upstream downloads."""
