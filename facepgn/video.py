@@ -177,6 +177,8 @@ def list_videos(source: str, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> li
 def _decord_cause(exc: Exception) -> str:
     """decord's errors carry a log prefix and a C++ source location; keep the useful tail."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    if text.startswith("Error reading "):  # decord's only message when FFmpeg cannot open a file
+        return "not a video file, or truncated/corrupt: FFmpeg could not open it"
     if "ERROR opening" in text and "," in text:
         text = text.rsplit(",", 1)[-1].strip()
     text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", text)
