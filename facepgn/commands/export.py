@@ -1,0 +1,40 @@
+"""``facepgn export onnx``: the model's networks as ONNX, checked against torch."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model (ONNX) for onnxruntime and other runtimes",
+        description=(
+            "Export the model's networks (coefficient regressor + PGN) to ONNX with a dynamic batch axis. "
+            "The closed-form pose fit has no ONNX operator; `facepgn infer --runtime onnx` runs it in torch "
+            "on the ONNX outputs. The export is checked against torch on random crops."
+        ),
+    )
+    parser.add_argument("format", choices=["onnx"], help="export format")
+    parser.add_argument("--model", "-m", required=True, help="model file or training checkpoint")
+    parser.add_argument("--out", "-o", required=True, help="output .onnx path (local or s3://)")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime-vs-torch check")
+    parser.add_argument("--atol", type=float, default=1e-3, help="largest allowed difference in the check (crop pixels)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from facepgn import inference
+    from facepgn.errors import FacepgnError
+
+    model = inference.load_inference_model(args.model)
+    names = inference.export_onnx(model, args.out, opset=args.opset)
+    print(f"facepgn export: {args.model} -> {args.out} (outputs: {', '.join(names)})")
+    if args.check:
+        diffs = inference.compare_onnx(model, args.out)
+        worst = max(diffs[k] for k in inference.ONNX_CHECKED_OUTPUTS if k in diffs)
+        print("facepgn export: max |onnxruntime - torch|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+        if worst > args.atol:
+            raise FacepgnError(f"{args.out}: ONNX outputs differ from torch by {worst:.2e} (> {args.atol})")
+    return 0
