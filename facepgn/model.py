@@ -153,17 +153,27 @@ class FaceReconstructor(nn.Module):
         with _no_autocast(verts.device.type):
             return geometry.project(verts, outputs["scale"].float(), outputs["rotation"].float(), outputs["translation"].float())
 
-    def vertex_visibility(self, outputs: dict[str, torch.Tensor], vertex_ids: torch.Tensor | None = None, min_cos: float = 0.1) -> torch.Tensor:
-        """Float mask (B, V) of vertices whose normal faces the camera (z of the rotated normal >
-        ``min_cos``). Back-face culling only: self-occlusion (nose at large yaw) is not modelled;
-        ``facepgn.render`` has the z-buffer version. No gradient."""
+    def vertex_visibility(
+        self, outputs: dict[str, torch.Tensor], vertex_ids: torch.Tensor | None = None, min_cos: float = 0.1, zbuffer: bool = True
+    ) -> torch.Tensor:
+        """Float mask (B, V) of visible vertices (or only ``vertex_ids``), no gradient.
+
+        Two tests: the rotated normal faces the camera (z > ``min_cos``; back faces and grazing
+        silhouettes), and, with ``zbuffer``, a point z-buffer on 2-pixel cells: a vertex is hidden when
+        another vertex in its cell is nearer the camera by more than 6% of the face size (self-occlusion,
+        e.g. the nose at a large yaw). Cheap and batched; ``facepgn.render`` has the exact rasteriser.
+        """
         with torch.no_grad():
             verts = self.model_vertices(outputs["id_coeffs"].detach(), outputs["exp_coeffs"].detach())
             normals = _vertex_normals(verts, self.fm_triangles) * self.fm_normal_sign
+            rotation = outputs["rotation"].detach().float()
+            visible = (normals @ rotation.transpose(-1, -2))[..., 2] > min_cos
+            if zbuffer and "scale" in outputs and "translation" in outputs:
+                img = geometry.project(verts, outputs["scale"].detach().float(), rotation, outputs["translation"].detach().float())
+                visible &= _point_zbuffer(img, cell=2.0, tolerance=0.06 * self.face_size * outputs["scale"].detach().float())
             if vertex_ids is not None:
-                normals = normals[:, vertex_ids]
-            nz = (normals @ outputs["rotation"].detach().float().transpose(-1, -2))[..., 2]
-            return (nz > min_cos).float()
+                visible = visible[:, vertex_ids]
+            return visible.float()
 
     def pose_angles(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(pitch, yaw, roll) radians (B, 3), AFLW2000-3D ``Pose_Para`` convention."""
@@ -179,6 +189,22 @@ class FaceReconstructor(nn.Module):
             "landmark_ids": self.fm_landmark_ids.cpu().numpy().astype(np.int32),
             "landmark_mask": self.fm_landmark_mask.cpu().numpy().astype(bool),
         }
+
+
+def _point_zbuffer(points: torch.Tensor, cell: float, tolerance: torch.Tensor) -> torch.Tensor:
+    """(B, V) bool: the point's z is within ``tolerance`` (B,) of the largest z in its image cell."""
+    b, v, _ = points.shape
+    x = torch.floor(points[..., 0] / cell)
+    y = torch.floor(points[..., 1] / cell)
+    x0 = x.min(dim=1, keepdim=True).values
+    y0 = y.min(dim=1, keepdim=True).values
+    xi, yi = (x - x0).long(), (y - y0).long()
+    width = int(xi.max()) + 1
+    index = yi * width + xi
+    cells = int(index.max()) + 1
+    zmax = torch.full((b, cells), -torch.inf, device=points.device, dtype=points.dtype)
+    zmax.scatter_reduce_(1, index, points[..., 2], reduce="amax")
+    return points[..., 2] >= zmax.gather(1, index) - tolerance[:, None]
 
 
 def _vertex_normals(verts: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
