@@ -1,0 +1,295 @@
+"""The benchmark protocol: NME by hand, the standard arrays, pose/shape errors, reports, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import scipy.io
+
+from facepgn import evaluation as ev
+from facepgn import labelled
+from facepgn.cli import main
+from facepgn.errors import FacepgnError, InputError
+
+
+@pytest.fixture(scope="module")
+def arrays(shared) -> dict[str, np.ndarray]:
+    d = shared / "media" / "aflw2000-3d-arrays"
+    return {
+        "pts68": np.load(d / "AFLW2000-3D.pts68.npy"),
+        "pose": np.load(d / "AFLW2000-3D.pose.npy"),
+        "roi": np.load(d / "AFLW2000-3D_crop.roi_box.npy"),
+        "dir": d,
+    }
+
+
+@pytest.fixture(scope="module")
+def aflw_dir(shared) -> Path:
+    return shared / "media" / "aflw2000-3d"
+
+
+def _hand_nme(pred: np.ndarray, gt: np.ndarray, dims: int, points=range(68)) -> float:
+    """One image, (3, 68) layout, plain loops: the 3DDFA formula."""
+    w = gt[0].max() - gt[0].min()
+    h = gt[1].max() - gt[1].min()
+    p, g = pred[:dims].astype(np.float64).copy(), gt[:dims].astype(np.float64).copy()
+    if dims == 3:
+        p[2] -= p[2].mean()
+        g[2] -= g[2].mean()
+    total = 0.0
+    for k in points:
+        total += np.sqrt(sum((p[d, k] - g[d, k]) ** 2 for d in range(dims)))
+    return total / len(points) / np.sqrt(w * h)
+
+
+def test_standard_arrays_perfect_prediction_and_bucket_counts(arrays):
+    pts, pose = arrays["pts68"], arrays["pose"]
+    assert pts.shape == (2000, 3, 68) and pose.shape == (2000,) and arrays["roi"].shape == (2000, 4)
+    result = ev.evaluate_arrays(pts, pts, pose)
+    assert result.metrics["bucket_counts"] == {"[0,30]": 1312, "(30,60]": 383, "(60,90]": 305}
+    for entry in result.metrics["landmarks"]["landmarks"].values():
+        assert entry["mean"] == 0.0 and entry["all"] == 0.0
+    # yaw is unwrapped degrees; 7 images lie beyond +-90 and go to the last bucket, as published
+    assert int((np.abs(pose) > 90).sum()) == 7
+    assert ev.yaw_bucket_index(pose[np.abs(pose) > 90]).tolist() == [2] * 7
+
+
+def test_nme_equals_hand_computation(arrays):
+    rng = np.random.default_rng(0)
+    idx = [0, 28, 1999]
+    gt = arrays["pts68"][idx].astype(np.float64)
+    pred = gt + rng.normal(0, 3.0, gt.shape)
+    pred[1, :2, 30] += [30.0, -40.0]  # one big error on the nose tip of image00050
+    pred[:, 2] += 100.0  # a z offset is not an error (z origin is arbitrary)
+    for dims in (2, 3):
+        got = ev.nme(pred, gt, dims)
+        want = [_hand_nme(pred[i], gt[i], dims) for i in range(3)]
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        got51 = ev.nme(pred, gt, dims, ev.JAWLESS_POINTS)
+        np.testing.assert_allclose(got51, [_hand_nme(pred[i], gt[i], dims, range(17, 68)) for i in range(3)], rtol=1e-12)
+    # bucket means by hand
+    yaw = np.array([10.0, -45.0, 75.0])
+    values = ev.nme(pred, gt, 2)
+    means = ev.bucket_means(values, yaw)
+    assert means["(30,60]"] == pytest.approx(values[1])
+    assert means["mean"] == pytest.approx(values.mean())
+    # layouts (N, 68, D) and (N, D, 68) agree
+    np.testing.assert_allclose(ev.nme(pred.transpose(0, 2, 1), gt, 2), values)
+
+
+def test_bucket_edges_and_pose_wrapping():
+    assert ev.yaw_bucket_index(np.array([0, 30, 30.0001, -60, 60.5, -351.2, 187.8])).tolist() == [0, 0, 1, 1, 2, 2, 2]
+    counts = ev.bucket_counts(np.array([5.0, 95.0]))
+    assert counts == {"[0,30]": 1, "(30,60]": 0, "(60,90]": 1}
+    mae = ev.pose_mae(np.array([[179.0, -170.0, 10.0]]), np.array([[-179.0, 170.0, 350.0]]))
+    assert mae["pitch"] == pytest.approx(2.0) and mae["yaw"] == pytest.approx(20.0) and mae["roll"] == pytest.approx(20.0)
+    assert mae["mean"] == pytest.approx(14.0)
+    with pytest.raises(FacepgnError):
+        ev.as_landmarks(np.zeros((4, 5, 68, 1)))
+
+
+def _rotation(deg_x: float, deg_y: float, deg_z: float) -> np.ndarray:
+    from facepgn.geometry import euler_to_matrix
+
+    return np.asarray(euler_to_matrix(np.radians([deg_x, deg_y, deg_z]).astype(np.float64)))
+
+
+@pytest.fixture(scope="module")
+def face_mesh(shared) -> tuple[np.ndarray, int]:
+    """The ICT neutral face (cm): a real face surface, and its nose-tip vertex."""
+    data = np.load(shared / "facemodels" / "ict" / "ict_face_area.npz")
+    return data["mean"].astype(np.float64), int(data["lm68"][30])
+
+
+def test_shape_error_known_correspondence(face_mesh):
+    gt, nose = face_mesh
+    R = _rotation(10, -25, 5)
+    moved = 1.7 * gt @ R.T + [3.0, -2.0, 40.0]
+    err = ev.shape_error(moved, gt)
+    assert err.rmse < 1e-6 and err.scale == pytest.approx(1 / 1.7, rel=1e-6)
+    noise = np.random.default_rng(1).normal(0, 0.05, gt.shape)
+    err = ev.shape_error(1.7 * (gt + noise) @ R.T + 5.0, gt)
+    rms_noise = np.sqrt((noise**2).sum(1).mean())
+    assert err.rmse == pytest.approx(rms_noise, rel=0.05)
+    assert err.rmse <= rms_noise
+    # nose-tip crop keeps fewer points, and a rigid fit cannot undo the scale
+    cropped = ev.shape_error(moved, gt, crop_radius=5.0, gt_nose_tip=nose)
+    assert 100 < cropped.num_points < gt.shape[0] and cropped.rmse < 1e-6
+    assert ev.shape_error(moved, gt, allow_scale=False).rmse > 0.1
+
+
+def test_shape_error_nearest_neighbour_different_topology(face_mesh):
+    mesh, nose = face_mesh
+    gt = mesh[::4]
+    nose_point = mesh[nose]
+    R = _rotation(5, 12, -4)
+    order = np.random.default_rng(3).permutation(gt.shape[0])
+    # the same surface with its vertices in another order: no known correspondence, exact answer 0
+    same = ev.shape_error(0.8 * gt[order] @ R.T + [1.0, 2.0, -3.0], gt, correspondence="nearest")
+    assert same.rmse < 1e-3 and same.scale == pytest.approx(1 / 0.8, rel=1e-4) and same.iterations > 1
+    # another sampling of the same surface: only the sampling gap remains
+    resampled = ev.shape_error(0.8 * mesh[2::4] @ R.T, gt, correspondence="nearest")
+    spacing = np.median(np.linalg.norm(gt[1:] - gt[:-1], axis=1))
+    assert resampled.rmse < spacing and resampled.scale == pytest.approx(1 / 0.8, rel=0.02)
+    # a differently shaped face (deeper by 30%) gives a clearly larger error, within the nose crop too
+    deeper = gt * [1.0, 1.0, 1.3]
+    worse = ev.shape_error(deeper[order] @ R.T, gt, correspondence="nearest", crop_radius=8.0, gt_nose_tip=nose_point)
+    assert worse.num_points < gt.shape[0] and worse.rmse > 0.2 and worse.rmse > 100 * same.rmse
+
+
+def test_report_written_and_readable(tmp_path, arrays):
+    rng = np.random.default_rng(2)
+    pts = arrays["pts68"]
+    pred = pts + rng.normal(0, 2.0, pts.shape).astype(np.float32)
+    pred[arrays["pose"] > 60] += rng.normal(0, 4.0, pred[arrays["pose"] > 60].shape).astype(np.float32)
+    result = ev.evaluate_arrays(pred, pts, arrays["pose"], out_dir=str(tmp_path))
+    text = (tmp_path / "report.md").read_text()
+    assert "| landmarks | nme_2d_68 |" in text and "1312" in text and "**" in text
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["landmarks"]["landmarks"]["nme_2d_68"]["mean"] == pytest.approx(
+        np.mean([ev.nme(pred, pts)[ev.yaw_bucket_index(arrays["pose"]) == b].mean() for b in range(3)])
+    )
+    png = cv2.imread(str(tmp_path / "ced.png"))
+    assert png is not None and png.shape[0] > 300 and png.shape[1] > 400
+    assert png.std() > 10  # not blank
+    lines = (tmp_path / "per_image.csv").read_text().splitlines()
+    assert len(lines) == 2001 and lines[0].startswith("name,yaw_deg,landmarks.nme_2d_68")
+
+
+def _perfect_predictor(plan: ev.Aflw2000Plan):
+    """Ground truth moved into each crop, served in the order evaluate_aflw2000 asks for it."""
+    crop_gt = np.stack([labelled.to_crop(g, m) for g, m in zip(plan.gt, plan.crop_to_frame)])
+    state = {"next": 0}
+
+    def predict(crops: np.ndarray) -> dict[str, np.ndarray]:
+        i = state["next"]
+        state["next"] += len(crops)
+        return {"gt": crop_gt[i:i + len(crops)], "pose": np.radians(plan.pose_degrees[i:i + len(crops)])}
+
+    return predict
+
+
+@pytest.mark.parametrize("box", ["auto", "landmarks"])
+def test_evaluate_aflw2000_perfect_predictor(tmp_path, aflw_dir, box):
+    plan = ev.plan_aflw2000(str(aflw_dir), image_size=64, box=box, limit=10)
+    if box == "auto":
+        assert plan.standard_rows is not None and plan.standard_rows[7] == 28  # image00050
+        assert "roi" in plan.box
+    else:
+        assert plan.standard_rows is None
+    result = ev.evaluate_aflw2000(_perfect_predictor(plan), plan, str(tmp_path), image_size=64, batch_size=4)
+    for entry in result.metrics["landmarks"]["gt"].values():
+        assert entry["all"] < 1e-6
+    assert result.metrics["pose_mae_deg"]["mean"] < 1e-9
+    assert (tmp_path / "report.md").exists() and (tmp_path / "ced.png").exists()
+
+
+def test_evaluate_aflw2000_real_landmark_network_on_real_images(aflw_dir):
+    """The crops hold the faces the coordinates say they hold: a real 2D landmark network, run on
+    the crops and mapped back, lands within a few percent of pt3d_68 (image pixels)."""
+    result = ev.evaluate_aflw2000(ev.peer_landmark_predictor(), str(aflw_dir), image_size=128, limit=16)
+    nme = result.metrics["landmarks"]["landmarks"]["nme_2d_68"]
+    assert result.metrics["bucket_counts"]["[0,30]"] >= 8
+    assert nme["[0,30]"] < 0.06  # measured 3.2% on 41 frontal shared images
+    # a wrong crop transform would be far off: shift the predictions by a quarter of the crop
+    shifted = ev.evaluate_aflw2000(lambda c: ev.peer_landmark_predictor()(c) + 32.0, str(aflw_dir), limit=4)
+    assert shifted.metrics["landmarks"]["landmarks"]["nme_2d_68"]["all"] > 0.15
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory) -> Path:
+    """An untrained, small model file (the CLI path, not accuracy)."""
+    from facepgn.config import ModelConfig
+    from facepgn.model import build_model, save_model_file
+
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model_file(build_model(ModelConfig(input_size=64, num_id=8, num_exp=4, pgn_width=0.5, regressor_width=0.5)), path)
+    return path
+
+
+def _link_pairs(src: Path, dest: Path, names: list[str]) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (dest / f"{n}.jpg").symlink_to(src / f"{n}.jpg")
+        (dest / f"{n}.mat").symlink_to(src / f"{n}.mat")
+
+
+def test_cli_evaluate_aflw2000_with_model_file(tmp_path, aflw_dir, tiny_model_file, capsys):
+    data = tmp_path / "data"
+    _link_pairs(aflw_dir, data, ["image00002", "image00010", "image00050"])
+    out = tmp_path / "out"
+    code = main(["evaluate", "aflw2000", "--model", str(tiny_model_file), "--data", str(data), "--out", str(out),
+                 "--set", "batch_size=2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "landmarks_3d:" in printed and "pose MAE" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["landmarks"]) == {"landmarks_3d", "mesh_landmarks"}
+    assert metrics["num_images"] == 3 and metrics["standard_rows_matched"] is True
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["batch_size"] == 2 and summary["num_images"] == 3
+
+    # bad inputs: one line on stderr naming the file, exit 2
+    bad = tmp_path / "bad"
+    _link_pairs(aflw_dir, bad, ["image00002"])
+    scipy.io.savemat(bad / "image00003.mat", {"Pose_Para": np.zeros((1, 7)), "roi": np.zeros((1, 4))})
+    (bad / "image00003.jpg").symlink_to(aflw_dir / "image00010.jpg")
+    assert main(["evaluate", "aflw2000", "--model", str(tiny_model_file), "--data", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.endswith("image00003.mat: no 68-point landmarks (needs pt3d_68 (3x68) or pt2d (2x68); no pt2d)")
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "image00004.jpg").write_bytes(b"\xff\xd8 truncated")
+    (unreadable / "image00004.mat").symlink_to(aflw_dir / "image00050.mat")
+    assert main(["evaluate", "aflw2000", "--model", str(tiny_model_file), "--data", str(unreadable), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "image00004.jpg: not a readable image" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["evaluate", "aflw2000", "--model", str(tiny_model_file), "--data", str(empty), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(empty) in err
+
+
+def test_skip_bad_records_and_continues(tmp_path, aflw_dir):
+    data = tmp_path / "data"
+    _link_pairs(aflw_dir, data, ["image00002", "image00010"])
+    (data / "image00011.jpg").write_bytes(b"junk")
+    (data / "image00011.mat").symlink_to(aflw_dir / "image00050.mat")
+    plan = ev.plan_aflw2000(str(data), image_size=64, box="landmarks", skip_bad=True)
+    result = ev.evaluate_aflw2000(lambda c: np.zeros((len(c), 68, 2)), plan, image_size=64, skip_bad=True)
+    assert result.metrics["num_images"] == 2
+    assert [e["path"].endswith("image00011.jpg") for e in result.metrics["errors"]] == [True]
+    with pytest.raises(InputError, match="image00011.jpg"):
+        ev.evaluate_aflw2000(lambda c: np.zeros((len(c), 68, 2)), str(data), image_size=64)
+
+
+def test_cli_evaluate_arrays(tmp_path, arrays, capsys):
+    pts = arrays["pts68"]
+    # predictions in 3DDFA's 120 px crop space, mapped back with the roi boxes
+    roi = arrays["roi"].astype(np.float64)
+    crop = pts.astype(np.float64).copy()
+    sx = (roi[:, 2] - roi[:, 0]) / 120.0
+    sy = (roi[:, 3] - roi[:, 1]) / 120.0
+    crop[:, 0] = (crop[:, 0] - roi[:, None, 0]) / sx[:, None]
+    crop[:, 1] = (crop[:, 1] - roi[:, None, 1]) / sy[:, None]
+    crop[:, 2] /= np.sqrt(sx * sy)[:, None]
+    np.save(tmp_path / "pred.npy", crop.astype(np.float32))
+    out = tmp_path / "out"
+    code = main(["evaluate", "arrays", "--pred", str(tmp_path / "pred.npy"), "--gt", str(arrays["dir"] / "AFLW2000-3D.pts68.npy"),
+                 "--pose", str(arrays["dir"] / "AFLW2000-3D.pose.npy"), "--roi", str(arrays["dir"] / "AFLW2000-3D_crop.roi_box.npy"),
+                 "--crop-size", "120", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["landmarks"]["landmarks"]["nme_2d_68"]["mean"] < 1e-6
+    assert metrics["bucket_counts"] == {"[0,30]": 1312, "(30,60]": 383, "(60,90]": 305}
+    assert "nme_2d_68 0.00%" in capsys.readouterr().out
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    assert main(["evaluate", "arrays", "--pred", str(tmp_path / "bad.npy"), "--gt", str(tmp_path / "pred.npy"),
+                 "--pose", str(arrays["dir"] / "AFLW2000-3D.pose.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.npy: not a readable .npy pred array" in err
