@@ -247,6 +247,25 @@ class FaceModel:
             jaw_left_ids=self.jaw_left_ids,
         )
 
+    def using_jaw_substitutes(self, right: bool = True, left: bool = True) -> "FaceModel":
+        """The same model with landmarks 0-7 (right) and/or 9-16 (left) moved to the published jaw
+        substitutes (ICT). Measured on the 503 shared AFLW2000-3D faces (ICT mean face fitted to
+        ``pt3d_68`` on the non-jaw points): the substitutes sit closer to the labelled jawline on
+        both sides at every yaw, e.g. mean 2D jaw error 25.6 -> 16.3 px (right) and 27.1 -> 19.1 px
+        (left) for yaw > 35 degrees, 13.6 -> 11.3 and 15.5 -> 13.3 px for 0 < yaw < 20 degrees."""
+        if self.jaw_right_ids is None or self.jaw_left_ids is None:
+            raise ValueError(f"{self.name} has no jaw substitutes")
+        ids = self.landmark_ids.copy()
+        if right:
+            ids[0:8] = self.jaw_right_ids
+        if left:
+            ids[9:17] = self.jaw_left_ids
+        return FaceModel(
+            mean=self.mean, id_basis=self.id_basis, exp_basis=self.exp_basis, exp_names=self.exp_names,
+            triangles=self.triangles, landmark_ids=ids, units=self.units, name=self.name,
+            exp_kind=self.exp_kind, jaw_right_ids=self.jaw_right_ids, jaw_left_ids=self.jaw_left_ids,
+        )
+
     def expressions_by_landmark_motion(self) -> list[int]:
         """Expression indices sorted by how much they move the mapped landmarks (RMS), largest first."""
         ids = self.landmark_ids[self.landmark_mask]

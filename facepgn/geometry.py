@@ -69,7 +69,11 @@ def _numpy_io(fn: Callable) -> Callable:
             if isinstance(a, np.ndarray):
                 if a.dtype != np.float64:
                     a = a.astype(np.float32)
-                return torch.from_numpy(np.ascontiguousarray(a))
+                # (np.ascontiguousarray would turn a 0-d array into shape (1,); read-only arrays,
+                # e.g. FaceModel's, cannot be shared with torch: copy those.)
+                if a.flags.c_contiguous and a.flags.writeable:
+                    return torch.from_numpy(a)
+                return torch.tensor(a)
             return a
 
         out = fn(*[to_t(a) for a in args], **{k: to_t(v) for k, v in kwargs.items()})

@@ -71,6 +71,15 @@ def test_truncated(ict):
         ict.truncated(101, 5)
 
 
+def test_jaw_substitutes(ict):
+    sub = ict.using_jaw_substitutes()
+    np.testing.assert_array_equal(sub.landmark_ids[0:8], ict.jaw_right_ids)
+    np.testing.assert_array_equal(sub.landmark_ids[9:17], ict.jaw_left_ids)
+    np.testing.assert_array_equal(sub.landmark_ids[17:], ict.landmark_ids[17:])
+    assert sub.landmark_ids[8] == ict.landmark_ids[8]  # the chin stays
+    np.testing.assert_array_equal(sub.landmarks()[:8], ict.mean[ict.jaw_right_ids])
+
+
 def test_save_load_round_trip(ict, tmp_path):
     small = ict.truncated(5, 3)
     path = tmp_path / "m.npz"

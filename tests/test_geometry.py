@@ -210,6 +210,9 @@ def test_project_mean_face_landmarks_by_hand():
                       torch.tensor(R, dtype=torch.float32)[None], torch.tensor(t, dtype=torch.float32)[None])
     np.testing.assert_allclose(got_t[0].numpy(), expected, atol=1e-3)
     assert model.landmarks().shape == (68, 3)
+    # 0-d numpy scale (as fit_pose returns it) and read-only model arrays keep the shapes
+    s_fit, R_fit, t_fit = g.fit_pose(model.mean[model.landmark_ids], got)
+    assert s_fit.shape == () and g.project(model.mean[model.landmark_ids], s_fit, R_fit, t_fit).shape == (68, 3)
 
 
 def test_convention_against_aflw2000_ground_truth(shared):
