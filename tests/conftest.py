@@ -111,3 +111,58 @@ def frame_pair_shards(ray_session, shared, tmp_path_factory) -> str:
     summary = run_preprocess(cfg, progress=False)
     assert summary["pairs_written"] > 0, summary
     return str(output)
+
+
+@pytest.fixture(scope="session")
+def synthetic_faces_dir(tmp_path_factory) -> str:
+    """64 synthetic labelled faces (128 px, seed 0) as two face-record Parquet shards (facepgn.synthetic)."""
+    from facepgn.synthetic import FaceSettings, generate_faces
+
+    out = tmp_path_factory.mktemp("synthetic_faces")
+    summary = generate_faces(str(out), 64, seed=0, settings=FaceSettings(size=128), rows_per_shard=32, workers=1)
+    assert summary["written"] == 64, summary
+    return str(out)
+
+
+# == H5 method: synthetic frame pairs and a briefly trained model file ==
+
+
+@pytest.fixture(scope="session")
+def synthetic_pairs_dir(tmp_path_factory) -> str:
+    """8 synthetic frame pairs (128 px) with exact flow, as one frame-pair Parquet shard (no 2D
+    pseudo-labels: the pairs are unlabelled, as real video pairs without the landmark model)."""
+    import pyarrow.parquet as pq
+
+    from facepgn import records
+    from facepgn.synthetic import synthetic_pair_rows
+
+    rows, _ = synthetic_pair_rows(8, seed=5, size=128)
+    for row in rows:
+        row["landmarks_2d_a"] = row["landmarks_2d_b"] = None
+    out = tmp_path_factory.mktemp("synthetic_pairs")
+    pq.write_table(records.to_table(rows, "frame_pair"), str(out / "part-00000.parquet"))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def trained_model_file(synthetic_faces_dir, synthetic_pairs_dir, tmp_path_factory) -> str:
+    """A model file (128 px input, PGN pose, default losses) trained for 40 steps on the synthetic
+    faces and pairs (~10 s on 2 cores): real weights for inference/export tests, not an accurate
+    model. Its training folder (``summary.json``, ``checkpoint.pt``) is the file's parent."""
+    from facepgn.config import TrainConfig
+    from facepgn.train.loop import train
+
+    out = tmp_path_factory.mktemp("trained_model")
+    cfg = TrainConfig.model_validate(
+        {
+            "data": {"labelled": [synthetic_faces_dir], "pairs": [synthetic_pairs_dir], "labelled_batch_size": 8, "pair_batch_size": 4},
+            "optim": {"lr": 3e-3, "warmup_steps": 5},
+            "steps": 40,
+            "log_every": 10,
+            "checkpoint_every": 0,
+            "tensorboard": False,
+            "output_dir": str(out),
+        }
+    )
+    summary = train(cfg)
+    return summary["model_file"]
