@@ -203,8 +203,8 @@ def similarity_fit(src: Tensor, dst: Tensor, weights: Tensor | None = None) -> t
     finite gradients for degenerate inputs (then R is not unique and its gradient is damped).
     """
     dtype = torch.promote_types(src.dtype, dst.dtype)
-    if not dtype.is_floating_point:
-        dtype = torch.float32
+    if not dtype.is_floating_point or torch.finfo(dtype).bits < 32:
+        dtype = torch.float32  # integers, and half precision under autocast (eigh needs >= float32)
     src, dst = src.to(dtype), dst.to(dtype)
     if weights is None:
         weights = torch.ones(src.shape[:-1], dtype=dtype, device=src.device)

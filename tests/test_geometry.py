@@ -156,6 +156,12 @@ def test_similarity_fit_reflection_gives_best_proper_rotation():
     assert s == pytest.approx((S * np.diag(D)).sum() / (a**2).sum() * len(src), rel=1e-8)
 
 
+def test_similarity_fit_half_precision_inputs_run_in_float32():
+    src = torch.randn(2, 10, 3).half()
+    s, R, t = g.similarity_fit(src, src * 2)
+    assert R.dtype == torch.float32 and torch.allclose(s, torch.full((2,), 2.0), rtol=1e-3)
+
+
 def test_zero_weights_ignore_points():
     rng = np.random.default_rng(4)
     src = rng.normal(size=(10, 3))
