@@ -1,0 +1,217 @@
+"""The stage entrypoints in ``jobs/`` run as real Ray jobs on a real cluster with token auth.
+
+A module fixture starts its own Ray head with ``ray start --head --block`` (the venv's ``ray``, its
+own ports and temp dir, ``RAY_AUTH_MODE=token`` with a fresh token in ``RAY_AUTH_TOKEN``), in a new
+process session, so that stopping it kills exactly the processes it started and never the test
+session's embedded Ray (the ``ray_session`` fixture, which lives under the default temp dir).
+Jobs are submitted with ``JobSubmissionClient`` and the repo as ``working_dir``, as users do with
+``ray job submit --working-dir .``; inputs and outputs are absolute paths (a job runs in a copy of
+the working dir).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from facepgn.paths import REPO_ROOT, shared_dir
+
+VENV_BIN = Path(sys.executable).parent
+# What a job's working_dir upload leaves out (Ray already skips .git and .venv by default).
+WORKING_DIR_EXCLUDES = [".git", ".venv", "runs", "outputs", "**/__pycache__", ".pytest_cache", "*.egg-info"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Processes in process session ``sid`` (everything our ``ray start`` spawned, and only that)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # fields after "(comm)": state ppid pgrp session ...
+            pids.append(int(entry))
+    return pids
+
+
+@dataclass
+class LocalRayHead:
+    """A Ray head started by this test module, with its Jobs API address and token."""
+
+    process: subprocess.Popen
+    address: str
+    token: str
+    temp_dir: str
+
+    def client(self, token: str | None = None):
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {token or self.token}"})
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return Path(self.temp_dir, "ray-start.log").read_text()[-n:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        sid = self.process.pid  # start_new_session: the session id is the leader's pid
+        for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):  # a throwaway cluster: no need to wait long
+            pids = _session_pids(sid)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and _session_pids(sid):
+                time.sleep(0.2)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start_local_head(num_cpus: int = 2, timeout_s: float = 60.0) -> LocalRayHead:
+    temp_dir = tempfile.mkdtemp(prefix="fpj", dir="/tmp")  # short: Ray's socket paths are length-limited
+    token = secrets.token_hex(32)
+    env = dict(os.environ)
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # the jobs' `python` is the venv's
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    env.pop("RAY_ADDRESS", None)
+    dashboard_port = _free_port()
+    cmd = [
+        str(VENV_BIN / "ray"), "start", "--head", "--block",
+        "--num-cpus", str(num_cpus), "--num-gpus", "0",
+        "--port", str(_free_port()),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+        "--dashboard-agent-listen-port", str(_free_port()),
+        "--include-dashboard", "true",
+        "--temp-dir", temp_dir, "--disable-usage-stats",
+    ]
+    log = open(Path(temp_dir, "ray-start.log"), "w")
+    process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = LocalRayHead(process, f"http://127.0.0.1:{dashboard_port}", token, temp_dir)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            tail = head.log_tail()
+            head.stop()
+            raise RuntimeError(f"ray start exited with {process.returncode}:\n{tail}")
+        try:
+            head.client().list_jobs()
+            return head
+        except Exception:
+            if time.monotonic() > deadline:
+                tail = head.log_tail()
+                head.stop()
+                raise RuntimeError(f"Ray head did not come up in {timeout_s}s:\n{tail}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    head = start_local_head()
+    yield head
+    head.stop()
+    assert not _session_pids(head.process.pid), "processes of the test's Ray head survived"
+
+
+def run_job(head: LocalRayHead, entrypoint: str, timeout_s: float = 120.0) -> str:
+    """Submit ``entrypoint`` with the repo as working_dir, wait for it, return its logs; fail with
+    the log tail unless it SUCCEEDED."""
+    from ray.job_submission import JobStatus
+
+    client = head.client()
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={
+            "working_dir": str(REPO_ROOT),
+            "excludes": WORKING_DIR_EXCLUDES,
+            # The uploaded copy has no ../shared beside it: name the data folder explicitly, as a
+            # cluster user points FACEPGN_SHARED / FACEPGN_CACHE at their assets.
+            "env_vars": {"FACEPGN_SHARED": str(shared_dir())},
+        },
+    )
+    deadline = time.monotonic() + timeout_s
+    status = client.get_job_status(job_id)
+    while not status.is_terminal():
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            pytest.fail(f"job {entrypoint!r} still {status} after {timeout_s}s:\n{client.get_job_logs(job_id)[-3000:]}")
+        time.sleep(0.5)
+        status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, f"job {entrypoint!r} ended {status}:\n{logs[-4000:]}"
+    return logs
+
+
+def test_jobs_api_requires_the_token(ray_head):
+    with pytest.raises(Exception, match="(?i)auth|401|token"):
+        ray_head.client(token="0" * 64).list_jobs()
+
+
+def test_job_imports_facepgn_from_the_working_dir(ray_head):
+    logs = run_job(
+        ray_head,
+        "python -c \"import facepgn, os, sys; "
+        "print('FACEPGN', facepgn.__file__, sys.executable, os.environ['RAY_ADDRESS'])\"",
+        timeout_s=60,
+    )
+    line = next(l for l in logs.splitlines() if l.startswith("FACEPGN"))
+    _, module_file, python, address = line.split()
+    # The job runs the uploaded copy of the repo (runtime_resources/working_dir_files), not the
+    # checkout, with the cluster's python, and is pointed at this cluster.
+    assert "working_dir_files" in module_file and Path(python).parent == VENV_BIN
+    assert address and address != "auto"
+
+
+def test_preprocess_job(ray_head, shared, tmp_path):
+    video = shared / "media" / "videos" / "d0.mp4"
+    out = tmp_path / "pairs"
+    logs = run_job(
+        ray_head,
+        f"python jobs/preprocess.py --config configs/preprocess.yaml --input {video} --output {out} "
+        "--set max_frames_per_video=12 flow_preset=ultrafast",
+    )
+    assert f"-> {out}" in logs, "the job should print where its outputs went"
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["videos_read"] == 1 and summary["pairs_written"] > 0
+    import pyarrow.parquet as pq
+
+    from facepgn.records import check_table
+
+    shards = sorted(out.rglob("*.parquet"))
+    assert shards
+    table = pq.read_table(shards[0])
+    check_table(table, "frame_pair", str(shards[0]))
+    assert table.num_rows == summary["pairs_written"]
