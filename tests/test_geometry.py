@@ -231,13 +231,14 @@ def test_convention_against_aflw2000_ground_truth(shared):
     X = model.mean[model.landmark_ids].astype(np.float64)
     files = sorted((shared / "media" / "aflw2000-3d").glob("*.mat"))[::25]
     assert len(files) >= 15
-    rot_err, yaw_err, big_yaw = [], [], 0
+    rot_err, wrong_err, yaw_err, big_yaw = [], [], [], 0
     for f in files:
         mat = read_mat(f)
         pts = mat["pt3d_68"].T.astype(np.float64)
         pose = mat["Pose_Para"].reshape(-1)[:3].astype(np.float64)
         s, R, t = g.fit_pose(X, pts)
         rot_err.append(np.degrees(g.rotation_angle_between(R, g.euler_to_matrix(pose))))
+        wrong_err.append(np.degrees(g.rotation_angle_between(R, g.euler_to_matrix(pose).T)))
         # A few Pose_Para are outside the principal range (image00150: yaw 119 deg, the same
         # rotation as yaw 61 deg with pitch and roll shifted by 180 deg): compare canonical angles.
         canonical = g.matrix_to_euler(g.euler_to_matrix(pose))
@@ -248,3 +249,4 @@ def test_convention_against_aflw2000_ground_truth(shared):
     assert big_yaw >= 3  # the check covers turned heads, where a wrong sign would show
     assert np.median(rot_err) < 6.0 and rot_err.max() < 12.0, rot_err
     assert yaw_err.max() < 10.0, yaw_err
+    assert np.median(wrong_err) > 30.0  # the transposed convention is clearly worse: the check discriminates
