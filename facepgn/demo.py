@@ -1,0 +1,441 @@
+"""``facepgn demo``: the whole pipeline on one machine, on an embedded local Ray.
+
+face model -> synthetic labelled faces + synthetic videos -> preprocess (real + synthetic videos ->
+frame pairs) -> train (Ray Train) -> a small sweep (Ray Tune) -> batch inference on the real videos
+with overlays (Ray Data) -> AFLW2000-3D evaluation -> ``REPORT.md`` + ``summary.json``.
+
+Each stage runs its command in this process (``facepgn.cli.main([...])``): the same code, configs
+and outputs as running the stages one by one, or as ``ray job submit`` on a cluster. The demo only
+chooses paths and sizes, starts Ray once, and collects the stages' ``summary.json`` files into one
+report. A stage whose command is not installed is reported as skipped, with what depends on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from facepgn import __version__, storage
+from facepgn.config import DEMO_STAGES, DemoConfig, dump_config
+from facepgn.errors import FacepgnError
+from facepgn.paths import REPO_ROOT, shared_path
+
+STAGE_TITLES = {
+    "model": "face model",
+    "synth_faces": "synthetic labelled faces",
+    "synth_videos": "synthetic videos",
+    "preprocess": "preprocess videos -> frame pairs (Ray Data)",
+    "train": "train (Ray Train)",
+    "tune": "sweep loss weights (Ray Tune)",
+    "infer": "batch inference + overlays on the real videos (Ray Data)",
+    "evaluate": "evaluate on AFLW2000-3D",
+}
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str = "pending"  # done | skipped | failed
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)  # what -> path
+    summary: dict[str, Any] = field(default_factory=dict)  # the stage's own summary.json
+    note: str = ""
+
+
+class DemoLayout:
+    """Where every stage writes, under the demo's output folder (documented in docs/demo.md)."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        join = lambda *p: os.path.join(self.root, *p)  # noqa: E731
+        self.face_model = join("face_model.json")
+        self.synthetic_faces = join("synthetic", "faces")
+        self.synthetic_videos = join("synthetic", "videos")
+        self.manifest = join("videos.csv")
+        self.pairs = join("pairs")
+        self.train = join("train")
+        self.ray = join("ray")
+        self.tune = join("tune")
+        self.infer = join("infer")
+        self.evaluate = join("eval")
+        self.report = join("REPORT.md")
+        self.summary = join("summary.json")
+        self.timings_plot = join("timings.png")
+
+
+def _config_file(stage: str) -> list[str]:
+    """``--config configs/<stage>.yaml`` when the checkout has one (an installed wheel may not)."""
+    path = REPO_ROOT / "configs" / f"{stage}.yaml"
+    return ["--config", str(path)] if path.is_file() else []
+
+
+def _kv(key: str, value: Any) -> str:
+    """A ``--set`` item whose value survives YAML parsing (paths, lists)."""
+    return f"{key}={json.dumps(value)}"
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        return json.loads(storage.read_text(path))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def available_commands() -> set[str]:
+    from facepgn.cli import build_parser
+
+    parser = build_parser()
+    for action in parser._subparsers._group_actions:  # noqa: SLF001 - argparse keeps them here
+        return set(action.choices)
+    return set()
+
+
+class Demo:
+    def __init__(self, cfg: DemoConfig, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.paths = DemoLayout(cfg.output)
+        self.log = log
+        self.results: dict[str, StageResult] = {}
+        self.commands = available_commands()
+        self.started = time.time()
+
+    # ---- running -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        storage.makedirs(self.paths.root)
+        dump_config(self.cfg, os.path.join(self.paths.root, "demo-config.yaml"))
+        stages = [s for s in DEMO_STAGES if s in self.cfg.stages]
+        self.log(f"facepgn demo: {len(stages)} stages -> {self.paths.root}")
+        for n, name in enumerate(stages, 1):
+            result = StageResult(name)
+            self.results[name] = result
+            self.log(f"\n=== [{n}/{len(stages)}] {STAGE_TITLES[name]} (t+{time.time() - self.started:.0f}s)")
+            t0 = time.time()
+            try:
+                getattr(self, f"stage_{name}")(result)
+                if result.status == "pending":
+                    result.status = "done"
+            except FacepgnError as exc:
+                result.status, result.note = "failed", str(exc)
+            result.seconds = time.time() - t0
+            self.log(f"--- {name}: {result.status} in {result.seconds:.1f}s" + (f" ({result.note})" if result.note else ""))
+            if result.status == "failed":
+                break
+        return self.finish()
+
+    def _command(self, result: StageResult, command: str, argv: list[str]) -> bool:
+        """Run ``facepgn <argv>`` in this process; False (stage skipped/failed) if it cannot."""
+        from facepgn.cli import main
+
+        if command not in self.commands:
+            result.status, result.note = "skipped", f"`facepgn {command}` is not available in this install"
+            return False
+        extra = self.cfg.overrides.get(result.name, [])
+        if extra:
+            argv = [*argv, "--set", *extra] if "--set" not in argv else [*argv, *extra]
+        self.log("$ facepgn " + " ".join(argv))
+        code = main(argv)
+        if code != 0:
+            result.status, result.note = "failed", f"`facepgn {command}` exited with {code}"
+            return False
+        return True
+
+    def _needs(self, result: StageResult, path: str, what: str) -> bool:
+        if storage.exists(path):
+            return True
+        result.status, result.note = "skipped", f"no {what} ({path} missing)"
+        return False
+
+    # ---- stages --------------------------------------------------------------------------------
+
+    def stage_model(self, result: StageResult) -> None:
+        from facepgn.facemodel import load_face_model
+        from facepgn.paths import resolve_asset
+
+        path = resolve_asset("face_model")
+        model = load_face_model(path)
+        info = model.summary()
+        mapped = [int(i) for i in model.landmark_ids]
+        info.update({"path": str(path), "landmark_vertex_ids": mapped})
+        storage.atomic_write_text(self.paths.face_model, json.dumps(info, indent=2))
+        lms = model.landmarks()  # (68, 3), neutral face, model units
+        span = lms[model.landmark_mask].max(0) - lms[model.landmark_mask].min(0)
+        self.log(
+            f"face model {info['name']}: {info['vertices']} vertices, {info['triangles']} triangles, "
+            f"{info['identity_modes']} identity modes, {info['expressions']} expressions ({info['expression_kind']}), "
+            f"{info['landmarks']}/68 landmarks mapped, landmark extent {span[0]:.1f} x {span[1]:.1f} {info['units']}"
+        )
+        self.log(f"  from {path}")
+        result.outputs["face model info"] = self.paths.face_model
+        result.summary = info
+
+    def stage_synth_faces(self, result: StageResult) -> None:
+        out = self.paths.synthetic_faces
+        if self._command(result, "synth", ["synth", "faces", "--out", out, "--n", str(self.cfg.synthetic_faces)]):
+            result.outputs["face-record shards"] = out
+            result.summary = _read_json(storage.join(out, "summary.json"))
+
+    def stage_synth_videos(self, result: StageResult) -> None:
+        out = self.paths.synthetic_videos
+        argv = ["synth", "videos", "--out", out, "--n", str(self.cfg.synthetic_videos),
+                "--frames", str(self.cfg.synthetic_video_frames)]
+        if self._command(result, "synth", argv):
+            result.outputs["videos"] = out
+            result.summary = _read_json(storage.join(out, "summary.json"))
+
+    def real_videos(self) -> str:
+        return self.cfg.videos or str(shared_path("media/videos"))
+
+    def write_manifest(self) -> int:
+        """videos.csv: the real videos plus the synthetic clips, one subject per video."""
+        from facepgn.video import list_videos
+
+        items = list_videos(self.real_videos())
+        synthetic = self.paths.synthetic_videos
+        if storage.exists(synthetic):
+            items += list_videos(synthetic)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["path", "video_id", "subject_id"])
+        for it in items:
+            writer.writerow([it.path, it.video_id, it.subject_id])
+        storage.atomic_write_text(self.paths.manifest, buf.getvalue())
+        return len(items)
+
+    def stage_preprocess(self, result: StageResult) -> None:
+        n = self.write_manifest()
+        self.log(f"{n} videos listed in {self.paths.manifest}")
+        argv = ["preprocess", *_config_file("preprocess"), "--input", self.paths.manifest,
+                "--output", self.paths.pairs, "--set", _kv("max_frames_per_video", self.cfg.preprocess_frames)]
+        if self._command(result, "preprocess", argv):
+            result.outputs["frame-pair shards"] = self.paths.pairs
+            result.outputs["video list"] = self.paths.manifest
+            result.summary = _read_json(storage.join(self.paths.pairs, "summary.json"))
+
+    def _train_data_overrides(self, prefix: str = "") -> list[str]:
+        sets = []
+        if storage.exists(self.paths.synthetic_faces):
+            sets.append(_kv(f"{prefix}data.labelled", [self.paths.synthetic_faces]))
+        if storage.exists(self.paths.pairs):
+            sets.append(_kv(f"{prefix}data.pairs", [self.paths.pairs]))
+        return sets
+
+    def stage_train(self, result: StageResult) -> None:
+        data = self._train_data_overrides()
+        if not data:
+            result.status, result.note = "skipped", "no training data (synthetic faces / frame pairs)"
+            return
+        argv = ["train", *_config_file("train"), "--set", *data,
+                _kv("steps", self.cfg.train_steps), _kv("output_dir", self.paths.train),
+                _kv("scaling.num_workers", self.cfg.train_workers), _kv("ray.storage_path", self.paths.ray),
+                _kv("ray.name", "demo-train")]
+        if self._command(result, "train", argv):
+            result.outputs["model file"] = self.model_file()
+            result.outputs["TensorBoard"] = os.path.join(self.paths.train, "tensorboard")
+            result.summary = _read_json(os.path.join(self.paths.train, "summary.json"))
+
+    def model_file(self) -> str:
+        return os.path.join(self.paths.train, "model.pt")
+
+    def stage_tune(self, result: StageResult) -> None:
+        data = self._train_data_overrides("train.")
+        if not data:
+            result.status, result.note = "skipped", "no training data"
+            return
+        argv = ["tune", *_config_file("tune"), "--set", *data,
+                _kv("sweep.num_samples", self.cfg.tune_trials), _kv("train.steps", self.cfg.tune_steps),
+                _kv("output_dir", self.paths.tune), _kv("storage_path", self.paths.ray), _kv("name", "demo-tune")]
+        if self._command(result, "tune", argv):
+            result.outputs["sweep results"] = self.paths.tune
+            result.summary = _read_json(os.path.join(self.paths.tune, "summary.json"))
+
+    def stage_infer(self, result: StageResult) -> None:
+        if not self._needs(result, self.model_file(), "trained model"):
+            return
+        argv = ["infer", *_config_file("infer"), "--set", _kv("model", self.model_file()),
+                _kv("input", self.real_videos()), _kv("output", self.paths.infer),
+                _kv("max_frames", self.cfg.infer_frames), _kv("stride", self.cfg.infer_stride), _kv("overlay", True)]
+        if self._command(result, "infer", argv):
+            result.outputs["per-face rows"] = os.path.join(self.paths.infer, "rows")
+            result.outputs["overlay videos"] = os.path.join(self.paths.infer, "overlays")
+            result.summary = _read_json(os.path.join(self.paths.infer, "summary.json"))
+
+    def stage_evaluate(self, result: StageResult) -> None:
+        if not self._needs(result, self.model_file(), "trained model"):
+            return
+        data = self.cfg.aflw2000 or str(shared_path("media/aflw2000-3d"))
+        argv = ["evaluate", "aflw2000", "--model", self.model_file(), "--data", data, "--out", self.paths.evaluate,
+                *_config_file("evaluate"), "--set", _kv("limit", self.cfg.eval_images)]
+        if self._command(result, "evaluate", argv):
+            result.outputs["report"] = os.path.join(self.paths.evaluate, "report.md")
+            result.outputs["CED plot"] = os.path.join(self.paths.evaluate, "ced.png")
+            result.summary = _read_json(os.path.join(self.paths.evaluate, "metrics.json"))
+
+    # ---- report --------------------------------------------------------------------------------
+
+    def finish(self) -> dict[str, Any]:
+        total = time.time() - self.started
+        summary = {
+            "kind": "demo",
+            "output": self.paths.root,
+            "seconds": round(total, 1),
+            "stages": {
+                name: {"status": r.status, "seconds": round(r.seconds, 1), "outputs": r.outputs, "note": r.note}
+                for name, r in self.results.items()
+            },
+            "errors": [{"stage": n, "reason": r.note} for n, r in self.results.items() if r.status == "failed"],
+            "versions": _versions(),
+            "config": self.cfg.model_dump(mode="json"),
+        }
+        self._timings_plot()
+        storage.atomic_write_text(self.paths.report, render_report(self, total))
+        storage.atomic_write_text(self.paths.summary, json.dumps(summary, indent=2, default=str))
+        self.log(f"\nfacepgn demo finished in {total / 60:.1f} min ({os.cpu_count()} cores):")
+        for name, r in self.results.items():
+            line = f"  {name:<13} {r.status:<8} {r.seconds:7.1f}s"
+            self.log(line + (f"  {r.note}" if r.note else ""))
+            for what, path in r.outputs.items():
+                self.log(f"      {what}: {path}")
+        self.log(f"  report:  {self.paths.report}")
+        self.log(f"  summary: {self.paths.summary}")
+        return summary
+
+    def _timings_plot(self) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        names = list(self.results)
+        secs = [self.results[n].seconds for n in names]
+        fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1))
+        ax.barh(names[::-1], secs[::-1], color="#4c72b0")
+        ax.set_xlabel("seconds")
+        ax.set_title(f"facepgn demo stages ({os.cpu_count()} cores)")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        storage.atomic_write_bytes(self.paths.timings_plot, buf.getvalue())
+
+
+def _versions() -> dict[str, str]:
+    versions = {"facepgn": __version__, "python": platform.python_version()}
+    for mod in ("ray", "torch", "numpy", "cv2"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - versions are informational
+            pass
+    return versions
+
+
+def _get(d: dict, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _rel(demo: Demo, path: str) -> str:
+    return os.path.relpath(path, demo.paths.root)
+
+
+def render_report(demo: Demo, total: float) -> str:
+    """REPORT.md: what ran, how long it took, the key numbers of each stage, links to the outputs."""
+    r = demo.results
+    lines = [
+        "# facepgn demo report",
+        "",
+        f"{len(r)} stages in {total / 60:.1f} min on {os.cpu_count()} cores, facepgn {__version__}. "
+        "Every stage ran its `facepgn` command on one embedded Ray; each folder below has the stage's "
+        "own `summary.json` (counts, errors with reasons, timings, versions, resolved config).",
+        "",
+        "| stage | status | seconds | outputs |",
+        "| --- | --- | ---: | --- |",
+    ]
+    for name, res in r.items():
+        outs = ", ".join(f"[{what}]({_rel(demo, p)})" for what, p in res.outputs.items()) or res.note
+        lines.append(f"| {name} | {res.status} | {res.seconds:.1f} | {outs} |")
+    lines += ["", f"![stage timings]({_rel(demo, demo.paths.timings_plot)})", ""]
+
+    if "model" in r and r["model"].summary:
+        s = r["model"].summary
+        lines += ["## Face model", "", f"{s['name']}: {s['vertices']} vertices, {s['identity_modes']} identity modes, "
+                  f"{s['expressions']} expressions, {s['landmarks']}/68 landmarks mapped ({s['path']}).", ""]
+    if "synth_faces" in r and r["synth_faces"].summary:
+        s = r["synth_faces"].summary
+        lines += ["## Synthetic data", "", f"{s.get('written', 0) + s.get('skipped_existing', 0)} labelled faces, "
+                  f"|yaw| buckets {s.get('yaw_buckets_deg')}."]
+        if s.get("contact_sheet"):
+            lines += ["", f"![synthetic faces]({_rel(demo, s['contact_sheet'])})"]
+        v = r.get("synth_videos")
+        if v and v.summary:
+            lines += ["", f"{v.summary.get('videos')} synthetic clips of {v.summary.get('frames_per_video')} frames."]
+        lines.append("")
+    if "preprocess" in r and r["preprocess"].summary:
+        s = r["preprocess"].summary
+        lines += ["## Preprocess", "", f"{s.get('videos_read')} videos read, {s.get('videos_skipped_count', 0)} skipped, "
+                  f"{s.get('pairs_written')} frame pairs in {s.get('shards')} shards, "
+                  f"{_get(s, 'timings', 'frames_per_s')} sampled frames/s.", ""]
+    if "train" in r and r["train"].summary:
+        s = r["train"].summary
+        keys = ("steps", "final_loss", "final_metrics", "val_nme", "samples_per_s", "seconds")
+        lines += ["## Training", "", "```json", json.dumps({k: s[k] for k in keys if k in s}, indent=1, default=str), "```", ""]
+    if "tune" in r and r["tune"].status == "done":
+        results_md = os.path.join(demo.paths.tune, "results.md")
+        lines += ["## Sweep", ""]
+        if storage.exists(results_md):
+            lines += [storage.read_text(results_md).strip(), ""]
+        else:
+            lines += [f"See {_rel(demo, demo.paths.tune)}.", ""]
+    if "infer" in r and r["infer"].summary:
+        s = r["infer"].summary
+        lines += ["## Inference on the real videos", "", "```json",
+                  json.dumps({k: s[k] for k in ("counts", "timings", "throughput") if k in s}, indent=1, default=str),
+                  "```", ""]
+        overlays = os.path.join(demo.paths.infer, "overlays")
+        if storage.exists(overlays):
+            files = storage.list_files(overlays)
+            lines += ["Overlays: " + ", ".join(f"[{storage.basename(f)}]({_rel(demo, f)})" for f in files), ""]
+    if "evaluate" in r and r["evaluate"].status == "done":
+        report = os.path.join(demo.paths.evaluate, "report.md")
+        lines += ["## AFLW2000-3D evaluation", ""]
+        if storage.exists(report):
+            body = storage.read_text(report).strip().splitlines()
+            lines += [l.replace("](", f"]({_rel(demo, demo.paths.evaluate)}/") if "](" in l and "://" not in l else l
+                      for l in body if not l.startswith("# ")]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the demo on an embedded local Ray (or the cluster in ``RAY_ADDRESS``)."""
+    needs_ray = set(cfg.stages) & {"preprocess", "train", "tune", "infer"}
+    started_ray = False
+    if needs_ray:
+        import ray
+
+        if not ray.is_initialized():
+            if os.environ.get("RAY_ADDRESS"):
+                ray.init(configure_logging=False, log_to_driver=True)
+            else:
+                ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=True)
+            started_ray = True
+        log(f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
+    try:
+        return Demo(cfg, log).run()
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
