@@ -397,7 +397,7 @@ def ced_plot_png(result: EvaluationResult, title: str = "Cumulative error distri
         xs = np.concatenate([[0.0], xs])
         ys = np.concatenate([[0.0], ys])
         mean = values.mean()
-        ax.step(xs, ys, where="post", label=f"{label} (mean {mean:.2f}%)")
+        ax.step(xs, ys, where="post", label=f"{label} (all images: {mean:.2f}%)")
     ax.set_xlim(0, max_nme)
     ax.set_ylim(0, 1.0)
     ax.set_xlabel("NME (% of face size)")

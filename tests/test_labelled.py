@@ -196,3 +196,22 @@ def test_cli_convert_writes_records(tmp_path, aflw_dir, capsys):
     assert table.num_rows == 3
     img = records.decode_image(table.column("image")[0].as_py())
     assert img.shape == (64, 64, 3)
+
+
+def test_s3_folder_to_s3_shards_and_evaluation(s3_bucket, aflw_dir, lp_image):
+    from facepgn import evaluation, storage
+
+    for jpg in [aflw_dir / "image00002.jpg", aflw_dir / "image00050.jpg", lp_image]:
+        for path in (jpg, jpg.with_suffix(".mat")):
+            storage.atomic_write_bytes(f"{s3_bucket}/data/{jpg.parent.name}/{path.name}", path.read_bytes())
+    summary = labelled.convert_folder(f"{s3_bucket}/data", f"{s3_bucket}/records", image_size=64)
+    assert summary["records_written"] == 3 and not summary["errors"]
+    shard = storage.read_bytes(f"{s3_bucket}/records/part-00000.parquet")
+    table = pq.read_table(pa.BufferReader(shard))
+    records.check_table(table, "face_record")
+    assert sorted(table.column("subject_id").to_pylist()) == [
+        "300w-lp/IBUG_image_008_1", "aflw2000-3d/image00002", "aflw2000-3d/image00050"]
+    assert storage.exists(f"{s3_bucket}/records/summary.json")
+    # the evaluation reads the same s3 folder (the 2D-only 300W-LP face is left out: aflw subfolder)
+    plan = evaluation.plan_aflw2000(f"{s3_bucket}/data/aflw2000-3d", image_size=64)
+    assert plan.standard_rows.tolist() == [0, 28]
