@@ -111,7 +111,7 @@ def test_pinned_table_lists_all_upstream_files():
     assert {"generic_neutral_mesh.obj", "vertex_indices.json", "identity099.obj"} <= {f.name for f in files}
 
 
-def test_download_ict_converts_and_resumes(mirror, shared, tmp_path, capsys):
+def test_download_ict_converts_and_resumes(mirror, shared, tmp_path, capsys, monkeypatch):
     root, url, server = mirror
     table = _sample_table(tmp_path)
     dest = tmp_path / "models"
@@ -127,8 +127,9 @@ def test_download_ict_converts_and_resumes(mirror, shared, tmp_path, capsys):
         np.testing.assert_array_equal(model.mean, ref["mean"])
         np.testing.assert_array_equal(model.id_basis, ref["id_basis"][:2])
     assert model.exp_names == ["eyeBlink_L", "jawOpen"]
-    # rerun: everything verified, nothing fetched
-    assert main(argv) == 0
+    # rerun (the mirror given by environment this time): everything verified, nothing fetched
+    monkeypatch.setenv("FACEPGN_ICT_BASE_URL", url)
+    assert main([a for a in argv if a not in ("--base-url", url)]) == 0
     assert "0 downloaded, 6 already verified" in capsys.readouterr().out
     # an interrupted download (a partial .part file) continues with a Range request
     raw = dest / "ict-facekit-FaceXModel"
