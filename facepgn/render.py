@@ -239,8 +239,13 @@ def render(
     diffuse: float = 0.6,
     specular: float = 0.0,
     cull_backfaces: bool = True,
+    back_colour=None,
 ) -> Rendering:
-    """Render a mesh with per-vertex albedo (V, 3) in [0, 1] over ``background`` (RGB uint8, or black)."""
+    """Render a mesh with per-vertex albedo (V, 3) in [0, 1] over ``background`` (RGB uint8, or black).
+
+    With ``cull_backfaces=False`` the inside of an open mesh is drawn too (nothing behind it shows
+    through); ``back_colour`` (RGB in [0, 1]) paints those back-facing pixels flat.
+    """
     raster = rasterize(verts, triangles, height, width, cull_backfaces=cull_backfaces)
     colours = shade_vertices(vertex_normals(verts, triangles), albedo, light_dir, ambient, diffuse, specular)
     image = np.zeros((height, width, 3), np.uint8) if background is None else np.array(background, np.uint8, copy=True)
@@ -250,6 +255,10 @@ def render(
     if mask.any():
         shaded = interpolate(raster, triangles, colours)
         image[mask] = np.clip(shaded[mask] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        if back_colour is not None and not cull_backfaces:
+            back = np.zeros(mask.shape, bool)
+            back[mask] = signed_areas(verts, triangles)[raster.triangle_ids[mask]] > 0
+            image[back] = np.clip(np.asarray(back_colour, np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return Rendering(image=image, raster=raster)
 
 

@@ -413,17 +413,22 @@ def render_face(
     ambient: float = 0.45,
     diffuse: float = 0.6,
     vertex_colours: np.ndarray | None = None,
+    draw_inside: bool = True,
 ) -> FaceRender:
     """Render one face; ``vertex_colours`` (pre-shaded, [0, 1]) bypasses the lighting (for pairs
-    with brightness constancy)."""
+    with brightness constancy). ``draw_inside`` draws the inside of the open face mask (seen past
+    its border at steep poses) in a dark flat colour instead of letting the background through."""
     skin = face_skin(model)
     verts_model = skin.close(model.vertices(params.id_coeffs, params.exp_coeffs).astype(np.float64))
     R = euler_to_matrix(np.asarray(params.pose, dtype=np.float64))
     verts = project(verts_model, float(params.scale), R, np.asarray(params.translation, dtype=np.float64))
     if vertex_colours is None:
-        rendering = render.render(verts, skin.triangles, albedo, height, width, background, light_dir, ambient, diffuse)
+        top = skin.regions["height"] > 0.9
+        back = albedo[top].mean(0) * 0.45 if top.any() else albedo.mean(0) * 0.45
+        rendering = render.render(verts, skin.triangles, albedo, height, width, background, light_dir, ambient, diffuse,
+                                  cull_backfaces=not draw_inside, back_colour=back)
     else:
-        raster = render.rasterize(verts, skin.triangles, height, width)
+        raster = render.rasterize(verts, skin.triangles, height, width, cull_backfaces=not draw_inside)
         image = np.zeros((height, width, 3), np.uint8) if background is None else background.copy()
         mask = raster.mask
         colours = render.interpolate(raster, skin.triangles, vertex_colours)
@@ -445,8 +450,8 @@ def shade_albedo(verts: np.ndarray, triangles: np.ndarray, albedo: np.ndarray, l
 
 def _random_light(rng: np.random.Generator) -> tuple[tuple[float, float, float], float, float]:
     light = (rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.4), rng.uniform(0.6, 1.2))
-    ambient = rng.uniform(0.3, 0.6)
-    diffuse = rng.uniform(0.45, 0.8)
+    ambient = rng.uniform(0.4, 0.65)
+    diffuse = rng.uniform(0.45, 0.75)
     return light, ambient, diffuse
 
 
