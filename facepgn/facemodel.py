@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from facepgn.errors import FacepgnError, InputError
+from facepgn.errors import InputError
 
 FORMAT_VERSION = 1
 NUM_LANDMARKS = 68
@@ -51,8 +51,8 @@ class FaceModel:
     exp_kind: str = "blendshapes"  # or "pca"
     jaw_right_ids: np.ndarray | None = None  # (8,) substitutes for landmarks 0-7, or None
     jaw_left_ids: np.ndarray | None = None  # (8,) substitutes for landmarks 9-16, or None
-    _torch_cache: dict = field(default_factory=dict, repr=False)
-    _lock: Any = field(default_factory=threading.Lock, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False, init=False)  # flattened numpy/torch arrays, per device/dtype
+    _lock: Any = field(default_factory=threading.Lock, repr=False, init=False)
 
     def __post_init__(self) -> None:
         self.mean = _ro(np.asarray(self.mean, dtype=np.float32))
@@ -162,7 +162,7 @@ class FaceModel:
 
     def _numpy_flat(self, landmarks_only: bool) -> dict[str, np.ndarray]:
         key = ("numpy", landmarks_only)
-        cached = self._torch_cache.get(key)
+        cached = self._cache.get(key)
         if cached is not None:
             return cached
         if landmarks_only:
@@ -179,7 +179,7 @@ class FaceModel:
             "exp": np.ascontiguousarray(exp_b.reshape(self.num_exp, -1)),
         }
         with self._lock:
-            self._torch_cache[key] = flat
+            self._cache[key] = flat
         return flat
 
     def torch_arrays(self, device=None, dtype=None) -> dict[str, Any]:
@@ -191,7 +191,7 @@ class FaceModel:
         device = torch.device(device if device is not None else "cpu")
         dtype = dtype or torch.float32
         key = ("torch", str(device), dtype)
-        cached = self._torch_cache.get(key)
+        cached = self._cache.get(key)
         if cached is not None:
             return cached
         full, lm = self._numpy_flat(False), self._numpy_flat(True)
@@ -203,7 +203,7 @@ class FaceModel:
         out["landmark_ids"] = torch.from_numpy(self.landmark_ids.astype(np.int64)).to(device)
         out["landmark_mask"] = torch.from_numpy(self.landmark_mask.copy()).to(device)
         with self._lock:
-            self._torch_cache[key] = out
+            self._cache[key] = out
         return out
 
     # -- derived models -------------------------------------------------------------------------
@@ -303,7 +303,7 @@ class FaceModel:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_torch_cache"] = {}
+        state["_cache"] = {}
         state.pop("_lock", None)
         return state
 
