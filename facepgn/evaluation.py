@@ -632,14 +632,15 @@ def plan_aflw2000(
 
     rows = None
     if box in ("auto", "roi"):
-        adir = Path(arrays_dir) if arrays_dir else standard_arrays_dir()
-        pts_file, roi_file = adir / "AFLW2000-3D.pts68.npy", adir / "AFLW2000-3D_crop.roi_box.npy"
-        if pts_file.exists() and roi_file.exists() and dims == 3:
-            rows = match_standard_rows(gt, load_array(str(pts_file), "standard landmarks"))
+        adir = str(arrays_dir) if arrays_dir else str(standard_arrays_dir())
+        pts_file = storage.join(adir, "AFLW2000-3D.pts68.npy")
+        roi_file = storage.join(adir, "AFLW2000-3D_crop.roi_box.npy")
+        if dims == 3 and storage.exists(pts_file) and storage.exists(roi_file):
+            rows = match_standard_rows(gt, load_array(pts_file, "standard landmarks"))
         if rows is not None:
-            roi = load_array(str(roi_file), "roi boxes").astype(np.float64)
+            roi = load_array(roi_file, "roi boxes").astype(np.float64)
             affines = np.stack([roi_affine(roi[r], image_size) for r in rows])
-            box_used = f"standard 3DDFA roi boxes ({roi_file.name})"
+            box_used = f"standard 3DDFA roi boxes ({storage.basename(roi_file)})"
         elif box == "roi":
             raise InputError(str(data), f"faces do not match the standard AFLW2000-3D arrays in {adir}; use box=landmarks")
     if rows is None:

@@ -239,6 +239,16 @@ def to_crop(landmarks: np.ndarray, crop_to_frame: np.ndarray) -> np.ndarray:
     return records.apply_affine(records.invert_affine(crop_to_frame), landmarks).astype(np.float32)
 
 
+def canonical_pose(angles: np.ndarray) -> np.ndarray:
+    """The same rotation as (pitch, yaw, roll) radians with yaw in [-pi/2, pi/2] and pitch, roll in
+    (-pi, pi] (``geometry.matrix_to_euler`` of ``geometry.euler_to_matrix``). Some published poses
+    are not canonical: AFLW2000-3D has yaws of -351 and 119 degrees."""
+    from facepgn.geometry import euler_to_matrix, matrix_to_euler
+
+    angles = np.asarray(angles, dtype=np.float64)
+    return np.asarray(matrix_to_euler(euler_to_matrix(angles)), dtype=np.float32)
+
+
 def face_record(
     face: LabelledFace,
     image_size: int = DEFAULT_IMAGE_SIZE,
@@ -246,7 +256,7 @@ def face_record(
     box: tuple[float, float, float] | None = None,
 ) -> dict[str, Any]:
     """A ``face_record`` row: the square crop around the landmarks, landmarks in crop pixels
-    (3D z centred), pose and coefficients as published."""
+    (3D z centred), the pose in canonical angles (:func:`canonical_pose`), coefficients as published."""
     x0, y0, side = box if box is not None else landmark_box(face.landmarks, margin)
     crop_to_frame = records.crop_transform(x0, y0, side, image_size)
     crop = crop_with_affine(face.image, crop_to_frame, image_size)
@@ -265,7 +275,7 @@ def face_record(
         "landmarks_2d": lm[:, :2],
         "landmarks_3d": lm3d,
         "landmarks_visible": None,
-        "pose": face.pose,
+        "pose": None if face.pose is None else canonical_pose(face.pose),
         "scale": None,
         "translation": None,
         "id_coeffs": face.shape_para if has_coeffs else None,

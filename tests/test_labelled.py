@@ -104,10 +104,21 @@ def test_aflw_face_record_crop_and_landmarks(aflw_dir):
         cx, cy = np.round(lm2[k]).astype(int)
         fx, fy = np.round(records.apply_affine(row["crop_to_frame"], np.array([[cx, cy]], float))[0]).astype(int)
         assert np.abs(crop[cy, cx].astype(int) - face.image[fy, fx].astype(int)).max() < 60
+    np.testing.assert_allclose(row["pose"], face.pose, atol=1e-6)  # already canonical
     table = records.to_table([row], "face_record")
     records.check_table(table, "face_record")
     assert table.column("face_model")[0].as_py() == labelled.BFM_COEFFS_MODEL
     assert len(table.column("id_coeffs")[0].as_py()) == 199 and len(table.column("exp_coeffs")[0].as_py()) == 29
+
+
+def test_record_pose_is_canonical_and_the_same_rotation(aflw_dir):
+    from facepgn.geometry import euler_to_matrix
+
+    face = labelled.read_face(str(aflw_dir / "image00150.jpg"))  # published yaw 119 deg, pitch -320 deg
+    assert face.yaw_degrees == pytest.approx(118.9, abs=0.1)
+    pose = labelled.face_record(face, image_size=32)["pose"]
+    assert abs(pose[1]) <= np.pi / 2 and np.all(np.abs(pose) <= np.pi)
+    np.testing.assert_allclose(euler_to_matrix(pose.astype(np.float64)), euler_to_matrix(face.pose.astype(np.float64)), atol=1e-6)
 
 
 def test_300w_lp_reader_subject_and_2d_record(lp_image):
