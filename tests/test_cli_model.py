@@ -36,6 +36,12 @@ def test_info_sfm_and_default(shared, capsys):
     assert "ict_face_area.npz" in capsys.readouterr().out
 
 
+def test_info_ict_upstream_folder(shared, capsys):
+    assert main(["model", "info", str(shared / "facemodels" / "ict" / "upstream-sample")]) == 0
+    out = capsys.readouterr().out
+    assert "vertices: 9409" in out and "identity modes: 2" in out and "expressions: 2" in out
+
+
 def test_info_missing_file_is_one_line_error(tmp_path, capsys):
     assert main(["model", "info", str(tmp_path / "nope.npz")]) == 2
     err = capsys.readouterr().err.strip()

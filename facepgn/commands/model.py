@@ -60,16 +60,19 @@ def _open(path: str | None, expression_path: str | None = None, allow_missing: b
 
     if path is None:
         return load_face_model(), str(resolve_asset("face_model"))
+    from pathlib import Path
+
     kwargs = {}
     if expression_path:
         kwargs["expression_path"] = expression_path
-    if allow_missing:
+    if allow_missing and (Path(path) / "vertex_indices.json").exists():
         kwargs["allow_missing"] = True
     return open_face_model(path, **kwargs), path
 
 
 def run_info(args: argparse.Namespace) -> int:
-    model, source = _open(args.path, args.expression_path)
+    # an ICT-FaceKit folder is described as it is (the modes present), complete or not
+    model, source = _open(args.path, args.expression_path, allow_missing=True)
     summary = {"path": str(source), **model.summary()}
     if args.json:
         print(json.dumps(summary, indent=2))
