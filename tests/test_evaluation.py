@@ -253,6 +253,10 @@ def test_cli_evaluate_aflw2000_with_model_file(tmp_path, aflw_dir, tiny_model_fi
     assert main(["evaluate", "aflw2000", "--model", str(tiny_model_file), "--data", str(empty), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(empty) in err
+    assert main(["evaluate", "aflw2000", "--data", str(data), "--out", str(out)]) == 2
+    assert "give --model" in capsys.readouterr().err
+    assert main(["evaluate", "aflw2000", "--model", str(tmp_path / "nope.pt"), "--data", str(data), "--out", str(out)]) == 2
+    assert "nope.pt: model file not found" in capsys.readouterr().err
 
 
 def test_skip_bad_records_and_continues(tmp_path, aflw_dir):

@@ -27,7 +27,9 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="evaluate_command", metavar="BENCHMARK", required=True)
 
     aflw = sub.add_parser("aflw2000", help="run a model file over AFLW2000-3D images (jpg + mat)")
-    aflw.add_argument("--model", required=True, help="model file (facepgn.model.save_model_file), local or s3://")
+    aflw.add_argument("--model", default=None,
+                      help="model file (facepgn.model.save_model_file), local or s3://; without it, "
+                      "--set peer_landmarks=true scores only the shared 2D landmark network")
     aflw.add_argument("--data", required=True, help="folder laid out like AFLW2000-3D (imageNNNNN.jpg + .mat)")
     aflw.add_argument("--out", required=True, help="output folder (local or s3://)")
     aflw.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -77,27 +79,33 @@ def run_aflw2000(args: argparse.Namespace) -> int:
 
     from facepgn import evaluation
     from facepgn.config import EvaluateConfig, load_config
+    from facepgn.errors import FacepgnError
     from facepgn.model import load_model_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     cfg = load_config(EvaluateConfig, args.config, args.overrides)
     start = time.time()
-    model = load_model_file(args.model, map_location=args.device)
-    predict = evaluation.model_predictor(model, device=args.device)
-    if cfg.peer_landmarks:
-        predict = evaluation.with_peer_landmarks(predict)
+    if args.model is None:
+        if not cfg.peer_landmarks:
+            raise FacepgnError("evaluate aflw2000: give --model MODEL_FILE (or --set peer_landmarks=true for the peer only)")
+        predict, image_size = evaluation.peer_landmark_predictor(), 128
+    else:
+        model = load_model_file(args.model, map_location=args.device)
+        predict, image_size = evaluation.model_predictor(model, device=args.device), model.input_size
+        if cfg.peer_landmarks:
+            predict = evaluation.with_peer_landmarks(predict)
     result = evaluation.evaluate_aflw2000(
         predict,
         args.data,
         args.out,
-        image_size=model.input_size,
+        image_size=image_size,
         batch_size=cfg.batch_size,
         box=cfg.box,
         margin=cfg.margin,
         arrays_dir=cfg.arrays_dir,
         skip_bad=cfg.skip_bad,
         limit=cfg.limit,
-        title=f"AFLW2000-3D: {args.model}",
+        title=f"AFLW2000-3D: {args.model or 'peer 2D landmark network'}",
     )
     _write_summary(args.out, args, result.metrics, cfg.model_dump(mode="json"), time.time() - start)
     _print_headline(result.metrics)
