@@ -1,0 +1,733 @@
+"""Distributed training on Ray Train (V2): DDP over NCCL (GPUs) or gloo (CPUs).
+
+The driver (:func:`run_training`) checks the config and inputs first (:func:`preflight`: shards
+exist, enough records for the workers, storage writable; a one-line error before any worker starts),
+then builds a ``ray.train.torch.TorchTrainer`` (:func:`build_trainer`):
+
+* labelled face records, frame pairs and the validation faces are Ray Datasets streamed to the
+  workers (``datasets={...}``; each worker reads its own shard with ``ray.train.get_dataset_shard``);
+  every step mixes ``data.labelled_batch_size`` faces with ``data.pair_batch_size`` pairs;
+* each worker runs :func:`train_loop_per_worker`, which calls the ONE training step
+  (``facepgn.train.step.train_step``: mixed precision, gradient clipping, LR schedule);
+* every ``checkpoint_every`` steps, after each epoch and at the end, rank 0 reports a checkpoint
+  (model, optimizer, scheduler, scaler, step, epoch, config) to ``RunConfig(storage_path, name)``,
+  local or ``s3://``. A run started again with the same ``ray.name`` and ``ray.storage_path``
+  continues from its latest checkpoint (step count included); ``FailureConfig(max_failures)``
+  restarts a worker group that lost a worker from the last checkpoint;
+* after each epoch the workers compute the landmark NME on their shards of the held-out faces
+  (summed over workers with ``all_reduce``); rank 0 writes TensorBoard events (every loss term,
+  learning rate, samples/s, share of step time waiting for data, validation NME, overlay images of
+  the predicted mesh and landmarks) and reports the metrics to Ray (and so to Ray Tune);
+* at the end rank 0 exports the standalone model file ``<output_dir>/model.pt``, and the driver
+  writes ``<output_dir>/summary.json``.
+
+Epochs are passes over the labelled shard (over the pairs when there are no labelled faces); the
+other stream cycles. A restart resumes the step count and the epoch number; the position inside an
+epoch is not restored (the interrupted epoch starts over with the restored weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from facepgn import storage
+from facepgn.config import DistributedTrainConfig
+from facepgn.errors import ConfigError, FacepgnError, InputError
+
+log = logging.getLogger("facepgn.train")
+
+STATE_FILE = "checkpoint.pt"  # facepgn.train.loop's checkpoint format
+PROGRESS_FILE = "progress.json"
+MODEL_FILE = "model.pt"
+SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"
+BATCH_IDS_DIR = "batch_ids"
+
+LABELLED, PAIRS, VALIDATION = "labelled", "pairs", "validation"
+
+
+# ---- the plan: resolved inputs and outputs --------------------------------------------------
+
+
+@dataclass
+class TrainPlan:
+    """What :func:`preflight` found: the config with absolute paths, the Parquet files, row counts."""
+
+    config: DistributedTrainConfig
+    labelled_files: list[str] = field(default_factory=list)
+    pair_files: list[str] = field(default_factory=list)
+    validation_files: list[str] = field(default_factory=list)
+    labelled_rows: int = 0
+    pair_rows: int = 0
+    validation_rows: int = 0
+    labelled_bytes: int = 0
+    pair_bytes: int = 0
+    validation_bytes: int = 0
+    run_exists: bool = False
+
+    @property
+    def run_path(self) -> str:
+        return storage.join(self.config.ray.storage_path, self.config.ray.name)
+
+
+def _absolute(path: str) -> str:
+    if storage.is_remote(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path))
+
+
+def resolve_paths(cfg: DistributedTrainConfig) -> DistributedTrainConfig:
+    """A copy with every local path absolute (the workers do not share the driver's working dir)."""
+    data = cfg.model_dump(mode="json")
+    data["data"]["labelled"] = [_absolute(p) for p in cfg.data.labelled]
+    data["data"]["pairs"] = [_absolute(p) for p in cfg.data.pairs]
+    data["validation"]["labelled"] = [_absolute(p) for p in cfg.validation.labelled]
+    data["output_dir"] = _absolute(cfg.output_dir)
+    data["ray"]["storage_path"] = _absolute(cfg.ray.storage_path)
+    if cfg.fault.marker:
+        data["fault"]["marker"] = _absolute(cfg.fault.marker)
+    if cfg.model.face_model:
+        data["model"]["face_model"] = _absolute(cfg.model.face_model)
+    return DistributedTrainConfig.model_validate(data)
+
+
+def _parquet_files(roots: Sequence[str], what: str) -> list[str]:
+    files: list[str] = []
+    for root in roots:
+        try:
+            found = storage.list_files(root, [".parquet"])
+        except (OSError, PermissionError) as exc:
+            raise InputError(root, f"cannot list {what} shards ({exc.__class__.__name__}: {exc})") from None
+        if not found:
+            raise InputError(root, f"no .parquet {what} shards found")
+        files.extend(found)
+    return files
+
+
+def _total_bytes(files: Sequence[str]) -> int:
+    return sum(storage.size(f) for f in files)
+
+
+def _count_rows(files: Sequence[str], kind: str) -> int:
+    """Rows from the Parquet footers; also checks the schema (one-line error naming the file)."""
+    import pyarrow.parquet as pq
+
+    from facepgn import records
+
+    schema, _ = records.SCHEMAS[kind]
+    total = 0
+    for path in files:
+        fs, fs_path = storage.pyarrow_filesystem(path)
+        try:
+            meta = pq.ParquetFile(fs.open_input_file(fs_path))
+        except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable shard
+            raise InputError(path, f"not a readable Parquet file ({exc.__class__.__name__})") from None
+        names = set(meta.schema_arrow.names)
+        missing = [f.name for f in schema if f.name not in names]
+        if missing:
+            raise InputError(path, f"not a {kind} shard (missing columns {missing[:4]})")
+        total += meta.metadata.num_rows
+    return total
+
+
+def check_writable(path: str, what: str) -> None:
+    """Write and delete a probe object under ``path``; a one-line error if that fails."""
+    probe = storage.join(path, f".facepgn-write-probe-{os.getpid()}-{time.time_ns()}")
+    try:
+        storage.makedirs(path)
+        storage.atomic_write_bytes(probe, b"ok")
+        storage.remove(probe)
+    except Exception as exc:  # noqa: BLE001 - any failure means we cannot use this location
+        cause = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(path, f"{what} is not writable ({exc.__class__.__name__}{': ' + cause if cause else ''})") from None
+
+
+def preflight(cfg: DistributedTrainConfig, *, require_validation: bool = False) -> TrainPlan:
+    """Everything that can be checked before a worker starts; raises a one-line error otherwise."""
+    cfg = resolve_paths(cfg)
+    plan = TrainPlan(config=cfg)
+    want_labelled = cfg.data.labelled_batch_size > 0 and bool(cfg.data.labelled)
+    want_pairs = cfg.data.pair_batch_size > 0 and bool(cfg.data.pairs)
+    if not want_labelled and not want_pairs:
+        raise ConfigError(
+            "config: no training data (set data.labelled with data.labelled_batch_size > 0 and/or "
+            "data.pairs with data.pair_batch_size > 0)"
+        )
+    if want_labelled:
+        plan.labelled_files = _parquet_files(cfg.data.labelled, "face-record")
+        plan.labelled_rows = _count_rows(plan.labelled_files, "face_record")
+        plan.labelled_bytes = _total_bytes(plan.labelled_files)
+    if want_pairs:
+        plan.pair_files = _parquet_files(cfg.data.pairs, "frame-pair")
+        plan.pair_rows = _count_rows(plan.pair_files, "frame_pair")
+        plan.pair_bytes = _total_bytes(plan.pair_files)
+    if cfg.validation.labelled:
+        plan.validation_files = _parquet_files(cfg.validation.labelled, "validation face-record")
+        plan.validation_rows = _count_rows(plan.validation_files, "face_record")
+        plan.validation_bytes = _total_bytes(plan.validation_files)
+    elif cfg.validation.holdout_fraction > 0:
+        if not want_labelled:
+            raise ConfigError("config: validation.holdout_fraction needs labelled training data (data.labelled)")
+        plan.validation_files = list(plan.labelled_files)
+        plan.validation_rows = plan.labelled_rows  # an upper bound; the hold-out is by subject
+        plan.validation_bytes = plan.labelled_bytes
+    if require_validation and not plan.validation_files:
+        raise ConfigError("config: a sweep needs validation data (validation.labelled or validation.holdout_fraction)")
+
+    workers = cfg.scaling.num_workers
+    train_share = 1.0 - (cfg.validation.holdout_fraction if not cfg.validation.labelled else 0.0)
+    for rows, batch, files, what in (
+        (plan.labelled_rows * train_share, cfg.data.labelled_batch_size, plan.labelled_files, "labelled faces"),
+        (plan.pair_rows, cfg.data.pair_batch_size, plan.pair_files, "frame pairs"),
+    ):
+        if files and rows < workers * batch:
+            raise InputError(
+                files[0] if len(files) == 1 else os.path.dirname(files[0]) or files[0],
+                f"only {int(rows)} {what} for {workers} workers x batch {batch}; add data or lower the batch size",
+            )
+
+    if cfg.scaling.use_gpu and cfg.optim.amp == "fp16":
+        pass  # fine: GradScaler on CUDA
+    elif cfg.optim.amp == "fp16":
+        raise ConfigError("config: optim.amp=fp16 needs scaling.use_gpu=true (use bf16 on CPU)")
+    if cfg.fault.at_step is not None and cfg.fault.rank >= workers:
+        raise ConfigError(f"config: fault.rank {cfg.fault.rank} but only {workers} workers")
+
+    check_writable(cfg.ray.storage_path, "ray.storage_path")
+    check_writable(cfg.output_dir, "output_dir")
+    plan.run_exists = bool(storage.list_files(plan.run_path))
+    if plan.run_exists and not cfg.resume:
+        raise InputError(plan.run_path, "a run of this name already exists; set resume: true to continue it or pick another ray.name")
+    return plan
+
+
+# ---- Ray objects -----------------------------------------------------------------------------
+
+
+def storage_args(storage_path: str) -> dict[str, Any]:
+    """``RunConfig`` storage arguments: s3:// goes through facepgn's pyarrow filesystem (custom endpoints)."""
+    if storage.is_remote(storage_path):
+        fs, stripped = storage.pyarrow_filesystem(storage_path)
+        return {"storage_path": stripped, "storage_filesystem": fs}
+    return {"storage_path": storage_path}
+
+
+def _read_parquet(files: Sequence[str], read_cpus: float):
+    import ray.data
+
+    datasets = []
+    for remote in (False, True):
+        group = [f for f in files if storage.is_remote(f) == remote]
+        if not group:
+            continue
+        fs, _ = storage.pyarrow_filesystem(group[0])
+        paths = [storage.pyarrow_filesystem(f)[1] for f in group]
+        datasets.append(ray.data.read_parquet(paths, filesystem=fs, num_cpus=read_cpus))
+    ds = datasets[0]
+    for other in datasets[1:]:
+        ds = ds.union(other)
+    return ds
+
+
+def in_holdout(subject_id: str, fraction: float) -> bool:
+    """Whether a subject belongs to the held-out validation share (stable across runs and machines)."""
+    return (zlib.crc32(str(subject_id).encode("utf-8")) % 10_000) < fraction * 10_000
+
+
+def _holdout_filter(fraction: float, keep_holdout: bool):
+    def fn(batch):
+        import numpy as np
+        import pyarrow as pa
+
+        mask = [in_holdout(s, fraction) == keep_holdout for s in batch.column("subject_id").to_pylist()]
+        return batch.filter(pa.array(np.asarray(mask, dtype=bool)))
+
+    return fn
+
+
+def build_datasets(plan: TrainPlan) -> dict[str, Any]:
+    """The Ray Datasets the workers stream: ``labelled``, ``pairs``, ``validation`` (those present).
+
+    Datasets whose Parquet files total less than ``ray.materialize_below_mb`` are read once into the
+    object store here: every epoch (and every pass of the cycled stream) then streams blocks that
+    are already in memory instead of listing and reading files again."""
+    import ray.data
+
+    cfg = plan.config
+    read_cpus = cfg.scaling.read_cpus
+    ray.data.DataContext.get_current().enable_progress_bars = cfg.ray.data_progress_bars
+    limit = cfg.ray.materialize_below_mb * 1e6
+    out: dict[str, Any] = {}
+    holdout = cfg.validation.holdout_fraction if not cfg.validation.labelled else 0.0
+    if plan.labelled_files:
+        ds = _read_parquet(plan.labelled_files, read_cpus)
+        if holdout > 0:
+            ds = ds.map_batches(_holdout_filter(holdout, False), batch_format="pyarrow", num_cpus=read_cpus)
+        out[LABELLED] = ds
+    if plan.pair_files:
+        out[PAIRS] = _read_parquet(plan.pair_files, read_cpus)
+    if plan.validation_files:
+        ds = _read_parquet(plan.validation_files, read_cpus)
+        if holdout > 0:
+            ds = ds.map_batches(_holdout_filter(holdout, True), batch_format="pyarrow", num_cpus=read_cpus)
+        out[VALIDATION] = ds.limit(cfg.validation.max_records)
+    sizes = {LABELLED: plan.labelled_bytes, PAIRS: plan.pair_bytes, VALIDATION: plan.validation_bytes}
+    for name, ds in out.items():
+        if sizes[name] < limit:
+            out[name] = ds.materialize()
+    return out
+
+
+def scaling_config(cfg: DistributedTrainConfig):
+    import ray.train
+
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
+    if s.use_gpu:
+        resources["GPU"] = s.gpus_per_worker
+    return ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
+
+
+def backend_name(cfg: DistributedTrainConfig) -> str:
+    if cfg.scaling.backend != "auto":
+        return cfg.scaling.backend
+    return "nccl" if cfg.scaling.use_gpu else "gloo"
+
+
+def build_trainer(
+    plan: TrainPlan,
+    *,
+    callbacks: Sequence[Any] = (),
+    epoch_reports_only: bool = False,
+):
+    """The ``TorchTrainer`` for a checked plan. ``epoch_reports_only``: report (and checkpoint) only
+    after epochs, with the validation NME in every report (what a Tune scheduler needs)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = plan.config
+    run_config = ray.train.RunConfig(
+        name=cfg.ray.name,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
+        callbacks=list(callbacks),
+        **storage_args(cfg.ray.storage_path),
+    )
+    datasets = build_datasets(plan)
+    loop_config = {
+        "config": cfg.model_dump(mode="json"),
+        "epoch_reports_only": epoch_reports_only,
+        "has_validation": VALIDATION in datasets,
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(cfg),
+        torch_config=TorchConfig(backend=backend_name(cfg)),
+        run_config=run_config,
+        datasets=datasets,
+    )
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("facepgn", "ray", "torch", "numpy", "pyarrow"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_training(cfg: DistributedTrainConfig) -> dict[str, Any]:
+    """Check, train on Ray, export the model and write ``summary.json``; returns the summary."""
+    started = time.time()
+    plan = preflight(cfg)
+    cfg = plan.config
+    print(
+        f"facepgn train: {cfg.scaling.num_workers} workers ({backend_name(cfg)}), "
+        f"{plan.labelled_rows} labelled faces, {plan.pair_rows} frame pairs, {plan.validation_rows} validation faces; "
+        f"run {plan.run_path}{' (resuming)' if plan.run_exists else ''}",
+        flush=True,
+    )
+    trainer = build_trainer(plan)
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # ray.train.TrainingFailedError and friends: name the run and the cause
+        raise FacepgnError(f"{plan.run_path}: training failed ({_first_line(exc)})") from exc
+    metrics = dict(result.metrics or {})
+    summary = {
+        "kind": "facepgn.train/1",
+        "run": plan.run_path,
+        "resumed": plan.run_exists,
+        "model_file": storage.join(cfg.output_dir, MODEL_FILE),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "counts": {
+            "workers": cfg.scaling.num_workers,
+            "labelled_records": plan.labelled_rows,
+            "frame_pairs": plan.pair_rows,
+            "validation_records": plan.validation_rows,
+            "steps": metrics.get("step"),
+            "epochs": metrics.get("epoch"),
+        },
+        "final_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None},
+        "errors": [],
+        "timings": {"wall_s": round(time.time() - started, 3)},
+        "versions": _versions(),
+        "config": cfg.model_dump(mode="json"),
+    }
+    storage.atomic_write_text(storage.join(cfg.output_dir, SUMMARY_FILE), json.dumps(_json_safe(summary), indent=2))
+    return summary
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---- on each worker ---------------------------------------------------------------------------
+
+
+def _cycle_batches(shard, batch_size: int) -> Iterator[Any]:
+    """Endless batches from a dataset shard: a new pass when one ends."""
+    while True:
+        empty = True
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2):
+            empty = False
+            yield batch
+        if empty:
+            raise FacepgnError(f"a worker's data shard has fewer rows than one batch ({batch_size})")
+
+
+def _ids(batch: Any, name: str) -> list[str]:
+    if batch is None or name not in batch:
+        return []
+    return [str(x) for x in batch[name]]
+
+
+class _Tensorboard:
+    """Rank 0's TensorBoard writer; with a remote output_dir the events are written locally and
+    copied to ``<output_dir>/tensorboard`` on :meth:`sync`."""
+
+    def __init__(self, output_dir: str, enabled: bool, purge_step: int | None):
+        self.enabled = enabled
+        self.remote_dir = storage.join(output_dir, TENSORBOARD_DIR)
+        if not enabled:
+            self.writer = None
+            return
+        from tensorboardX import SummaryWriter
+
+        if storage.is_remote(output_dir):
+            self.local_dir = tempfile.mkdtemp(prefix="facepgn-tb-")
+        else:
+            self.local_dir = self.remote_dir
+            os.makedirs(self.local_dir, exist_ok=True)
+        self.writer = SummaryWriter(logdir=self.local_dir, purge_step=purge_step, flush_secs=10)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+
+    def image(self, tag: str, rgb, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, rgb, step, dataformats="HWC")
+
+    def sync(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.flush()
+        if self.local_dir != self.remote_dir:
+            for name in os.listdir(self.local_dir):
+                storage.atomic_write_file(os.path.join(self.local_dir, name), storage.join(self.remote_dir, name))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.sync()
+            self.writer.close()
+
+
+def _overlay_sheet(core, images, outputs, gt_2d, count: int):
+    """Validation faces with the predicted mesh (wireframe) and landmarks (green; labels red)."""
+    import numpy as np
+
+    from facepgn import render
+
+    n = min(count, images.shape[0])
+    verts = core.mesh_vertices({k: v[:n] for k, v in outputs.items()}).detach().cpu().numpy()
+    triangles = core.fm_triangles.cpu().numpy()
+    pred = outputs["landmarks_3d"][:n].detach().float().cpu().numpy()
+    rgb = np.ascontiguousarray((images[:n].detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
+    tiles = []
+    for i in range(n):
+        mesh = render.draw_mesh(rgb[i], verts[i], triangles, mode="wireframe", alpha=0.6)
+        marks = render.draw_landmarks(rgb[i], gt_2d[i], color=(255, 0, 0))
+        marks = render.draw_landmarks(marks, pred[i], color=(0, 255, 0))
+        tiles += [mesh, marks]
+    return render.contact_sheet(tiles, columns=2)
+
+
+def _validate(model, shard, cfg: DistributedTrainConfig, device, want_overlay: bool):
+    """(sum of per-face NME (PGN landmarks), of mesh-landmark NME, face count, overlay or None) on this worker's shard."""
+    import numpy as np
+    import torch
+
+    from facepgn import evaluation
+    from facepgn.model import unwrap
+    from facepgn.train import data as train_data
+
+    core = unwrap(model)
+    was_training = core.training
+    core.eval()
+    nme_sum = nme_mesh_sum = 0.0
+    count = 0
+    overlay = None
+    try:
+        with torch.no_grad():
+            for batch in shard.iter_batches(batch_size=cfg.validation.batch_size, batch_format="numpy", prefetch_batches=1):
+                faces = train_data.face_batch_to_tensors(batch, cfg.model.input_size, cfg.model.num_id, cfg.model.num_exp)
+                images = faces["images"].to(device)
+                outputs = core(images)
+                gt = faces["landmarks_2d"].numpy()
+                pred = outputs["landmarks_3d"][..., :2].float().cpu().numpy()
+                mesh = outputs["mesh_landmarks"][..., :2].float().cpu().numpy()
+                per_face = np.nan_to_num(evaluation.nme(pred, gt), nan=1e3, posinf=1e3)
+                per_face_mesh = np.nan_to_num(evaluation.nme(mesh, gt), nan=1e3, posinf=1e3)
+                nme_sum += float(per_face.sum())
+                nme_mesh_sum += float(per_face_mesh.sum())
+                count += len(per_face)
+                if want_overlay and overlay is None and cfg.validation.overlay_images > 0:
+                    overlay = _overlay_sheet(core, images, outputs, gt, cfg.validation.overlay_images)
+    finally:
+        core.train(was_training)
+    return nme_sum, nme_mesh_sum, count, overlay
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [float(v) for v in t.cpu()]
+
+
+def _save_state(directory: str, model, optimizer, scheduler, scaler, step: int, epoch: int, cfg: DistributedTrainConfig) -> None:
+    """The plain loop's checkpoint file (``facepgn.train.loop.save_checkpoint``) plus the epoch."""
+    from facepgn.train.loop import save_checkpoint
+
+    save_checkpoint(os.path.join(directory, STATE_FILE), model, optimizer, scheduler, scaler, step, cfg)
+    with open(os.path.join(directory, PROGRESS_FILE), "w") as f:
+        json.dump({"step": step, "epoch": epoch}, f)
+
+
+def restore_state(checkpoint, model, optimizer, scheduler, scaler, device) -> tuple[int, int]:
+    """Load a Ray Train checkpoint into the training objects; returns (step, epoch)."""
+    from facepgn.train.loop import load_checkpoint
+
+    with checkpoint.as_directory() as directory:
+        step = load_checkpoint(os.path.join(directory, STATE_FILE), model, optimizer, scheduler, scaler, map_location=device)
+        progress_path = os.path.join(directory, PROGRESS_FILE)
+        epoch = 0
+        if os.path.exists(progress_path):
+            with open(progress_path) as f:
+                epoch = int(json.load(f).get("epoch", 0))
+    return step, epoch
+
+
+def checkpoint_model_file(checkpoint_path: str) -> str:
+    """The resumable checkpoint file inside a Ray Train checkpoint folder (local or s3://)."""
+    return storage.join(checkpoint_path, STATE_FILE)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """What every Ray Train worker runs (see the module docstring)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from facepgn.model import build_model, save_model_file, unwrap
+    from facepgn.train import data as train_data
+    from facepgn.train import step as train_step_lib
+    from facepgn.train.loop import make_optimizer, make_scheduler
+
+    cfg = DistributedTrainConfig.model_validate(loop_config["config"])
+    epoch_reports_only = bool(loop_config.get("epoch_reports_only"))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    threads = cfg.threads or max(1, int(round(cfg.scaling.cpus_per_worker)))
+    torch.set_num_threads(threads)
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
+
+    model = build_model(cfg.model).to(device)
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.steps)
+    amp_dtype, scaler = train_step_lib.autocast_settings(cfg.optim.amp, device)
+    step, epoch = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        step, epoch = restore_state(checkpoint, model, optimizer, scheduler, scaler, device)
+        if rank == 0:
+            print(f"facepgn train: resumed from step {step} (epoch {epoch})", flush=True)
+    model = ray.train.torch.prepare_model(model)
+    core = unwrap(model)
+    face_model_name = core.face_model_name or None
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank * 7919 + step)
+
+    lab_shard = ray.train.get_dataset_shard(LABELLED) if cfg.data.labelled_batch_size > 0 and cfg.data.labelled else None
+    pair_shard = ray.train.get_dataset_shard(PAIRS) if cfg.data.pair_batch_size > 0 and cfg.data.pairs else None
+    val_shard = ray.train.get_dataset_shard(VALIDATION) if loop_config.get("has_validation") else None
+    tb = _Tensorboard(cfg.output_dir, enabled=(rank == 0 and cfg.tensorboard), purge_step=step or None)
+    audit: list[dict[str, Any]] = []
+    last_val: dict[str, float] = {}
+
+    def to_tensors(lab_batch, pair_batch):
+        faces = pairs = None
+        if lab_batch is not None:
+            faces = train_data.face_batch_to_tensors(
+                lab_batch, cfg.model.input_size, cfg.model.num_id, cfg.model.num_exp, face_model_name,
+                augment=cfg.data.augment, generator=generator,
+            )
+        if pair_batch is not None:
+            pairs = train_data.pair_batch_to_tensors(pair_batch, cfg.model.input_size)
+        return train_data.to_device(train_data.mixed_batch(faces, pairs), device)
+
+    def epoch_batches() -> Iterator[tuple[Any, Any]]:
+        """(labelled batch, pair batch) pairs for one epoch of the primary stream."""
+        if lab_shard is not None:
+            pairs_iter = _cycle_batches(pair_shard, cfg.data.pair_batch_size) if pair_shard is not None else None
+            for lab in lab_shard.iter_batches(batch_size=cfg.data.labelled_batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2):
+                yield lab, (next(pairs_iter) if pairs_iter is not None else None)
+        else:
+            for pair in pair_shard.iter_batches(batch_size=cfg.data.pair_batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2):
+                yield None, pair
+
+    def write_audit() -> None:
+        if cfg.ray.record_batch_ids and audit:
+            name = f"rank{rank}-{audit[0]['step']:08d}-{audit[-1]['step']:08d}-{time.time_ns()}.json"
+            storage.atomic_write_text(storage.join(cfg.output_dir, BATCH_IDS_DIR, name), json.dumps(audit))
+            audit.clear()
+
+    def validate() -> dict[str, float]:
+        if val_shard is None:
+            return {}
+        s, s_mesh, n, overlay = _validate(model, val_shard, cfg, device, want_overlay=(rank == 0))
+        s, s_mesh, n = _all_reduce_sum([s, s_mesh, float(n)], device)
+        if n <= 0:
+            return {}
+        out = {"val_nme": s / n, "val_nme_mesh": s_mesh / n, "val_faces": n}
+        if overlay is not None:
+            tb.image("val/overlay", overlay, step)
+        tb.scalars({"val/nme": out["val_nme"], "val/nme_mesh": out["val_nme_mesh"]}, step)
+        return out
+
+    def report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
+        write_audit()
+        metrics = {**metrics, "step": step, "epoch": epoch, **last_val}
+        if with_checkpoint and rank == 0:
+            tb.sync()
+            with tempfile.TemporaryDirectory(prefix="facepgn-ckpt-") as tmp:
+                _save_state(tmp, model, optimizer, scheduler, scaler, step, epoch, cfg)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"checkpoint_{step:09d}_{time.time_ns() % 10**9:09d}")
+        else:
+            ray.train.report(metrics)
+
+    window = {"samples": 0, "data_s": 0.0, "step_s": 0.0, "started": time.perf_counter()}
+    last_metrics: dict[str, float] = {}
+    per_step_samples = (cfg.data.labelled_batch_size if lab_shard is not None else 0) + (cfg.data.pair_batch_size if pair_shard is not None else 0)
+    finished_epoch = False
+    while step < cfg.steps:
+        finished_epoch = True
+        steps_this_epoch = 0
+        batches = epoch_batches()
+        while True:
+            t0 = time.perf_counter()
+            try:
+                lab, pair = next(batches)
+            except StopIteration:
+                break
+            batch = to_tensors(lab, pair)
+            t1 = time.perf_counter()
+            metrics = train_step_lib.train_step(
+                model, optimizer, batch, cfg.losses, amp_dtype=amp_dtype, scaler=scaler,
+                grad_clip=cfg.optim.grad_clip, scheduler=scheduler,
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t2 = time.perf_counter()
+            step += 1
+            steps_this_epoch += 1
+            window["samples"] += per_step_samples * world
+            window["data_s"] += t1 - t0
+            window["step_s"] += t2 - t0
+            last_metrics = metrics
+            if cfg.ray.record_batch_ids:
+                audit.append({"step": step, "record_ids": _ids(lab, "record_id"), "pair_ids": _ids(pair, "pair_id")})
+            if cfg.fault.at_step is not None and step == cfg.fault.at_step and rank == cfg.fault.rank:
+                marker = cfg.fault.marker or ""
+                if not storage.exists(marker):
+                    storage.atomic_write_text(marker, f"rank {rank} exited at step {step}\n")
+                    print(f"facepgn train: fault injection: rank {rank} exits at step {step}", flush=True)
+                    os._exit(1)
+            if rank == 0 and (step % max(cfg.log_every, 1) == 0 or step == cfg.steps):
+                elapsed = max(time.perf_counter() - window["started"], 1e-9)
+                throughput = {
+                    "perf/samples_per_s": window["samples"] / elapsed,
+                    "perf/data_wait_share": window["data_s"] / max(window["step_s"], 1e-9),
+                }
+                tb.scalars({f"train/{k}": v for k, v in metrics.items()}, step)
+                tb.scalars(throughput, step)
+                print(
+                    f"facepgn train: step {step}/{cfg.steps} epoch {epoch} loss {metrics['loss']:.4f} "
+                    f"lr {metrics['lr']:.2e} {throughput['perf/samples_per_s']:.1f} samples/s "
+                    f"data wait {100 * throughput['perf/data_wait_share']:.1f}%",
+                    flush=True,
+                )
+                last_metrics = {**metrics, **{k.split("/", 1)[1]: v for k, v in throughput.items()}}
+                window.update(samples=0, data_s=0.0, step_s=0.0, started=time.perf_counter())
+            if step >= cfg.steps:
+                finished_epoch = False
+                break
+            if not epoch_reports_only and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
+                report(last_metrics, with_checkpoint=True)
+        if steps_this_epoch == 0:
+            raise FacepgnError("an epoch produced no batch: the data shards are smaller than one batch")
+        if finished_epoch:
+            epoch += 1
+            last_val = validate()
+            report(last_metrics, with_checkpoint=True)
+        # an epoch cut short by the step limit is finished below
+
+    # the end: validation of the final weights (unless an epoch just ended), checkpoint, model file
+    if not finished_epoch:
+        last_val = validate()
+        report(last_metrics, with_checkpoint=True)
+    if rank == 0:
+        save_model_file(core, storage.join(cfg.output_dir, MODEL_FILE))
+        print(f"facepgn train: wrote {storage.join(cfg.output_dir, MODEL_FILE)}", flush=True)
+    tb.close()
