@@ -226,3 +226,19 @@ def test_s3_folder_to_s3_shards_and_evaluation(s3_bucket, aflw_dir, lp_image):
     # the evaluation reads the same s3 folder (the 2D-only 300W-LP face is left out: aflw subfolder)
     plan = evaluation.plan_aflw2000(f"{s3_bucket}/data/aflw2000-3d", image_size=64)
     assert plan.standard_rows.tolist() == [0, 28]
+
+
+def test_records_feed_the_training_batches(tmp_path, aflw_dir, lp_image):
+    """The shards load with the trainer's reader; BFM coefficients are not mistaken for the ICT model's."""
+    from facepgn.train import data as train_data
+
+    src = tmp_path / "src"
+    for jpg in [aflw_dir / "image00002.jpg", aflw_dir / "image00050.jpg", lp_image]:
+        _link_pair(jpg, src)
+    labelled.convert_folder(str(src), str(tmp_path / "rec"), image_size=64)
+    table = train_data.read_records([str(tmp_path / "rec")], "face_record")
+    batch = train_data.face_batch_to_tensors(table, 64, 40, 20, "ict-face-area")
+    assert tuple(batch["images"].shape) == (3, 3, 64, 64)
+    assert batch["has_3d"].tolist() == [0.0, 1.0, 1.0]  # sorted: 300W-LP sample first (2D only)
+    assert batch["has_coeffs"].sum() == 0
+    np.testing.assert_allclose(batch["landmarks_2d"][1].numpy(), np.asarray(table.column("landmarks_2d")[1].as_py()).reshape(68, 2), atol=1e-4)
