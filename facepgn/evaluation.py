@@ -605,7 +605,7 @@ def plan_aflw2000(
             try:
                 mat = labelled.read_mat(mat_path)
                 lm = labelled.landmarks_from_mat(mat, mat_path)
-                pose_para = labelled._vector(mat, "Pose_Para", 7, mat_path)
+                pose_para = labelled.mat_vector(mat, "Pose_Para", 7, mat_path)
                 if pose_para is None:
                     raise InputError(mat_path, "no Pose_Para (needed for the yaw buckets)")
             except InputError as exc:

@@ -30,8 +30,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -132,7 +131,8 @@ def landmarks_from_mat(mat: dict[str, np.ndarray], path: str) -> np.ndarray:
     return pts.T.astype(np.float32)
 
 
-def _vector(mat: dict[str, np.ndarray], key: str, size: int | None, path: str) -> np.ndarray | None:
+def mat_vector(mat: dict[str, np.ndarray], key: str, size: int | None, path: str) -> np.ndarray | None:
+    """``mat[key]`` flattened to float32 (None if absent); a one-line error if it has the wrong size."""
     if key not in mat:
         return None
     value = np.asarray(mat[key], dtype=np.float64).reshape(-1)
@@ -161,7 +161,7 @@ def read_face(image_path: str, mat_path: str | None = None, source: str | None =
     mat_path = str(mat_path) if mat_path else stem + ".mat"
     mat = read_mat(mat_path)
     landmarks = landmarks_from_mat(mat, mat_path)
-    pose_para = _vector(mat, "Pose_Para", 7, mat_path)
+    pose_para = mat_vector(mat, "Pose_Para", 7, mat_path)
     image = read_image(image_path)
     source = source or infer_source(mat)
     name = storage.basename(stem)
@@ -178,9 +178,9 @@ def read_face(image_path: str, mat_path: str | None = None, source: str | None =
         mat_path=mat_path,
         pose=None if pose_para is None else pose_para[:3].copy(),
         pose_para=pose_para,
-        shape_para=_vector(mat, "Shape_Para", None, mat_path),
-        exp_para=_vector(mat, "Exp_Para", None, mat_path),
-        roi=_vector(mat, "roi", 4, mat_path),
+        shape_para=mat_vector(mat, "Shape_Para", None, mat_path),
+        exp_para=mat_vector(mat, "Exp_Para", None, mat_path),
+        roi=mat_vector(mat, "roi", 4, mat_path),
     )
 
 
@@ -382,22 +382,6 @@ def _versions() -> dict[str, str]:
             "scipy": scipy.__version__, "face_record_schema": str(records.FACE_RECORD_VERSION)}
 
 
-def iter_faces(folder: str, source: str | None = None) -> Iterator[LabelledFace | InputError]:
-    """Each labelled face under ``folder`` in sorted order; a bad pair yields its InputError."""
-    for image_path in list_labelled_images(folder):
-        try:
-            yield read_face(image_path, source=source)
-        except InputError as exc:
-            yield exc
-
-
 def read_faces(paths: Sequence[str], source: str | None = None) -> list[LabelledFace]:
     """Read several image paths (each with its ``.mat`` beside it); errors propagate."""
     return [read_face(p, source=source) for p in paths]
-
-
-def shared_sample_dir(name: str = SOURCE_AFLW2000) -> Path:
-    """The shared samples (tests, demos): ``media/aflw2000-3d`` or ``media/300w-lp``."""
-    from facepgn.paths import shared_path
-
-    return shared_path(f"media/{name}")

@@ -147,6 +147,7 @@ def test_report_written_and_readable(tmp_path, arrays):
     pred = pts + rng.normal(0, 2.0, pts.shape).astype(np.float32)
     pred[arrays["pose"] > 60] += rng.normal(0, 4.0, pred[arrays["pose"] > 60].shape).astype(np.float32)
     result = ev.evaluate_arrays(pred, pts, arrays["pose"], out_dir=str(tmp_path))
+    assert set(result.report_paths) == {"report.md", "ced.png", "metrics.json", "per_image.csv"}
     text = (tmp_path / "report.md").read_text()
     assert "| landmarks | nme_2d_68 |" in text and "1312" in text and "**" in text
     metrics = json.loads((tmp_path / "metrics.json").read_text())
