@@ -59,6 +59,15 @@ def load_inference_model(path: str, map_location: str = "cpu"):
 
     from facepgn import model as model_lib
 
+    path = str(path)
+    fs, stripped = storage.get_fs(path)
+    if fs.isdir(stripped):  # a run folder or a Ray Train checkpoint directory
+        for name in ("model.pt", "checkpoint.pt"):
+            if fs.exists(stripped.rstrip("/") + "/" + name):
+                path = storage.join(path, name)
+                break
+        else:
+            raise InputError(path, "folder holds no model.pt or checkpoint.pt")
     try:
         data = storage.read_bytes(str(path))
     except FileNotFoundError:

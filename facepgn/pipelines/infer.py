@@ -216,9 +216,18 @@ def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_siz
             log(_video_line(stats, finished, len(todo)))
             yield stats
 
+    # Overlays and meshes are real work: Ray tasks, spread over the cluster. Rows alone (smoothing +
+    # one Parquet file) are cheap: written here, without a worker process to start.
+    heavy = bool(cfg.overlay or cfg.meshes)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
         for vid, parts in assembler.add(batch):
-            in_flight[finalize.remote(vid, parts, cfg, face_ref, face_model_name)] = vid
+            if heavy:
+                in_flight[finalize.remote(vid, parts, cfg, face_ref, face_model_name)] = vid
+            else:
+                finished += 1
+                stats = inference.finalize_video(vid, parts, cfg, face_model, face_model_name)
+                log(_video_line(stats, finished, len(todo)))
+                yield stats
         yield from drain(block=False)
     yield from drain(block=True)
     for vid in assembler.pending():  # never completes unless a stage lost rows: record it

@@ -1,0 +1,311 @@
+"""Batch inference (facepgn.inference + facepgn.pipelines.infer): real videos through Ray Data, S3,
+bad inputs, resume, synthetic videos with ground truth (NME, pose error, jitter with/without smoothing),
+and the frame-pixel mapping of the model's outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from facepgn import inference, storage
+from facepgn.config import InferConfig
+from facepgn.errors import FacepgnError
+
+CAP = 24  # frames per real clip: keeps the suite inside its budget
+
+
+@pytest.fixture(scope="module")
+def model_file(request, tmp_path_factory) -> str:
+    """H5's briefly trained model when the fixture exists, else an untrained model of the same format."""
+    try:
+        return str(request.getfixturevalue("trained_model_file"))
+    except pytest.FixtureLookupError:
+        from facepgn.config import ModelConfig
+        from facepgn.model import build_model, save_model_file
+
+        import torch
+
+        torch.manual_seed(0)
+        path = tmp_path_factory.mktemp("infer-model") / "model.pt"
+        save_model_file(build_model(ModelConfig()).eval(), path)
+        return str(path)
+
+
+def _manifest(tmp_path, shared, names) -> str:
+    path = tmp_path / "videos.csv"
+    lines = ["path"] + [str(shared / "media" / "videos" / n) for n in names]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _decord_len(path: str) -> tuple[int, tuple[int, ...]]:
+    import decord
+
+    reader = decord.VideoReader(path)
+    return len(reader), reader[0].shape
+
+
+# ---- real videos through Ray Data ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_run(ray_session, shared, model_file, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("infer-real")
+    cfg = InferConfig(
+        model=model_file,
+        input=_manifest(tmp, shared, ["d3.mp4", "d6.mp4", "short_hamilton_clip.mp4"]),
+        output=str(tmp / "out"),
+        max_frames=CAP,
+        overlay=True,
+        overlay_style="mesh",
+        meshes="every:12",
+        batch_size=16,
+        max_actors=2,
+    )
+    from facepgn.pipelines.infer import run_inference
+
+    summary = run_inference(cfg, progress=None)
+    return cfg, summary
+
+
+def test_real_videos_one_row_per_face_per_frame(real_run):
+    cfg, summary = real_run
+    assert summary["counts"]["videos_done_this_run"] == 3 and not summary["errors"]
+    table = inference.read_rows(cfg.output)
+    rows = table.to_pydict()
+    keys = set(zip(rows["video_id"], rows["frame_index"], rows["track_id"]))
+    assert len(keys) == table.num_rows  # no duplicates
+    assert summary["counts"]["rows_this_run"] == table.num_rows
+    by_video: dict[str, list[int]] = {}
+    for vid, frame in zip(rows["video_id"], rows["frame_index"]):
+        by_video.setdefault(vid, []).append(frame)
+    for vid in ("d3", "d6"):  # one talking head per LivePortrait clip, found in every frame
+        assert sorted(by_video[vid]) == list(range(CAP))
+    assert set(by_video["short_hamilton_clip"]) == set(range(CAP))
+    assert max(np.bincount(by_video["short_hamilton_clip"])) >= 2  # several faces per frame
+    assert table.schema.metadata[b"facepgn.schema"] == b"inference_row/1"
+
+
+def test_real_videos_tracks_and_landmarks_in_frame(real_run):
+    cfg, _ = real_run
+    rows = inference.read_rows(cfg.output).to_pydict()
+    tracks: dict[str, set[int]] = {}
+    for i, vid in enumerate(rows["video_id"]):
+        tracks.setdefault(vid, set()).add(rows["track_id"][i])
+        size = {"d3": 512, "d6": 512, "short_hamilton_clip": (640, 360)}[vid]
+        w, h = (size, size) if isinstance(size, int) else size
+        lm = np.asarray(rows["landmarks_2d"][i]).reshape(68, 2)
+        lm3 = np.asarray(rows["landmarks_3d"][i]).reshape(68, 3)
+        np.testing.assert_allclose(lm3[:, :2], lm)
+        assert (lm[:, 0] > -0.02 * w).all() and (lm[:, 0] < 1.02 * w).all()
+        assert (lm[:, 1] > -0.02 * h).all() and (lm[:, 1] < 1.02 * h).all()
+        x, y, bw, bh = rows["box"][i]
+        side = max(bw, bh)
+        centre = lm.mean(0)
+        # the landmarks sit on the detected face: centroid within half a box side of the box centre
+        assert np.linalg.norm(centre - [x + bw / 2, y + bh / 2]) < 0.5 * side
+        extent = lm.max(0) - lm.min(0)
+        assert extent.max() < 2.0 * side
+        assert 0.0 <= rows["quality"][i] <= 1.0
+        assert -180 <= rows["yaw"][i] <= 180
+        r = np.asarray(rows["rotation"][i]).reshape(3, 3)
+        np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-4)
+    assert tracks["d3"] == {0} and tracks["d6"] == {0}  # one stable track through each clip
+    assert len(tracks["short_hamilton_clip"]) >= 2
+
+
+def test_real_videos_overlay_and_meshes(real_run, model_file):
+    cfg, summary = real_run
+    for vid, size in (("d3", (512, 512, 3)), ("short_hamilton_clip", (360, 640, 3))):
+        n, shape = _decord_len(os.path.join(cfg.output, "overlays", f"{vid}.mp4"))
+        assert n == CAP and shape == size  # same frame count as the (capped) input at stride 1
+    meshes = sorted(os.listdir(os.path.join(cfg.output, "meshes", "d3")))
+    assert meshes == ["f000000_t0.obj", "f000012_t0.obj"]
+    text = open(os.path.join(cfg.output, "meshes", "d3", meshes[0])).read()
+    model = inference.load_inference_model(model_file)
+    assert text.count("\nv ") == model.num_vertices and text.count("\nf ") == int(model.fm_triangles.shape[0])
+    saved = json.loads(open(os.path.join(cfg.output, "summary.json")).read())
+    assert saved["counts"]["videos_done_total"] == 3
+    assert set(saved["timings"]["stage_s"]) >= {"decode_s", "detect_s", "model_s", "overlay_s"}
+    assert saved["config"]["max_frames"] == CAP and "torch" in saved["versions"]
+
+
+def test_rerun_skips_done_videos_and_redoes_missing(real_run):
+    from facepgn.pipelines.infer import run_inference
+
+    cfg, _ = real_run
+    lean = cfg.model_copy(update={"overlay": False, "meshes": None})
+    summary = run_inference(lean, progress=None)
+    assert summary["counts"]["videos_skipped_already_done"] == 3 and summary["counts"]["rows_this_run"] == 0
+    before = inference.read_rows(cfg.output, "d6").to_pydict()
+    os.remove(os.path.join(cfg.output, "done", "d6.json"))
+    summary = run_inference(lean.model_copy(update={"executor": "local"}), progress=None)
+    assert summary["counts"]["videos_done_this_run"] == 1 and summary["counts"]["videos_skipped_already_done"] == 2
+    after = inference.read_rows(cfg.output, "d6").to_pydict()
+    assert after["frame_index"] == before["frame_index"]  # the plain loop agrees with the Ray pipeline
+    np.testing.assert_allclose(np.asarray(after["landmarks_2d"]), np.asarray(before["landmarks_2d"]), atol=1e-3)
+
+
+# ---- S3 in and out, a corrupt video ----------------------------------------------------------
+
+
+def test_s3_input_and_output_with_a_corrupt_video(ray_session, shared, model_file, s3_bucket):
+    from facepgn.pipelines.infer import run_inference
+
+    fs, _ = storage.get_fs(s3_bucket)
+    src = shared / "media" / "videos" / "d3.mp4"
+    fs.put_file(str(src), f"{s3_bucket[5:]}/in/good.mp4")
+    fs.pipe_file(f"{s3_bucket[5:]}/in/broken.mp4", src.read_bytes()[:30000])  # truncated: moov atom gone
+    cfg = InferConfig(model=model_file, input=f"{s3_bucket}/in", output=f"{s3_bucket}/out", max_frames=12, smoothing={"enabled": True})
+    summary = run_inference(cfg, progress=None)
+    assert summary["counts"]["videos_done_this_run"] == 1 and summary["counts"]["videos_failed"] == 1
+    (err,) = summary["errors"]
+    assert err["video_id"] == "broken" and "broken.mp4" in err["reason"] and "\n" not in err["reason"]
+    saved = json.loads(storage.read_text(f"{s3_bucket}/out/summary.json"))
+    assert saved["errors"][0]["video_id"] == "broken"
+    assert storage.exists(f"{s3_bucket}/out/errors/broken.json") and storage.exists(f"{s3_bucket}/out/done/good.json")
+    table = inference.read_rows(f"{s3_bucket}/out")
+    assert table.num_rows == 12 and set(table.column("smoothed").to_pylist()) == {True}
+
+
+# ---- synthetic videos with ground truth ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_video(tmp_path_factory):
+    from facepgn.synthetic import VideoSettings, generate_videos
+
+    out = tmp_path_factory.mktemp("synthetic-videos")
+    generate_videos(str(out), 1, seed=3, settings=VideoSettings(frames=30, size=192, face_px=(70.0, 90.0)))
+    return out / "synthetic-0000.mp4", dict(np.load(out / "synthetic-0000.gt.npz"))
+
+
+def test_synthetic_ground_truth_metrics_and_smoothing(synthetic_video, model_file, tmp_path):
+    """Pose error and NME against ground truth (facepgn.evaluation); smoothing lowers the
+    frame-to-frame jitter of landmarks and angles without raising NME."""
+    from facepgn import evaluation, smoothing
+    from facepgn.pipelines.infer import run_inference
+
+    video_path, truth = synthetic_video
+    figures = {}
+    for smooth in (False, True):
+        cfg = InferConfig(model=model_file, input=str(video_path), output=str(tmp_path / f"s{int(smooth)}"), executor="local",
+                          smoothing={"enabled": smooth})
+        run_inference(cfg, progress=None)
+        rows = inference.read_rows(cfg.output).to_pydict()
+        assert set(rows["track_id"]) == {0}
+        frames = np.asarray(rows["frame_index"])
+        assert len(frames) >= 0.9 * len(truth["frame_index"])
+        lm = np.asarray(rows["landmarks_3d"], np.float64).reshape(-1, 68, 3)
+        gt = truth["landmarks_3d"][frames]
+        pred_pose = np.stack([rows["pitch"], rows["yaw"], rows["roll"]], 1)
+        gt_pose = np.degrees(truth["pose"][frames])
+        figures[smooth] = {
+            "nme_2d": float(evaluation.nme(lm[..., :2], gt[..., :2]).mean()),
+            "pose_mae": evaluation.pose_mae(pred_pose, gt_pose)["mean"],
+            "jitter_px": smoothing.jitter(lm[..., :2].reshape(len(frames), -1), frames),
+            "jitter_deg": smoothing.jitter(pred_pose, frames),
+        }
+    print("synthetic video:", json.dumps(figures))
+    raw, smooth = figures[False], figures[True]
+    assert np.isfinite(raw["nme_2d"]) and np.isfinite(raw["pose_mae"])
+    assert smooth["jitter_px"] < 0.7 * raw["jitter_px"]
+    assert smooth["jitter_deg"] < 0.7 * raw["jitter_deg"]
+    assert smooth["nme_2d"] <= raw["nme_2d"] * 1.01 + 1e-4
+
+
+# ---- units: frame mapping, stream assembly, meshes, errors -----------------------------------
+
+
+def test_frame_outputs_map_pose_and_landmarks_through_a_rotated_crop():
+    from facepgn import geometry
+
+    rng = np.random.default_rng(0)
+    b = 3
+    X = rng.normal(0, 5, (b, 68, 3))
+    R = geometry.euler_to_matrix(rng.uniform(-0.6, 0.6, (b, 3)))
+    s = rng.uniform(3, 5, b)
+    t = np.concatenate([rng.uniform(40, 80, (b, 2)), rng.uniform(-5, 5, (b, 1))], 1)
+    crop_pts = geometry.project(X, s, R, t)
+    angle = rng.uniform(-0.5, 0.5, b)
+    a = rng.uniform(1.5, 3.0, b)
+    A = np.zeros((b, 2, 3))
+    A[:, 0, 0], A[:, 0, 1], A[:, 1, 0], A[:, 1, 1] = a * np.cos(angle), -a * np.sin(angle), a * np.sin(angle), a * np.cos(angle)
+    A[:, :, 2] = rng.uniform(0, 300, (b, 2))
+    outputs = {"landmarks_3d": crop_pts, "mesh_landmarks": crop_pts, "rotation": R, "translation": t, "scale": s,
+               "id_coeffs": np.zeros((b, 4)), "exp_coeffs": np.zeros((b, 2))}
+    out = inference.frame_outputs(outputs, A, np.ones(b), 128)
+    expected = np.stack([inference.records.apply_affine(A[i], crop_pts[i]) for i in range(b)])
+    np.testing.assert_allclose(out["landmarks_3d"], expected, atol=1e-3)
+    reprojected = geometry.project(X, out["scale"].astype(np.float64), out["rotation"].astype(np.float64), out["translation"].astype(np.float64))
+    np.testing.assert_allclose(reprojected, expected, atol=1e-2)  # the frame pose explains the frame landmarks
+    np.testing.assert_allclose(np.linalg.det(out["rotation"]), 1.0, atol=1e-5)
+    np.testing.assert_allclose(out["fit_error"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(out["quality"], 1.0, atol=1e-5)
+
+
+def test_assembler_completes_a_video_only_when_all_its_rows_arrived():
+    from facepgn.pipelines.infer import _VideoAssembler
+
+    def batch(vid, n, total=-1, kind=0):
+        return {"video_id": np.array([vid] * n, object), "kind": np.full(n, kind, np.int8), "total_rows": np.full(n, total)}
+
+    asm = _VideoAssembler()
+    assert asm.add(batch("a", 1, total=4, kind=1)) == []  # footer first (out of order): 1 of 4
+    mixed = {k: np.concatenate([batch("a", 2)[k], batch("b", 1, total=1, kind=1)[k]]) for k in ("video_id", "kind", "total_rows")}
+    done = asm.add(mixed)
+    assert [v for v, _ in done] == ["b"]
+    done = asm.add(batch("a", 1))
+    assert [v for v, _ in done] == ["a"] and sum(len(p["kind"]) for p in done[0][1]) == 4
+    assert asm.pending() == []
+
+
+def test_mesh_files_and_selection():
+    verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    tris = np.array([[0, 1, 2], [0, 2, 3]])
+    ply = inference.mesh_bytes(verts, tris, "ply")
+    header, body = ply.split(b"end_header\n", 1)
+    assert b"element vertex 4" in header and b"element face 2" in header
+    np.testing.assert_array_equal(np.frombuffer(body[: 4 * 12], "<f4").reshape(4, 3), verts)
+    faces = np.frombuffer(body[4 * 12:], dtype=[("n", "u1"), ("i", "<i4", (3,))])
+    np.testing.assert_array_equal(faces["i"], tris)
+    obj = inference.mesh_bytes(verts, tris, "obj").decode()
+    assert obj.count("\nv ") == 4 and "f 1 3 4" in obj
+    assert inference.parse_mesh_selection("every:30") == ("every", 30)
+    assert inference.mesh_selected(("frames", {3, 5}), 5) and not inference.mesh_selected(("every", 30), 31)
+    with pytest.raises(FacepgnError, match="every:N"):
+        inference.parse_mesh_selection("sometimes")
+
+
+def test_bad_model_and_input_are_one_line_errors(tmp_path):
+    from facepgn.cli import main
+    from facepgn.errors import InputError
+
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(InputError, match="model.pt: not a readable model file"):
+        inference.load_inference_model(str(bad))
+    with pytest.raises(InputError, match="model file not found"):
+        inference.load_inference_model(str(tmp_path / "missing.pt"))
+    assert main(["infer", "--model", str(bad), "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--local"]) == 2
+    assert main(["infer", "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2  # no model
+
+
+def test_loads_training_checkpoints(model_file, tmp_path):
+    """A checkpoint of the training loop (the model file payload inside) runs like the model file."""
+    import torch
+
+    from facepgn.model import load_model_file, model_file_payload
+
+    model = load_model_file(model_file)
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"format": "facepgn.checkpoint/1", "step": 3, "model": model_file_payload(model), "optimizer": {}}, ckpt)
+    loaded = inference.load_inference_model(str(tmp_path))  # a run folder: finds checkpoint.pt
+    crops = np.random.default_rng(0).integers(0, 255, (2, model.input_size, model.input_size, 3), dtype=np.uint8)
+    a = inference.FaceModelRunner(model=model)(crops)
+    b = inference.FaceModelRunner(model=loaded)(crops)
+    np.testing.assert_allclose(a["landmarks_3d"], b["landmarks_3d"], atol=1e-5)
