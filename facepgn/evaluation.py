@@ -350,8 +350,9 @@ def _pct(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100.0 * x:.2f}"
 
 
-def report_markdown(result: EvaluationResult, title: str = "Evaluation") -> str:
-    """The metrics as Markdown: an NME table (percent of face size) per landmark set, pose MAE."""
+def report_markdown(result: EvaluationResult, title: str = "Evaluation", plot: str | None = None) -> str:
+    """The metrics as Markdown: an NME table (percent of face size) per landmark set, pose MAE, and
+    the cumulative error plot ``plot`` (a path relative to the report) when given."""
     m = result.metrics
     counts = m["bucket_counts"]
     lines = [f"# {title}", "", f"{m['num_images']} images; |yaw| buckets: "
@@ -368,6 +369,8 @@ def report_markdown(result: EvaluationResult, title: str = "Evaluation") -> str:
         p = m["pose_mae_deg"]
         lines += ["", "Pose MAE (degrees, wrapped):", "", "| yaw | pitch | roll | mean |", "|---|---|---|---|",
                   f"| {p['yaw']:.2f} | {p['pitch']:.2f} | {p['roll']:.2f} | {p['mean']:.2f} |"]
+    if plot:
+        lines += ["", f"![cumulative error distribution]({plot})"]
     if m.get("box"):
         lines += ["", f"Crop boxes: {m['box']}."]
     if m.get("errors"):
@@ -431,7 +434,7 @@ def write_report(result: EvaluationResult, out_dir: str, title: str = "Evaluatio
     """Write ``report.md``, ``ced.png``, ``metrics.json`` and ``per_image.csv`` (atomically) to ``out_dir``."""
     storage.makedirs(out_dir)
     paths = {name: storage.join(out_dir, name) for name in ("report.md", "ced.png", "metrics.json", "per_image.csv")}
-    storage.atomic_write_text(paths["report.md"], report_markdown(result, title))
+    storage.atomic_write_text(paths["report.md"], report_markdown(result, title, plot="ced.png"))
     storage.atomic_write_bytes(paths["ced.png"], ced_plot_png(result, title))
     storage.atomic_write_text(paths["metrics.json"], json.dumps(_json_safe(result.metrics), indent=2))
     columns = list(result.per_image)

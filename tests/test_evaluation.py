@@ -149,7 +149,7 @@ def test_report_written_and_readable(tmp_path, arrays):
     result = ev.evaluate_arrays(pred, pts, arrays["pose"], out_dir=str(tmp_path))
     assert set(result.report_paths) == {"report.md", "ced.png", "metrics.json", "per_image.csv"}
     text = (tmp_path / "report.md").read_text()
-    assert "| landmarks | nme_2d_68 |" in text and "1312" in text and "**" in text
+    assert "| landmarks | nme_2d_68 |" in text and "1312" in text and "**" in text and "](ced.png)" in text
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["landmarks"]["landmarks"]["nme_2d_68"]["mean"] == pytest.approx(
         np.mean([ev.nme(pred, pts)[ev.yaw_bucket_index(arrays["pose"]) == b].mean() for b in range(3)])
