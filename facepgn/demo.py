@@ -265,6 +265,9 @@ class Demo:
         if self._command(result, "infer", argv):
             result.outputs["per-face rows"] = os.path.join(self.paths.infer, "rows")
             result.outputs["overlay videos"] = os.path.join(self.paths.infer, "overlays")
+            preview = os.path.join(self.paths.infer, "overlays_preview.jpg")
+            if overlay_preview(os.path.join(self.paths.infer, "overlays"), preview):
+                result.outputs["overlay preview"] = preview
             result.summary = _read_json(os.path.join(self.paths.infer, "summary.json"))
 
     def stage_evaluate(self, result: StageResult) -> None:
@@ -280,8 +283,36 @@ class Demo:
 
     # ---- report --------------------------------------------------------------------------------
 
+    def stage_summary_file(self, name: str) -> str:
+        """Where a stage's own summary lives (read back for the report, also for earlier runs)."""
+        p = self.paths
+        return {
+            "model": p.face_model,
+            "synth_faces": os.path.join(p.synthetic_faces, "summary.json"),
+            "synth_videos": os.path.join(p.synthetic_videos, "summary.json"),
+            "preprocess": os.path.join(p.pairs, "summary.json"),
+            "train": os.path.join(p.train, "summary.json"),
+            "tune": os.path.join(p.tune, "summary.json"),
+            "infer": os.path.join(p.infer, "summary.json"),
+            "evaluate": os.path.join(p.evaluate, "metrics.json"),
+        }[name]
+
+    def _carry_over_earlier_run(self) -> None:
+        """Stages not run this time but done by an earlier run into the same folder stay in the report."""
+        earlier = _read_json(self.paths.summary).get("stages", {})
+        merged: dict[str, StageResult] = {}
+        for name in DEMO_STAGES:
+            if name in self.results:
+                merged[name] = self.results[name]
+            elif earlier.get(name, {}).get("status") in ("done", "done earlier"):
+                old = earlier[name]
+                merged[name] = StageResult(name, "done earlier", float(old.get("seconds", 0.0)), dict(old.get("outputs", {})),
+                                           _read_json(self.stage_summary_file(name)), "from an earlier run")
+        self.results = merged
+
     def finish(self) -> dict[str, Any]:
         total = time.time() - self.started
+        self._carry_over_earlier_run()
         summary = {
             "kind": "demo",
             "output": self.paths.root,
@@ -326,6 +357,87 @@ class Demo:
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
         storage.atomic_write_bytes(self.paths.timings_plot, buf.getvalue())
+
+
+def inference_stats(rows_dir: str, plot_path: str | None = None) -> dict[str, dict[str, float]]:
+    """Per-video numbers from the inference rows (all runs), and a plot of yaw along each track."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = storage.list_files(rows_dir, extensions=[".parquet"]) if storage.exists(rows_dir) else []
+    if not files:
+        return {}
+    cols = ["video_id", "track_id", "frame_index", "time", "yaw", "quality", "fit_error"]
+    table = pa.concat_tables([pq.read_table(f, columns=cols) for f in files]).to_pydict()
+    by_video: dict[str, dict[str, list]] = {}
+    for i, vid in enumerate(table["video_id"]):
+        d = by_video.setdefault(vid, {k: [] for k in cols})
+        for k in cols:
+            d[k].append(table[k][i])
+    stats = {}
+    for vid, d in sorted(by_video.items()):
+        yaw = np.asarray(d["yaw"], dtype=float)
+        stats[vid] = {
+            "rows": len(yaw), "tracks": len(set(d["track_id"])), "frames": len(set(d["frame_index"])),
+            "yaw_min": float(yaw.min()), "yaw_max": float(yaw.max()),
+            "quality": float(np.mean(d["quality"])), "fit_error": float(np.mean(d["fit_error"])),
+        }
+    if plot_path:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return stats
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for vid, d in sorted(by_video.items()):
+            tracks = np.asarray(d["track_id"])
+            for tid in sorted(set(d["track_id"])):
+                sel = tracks == tid
+                order = np.argsort(np.asarray(d["time"])[sel])
+                ax.plot(np.asarray(d["time"])[sel][order], np.asarray(d["yaw"])[sel][order], lw=1,
+                        label=vid if tid == min(d["track_id"]) else None)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("yaw (deg)")
+        ax.set_title("estimated head yaw along each face track")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        storage.atomic_write_bytes(plot_path, buf.getvalue())
+    return stats
+
+
+def overlay_preview(overlays_dir: str, out_path: str, height: int = 240, columns: int = 4) -> bool:
+    """One middle frame of each overlay video, tiled into a JPEG for the report."""
+    import cv2
+    import numpy as np
+
+    from facepgn import records
+
+    tiles = []
+    for path in storage.list_files(overlays_dir, extensions=[".mp4"]) if storage.exists(overlays_dir) else []:
+        cap = cv2.VideoCapture(path)
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        cap.set(cv2.CAP_PROP_POS_FRAMES, max(0, n // 2))
+        ok, frame = cap.read()
+        cap.release()
+        if ok:
+            w = int(round(frame.shape[1] * height / frame.shape[0]))
+            tiles.append(cv2.cvtColor(cv2.resize(frame, (w, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
+    if not tiles:
+        return False
+    rows = []
+    for i in range(0, len(tiles), columns):
+        row = tiles[i:i + columns]
+        rows.append(np.concatenate(row, axis=1))
+    width = max(r.shape[1] for r in rows)
+    sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
+    storage.atomic_write_bytes(out_path, records.encode_image(sheet, ".jpg"))
+    return True
 
 
 def _versions() -> dict[str, str]:
@@ -398,15 +510,34 @@ def render_report(demo: Demo, total: float) -> str:
             lines += [storage.read_text(results_md).strip(), ""]
         else:
             lines += [f"See {_rel(demo, demo.paths.tune)}.", ""]
-    if "infer" in r and r["infer"].summary:
+    if "infer" in r and r["infer"].status.startswith("done"):
         s = r["infer"].summary
-        lines += ["## Inference on the real videos", "", "```json",
-                  json.dumps({k: s[k] for k in ("counts", "timings", "throughput") if k in s}, indent=1, default=str),
-                  "```", ""]
+        t = s.get("timings", {})
+        stats = inference_stats(os.path.join(demo.paths.infer, "rows"), os.path.join(demo.paths.infer, "pose_tracks.png"))
+        lines += ["## Inference on the real videos", ""]
+        if stats:
+            total_rows = sum(v["rows"] for v in stats.values())
+            lines += [f"{len(stats)} videos, {total_rows} face rows (per-face 3D reconstruction per sampled frame). "
+                      f"Last run: {t.get('wall_s', 0):.1f} s, {t.get('frames_per_s') or 0:.1f} frames/s end to end; "
+                      f"{(s.get('counts') or {}).get('videos_failed', 0)} videos failed.", "",
+                      "| video | face rows | tracks | frames | yaw range (deg) | mean quality | mean fit error |",
+                      "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+            for vid, v in stats.items():
+                lines.append(f"| {vid} | {v['rows']} | {v['tracks']} | {v['frames']} | {v['yaw_min']:.0f} .. {v['yaw_max']:.0f} "
+                             f"| {v['quality']:.2f} | {v['fit_error']:.3f} |")
+            lines += ["", f"![head yaw along each track](infer/pose_tracks.png)"]
+        stage_s = t.get("stage_s") or {}
+        if stage_s:
+            lines += ["", "Time per stage in the last run (summed over tasks): " + ", ".join(
+                f"{k.removesuffix('_s')} {v:.1f} s" for k, v in stage_s.items() if v >= 0.05) + "."]
+        preview = os.path.join(demo.paths.infer, "overlays_preview.jpg")
+        if storage.exists(preview):
+            lines += ["", f"![one frame of each overlay video]({_rel(demo, preview)})"]
         overlays = os.path.join(demo.paths.infer, "overlays")
         if storage.exists(overlays):
             files = storage.list_files(overlays)
-            lines += ["Overlays: " + ", ".join(f"[{storage.basename(f)}]({_rel(demo, f)})" for f in files), ""]
+            lines += ["", "Overlay videos: " + ", ".join(f"[{storage.basename(f)}]({_rel(demo, f)})" for f in files)]
+        lines.append("")
     if "evaluate" in r and r["evaluate"].status == "done":
         report = os.path.join(demo.paths.evaluate, "report.md")
         lines += ["## AFLW2000-3D evaluation", ""]
