@@ -142,3 +142,15 @@ def test_cli_reports_a_missing_face_model_in_one_line(tmp_path, capsys):
     code = main(["synth", "faces", "--n", "2", "--out", str(tmp_path), "--set", "face_model=/nonexistent/model.npz"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "/nonexistent/model.npz" in err and len(err.splitlines()) == 1
+
+
+def test_cli_synth_faces_to_s3(s3_bucket):
+    from facepgn import storage
+
+    out = f"{s3_bucket}/synthetic/faces"
+    assert main(["synth", "faces", "--n", "3", "--out", out, "--size", "64", "--workers", "1"]) == 0
+    files = [storage.basename(p) for p in storage.list_files(out)]
+    assert files == ["contact_sheet.png", "part-00000.parquet", "summary.json"]
+    table = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/part-00000.parquet")))
+    records.check_table(table, "face_record")
+    assert table.num_rows == 3
