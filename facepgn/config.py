@@ -295,7 +295,7 @@ class PreprocessConfig(StrictModel):
     target_fps: _Optional[float] = 10.0  # sampling rate; None: every frame
     max_frames_per_video: _Optional[int] = None  # sampled frames per video (tests, quick looks)
     max_videos: _Optional[int] = None  # process at most this many videos not yet done this run
-    decode_chunk: int = 16  # frames decoded per batch (memory bound per worker)
+    decode_chunk: int = 16  # sampled frames decoded per batch, with a fresh decoder each (memory bound)
     decode_max_side: _Optional[int] = 1280  # decode downscaled so the longer side is <= this
     image_size: int = 128  # crop side, pixels
     crop_margin: float = 0.3  # extra context around the detector box, fraction of its side, each side
@@ -430,7 +430,10 @@ class TuneJobConfig(StrictModel):
 
     base: _TOptional[str] = None  # training YAML the trials start from (relative paths: to this file)
     train: DistributedTrainConfig = DistributedTrainConfig()
-    search_space: dict[str, SearchDimension] = {}
+    search_space: dict[str, SearchDimension] = {  # default: the self-supervised terms' weights
+        "losses.flow": SearchDimension(loguniform=(0.05, 2.0)),
+        "losses.photometric": SearchDimension(loguniform=(0.05, 2.0)),
+    }
     sweep: SweepSettings = SweepSettings()
     name: str = _TField("facepgn-tune", min_length=1, pattern=r"^[A-Za-z0-9_.=-]+$")
     storage_path: str = "runs/ray"  # Ray Tune experiment + the trials' Ray Train runs

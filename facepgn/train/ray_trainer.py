@@ -308,9 +308,11 @@ def build_trainer(
     *,
     callbacks: Sequence[Any] = (),
     epoch_reports_only: bool = False,
+    datasets: dict[str, Any] | None = None,
 ):
     """The ``TorchTrainer`` for a checked plan. ``epoch_reports_only``: report (and checkpoint) only
-    after epochs, with the validation NME in every report (what a Tune scheduler needs)."""
+    after epochs, with the validation NME in every report (what a Tune scheduler needs).
+    ``datasets``: already built ones (a sweep shares its materialised datasets between trials)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -322,7 +324,7 @@ def build_trainer(
         callbacks=list(callbacks),
         **storage_args(cfg.ray.storage_path),
     )
-    datasets = build_datasets(plan)
+    datasets = dict(datasets) if datasets is not None else build_datasets(plan)
     loop_config = {
         "config": cfg.model_dump(mode="json"),
         "epoch_reports_only": epoch_reports_only,
@@ -336,6 +338,14 @@ def build_trainer(
         run_config=run_config,
         datasets=datasets,
     )
+
+
+def ensure_ray() -> None:
+    """Connect to Ray (``RAY_ADDRESS`` / a ``ray job submit`` cluster) or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, log_to_driver=True)
 
 
 def _versions() -> dict[str, str]:
@@ -355,6 +365,7 @@ def run_training(cfg: DistributedTrainConfig) -> dict[str, Any]:
     started = time.time()
     plan = preflight(cfg)
     cfg = plan.config
+    ensure_ray()
     print(
         f"facepgn train: {cfg.scaling.num_workers} workers ({backend_name(cfg)}), "
         f"{plan.labelled_rows} labelled faces, {plan.pair_rows} frame pairs, {plan.validation_rows} validation faces; "
@@ -491,7 +502,11 @@ def _overlay_sheet(core, images, outputs, gt_2d, count: int):
 
 
 def _validate(model, shard, cfg: DistributedTrainConfig, device, want_overlay: bool):
-    """(sum of per-face NME (PGN landmarks), of mesh-landmark NME, face count, overlay or None) on this worker's shard."""
+    """NME sums on this worker's validation shard: (mesh landmarks, PGN landmarks, face count, overlay).
+
+    ``val_nme`` is the reconstruction's: the 68 landmark vertices of the posed mesh; ``val_nme_pgn``
+    the PGN's own 3D landmarks (x, y). Both against the labels' 2D landmarks (``facepgn.evaluation.nme``).
+    A non-finite prediction counts as NME 1000 (a diverged model must lose, not vanish)."""
     import numpy as np
     import torch
 
@@ -502,7 +517,7 @@ def _validate(model, shard, cfg: DistributedTrainConfig, device, want_overlay: b
     core = unwrap(model)
     was_training = core.training
     core.eval()
-    nme_sum = nme_mesh_sum = 0.0
+    sum_mesh = sum_pgn = 0.0
     count = 0
     overlay = None
     try:
@@ -512,18 +527,19 @@ def _validate(model, shard, cfg: DistributedTrainConfig, device, want_overlay: b
                 images = faces["images"].to(device)
                 outputs = core(images)
                 gt = faces["landmarks_2d"].numpy()
-                pred = outputs["landmarks_3d"][..., :2].float().cpu().numpy()
                 mesh = outputs["mesh_landmarks"][..., :2].float().cpu().numpy()
-                per_face = np.nan_to_num(evaluation.nme(pred, gt), nan=1e3, posinf=1e3)
-                per_face_mesh = np.nan_to_num(evaluation.nme(mesh, gt), nan=1e3, posinf=1e3)
-                nme_sum += float(per_face.sum())
-                nme_mesh_sum += float(per_face_mesh.sum())
-                count += len(per_face)
+                pgn = outputs["landmarks_3d"][..., :2].float().cpu().numpy()
+                with np.errstate(all="ignore"):
+                    nme_mesh = np.nan_to_num(evaluation.nme(mesh, gt), nan=1e3, posinf=1e3)
+                    nme_pgn = np.nan_to_num(evaluation.nme(pgn, gt), nan=1e3, posinf=1e3)
+                sum_mesh += float(np.minimum(nme_mesh, 1e3).sum())
+                sum_pgn += float(np.minimum(nme_pgn, 1e3).sum())
+                count += len(nme_mesh)
                 if want_overlay and overlay is None and cfg.validation.overlay_images > 0:
                     overlay = _overlay_sheet(core, images, outputs, gt, cfg.validation.overlay_images)
     finally:
         core.train(was_training)
-    return nme_sum, nme_mesh_sum, count, overlay
+    return sum_mesh, sum_pgn, count, overlay
 
 
 def _all_reduce_sum(values: list[float], device) -> list[float]:
@@ -636,14 +652,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     def validate() -> dict[str, float]:
         if val_shard is None:
             return {}
-        s, s_mesh, n, overlay = _validate(model, val_shard, cfg, device, want_overlay=(rank == 0))
-        s, s_mesh, n = _all_reduce_sum([s, s_mesh, float(n)], device)
+        s, s_pgn, n, overlay = _validate(model, val_shard, cfg, device, want_overlay=(rank == 0))
+        s, s_pgn, n = _all_reduce_sum([s, s_pgn, float(n)], device)
         if n <= 0:
             return {}
-        out = {"val_nme": s / n, "val_nme_mesh": s_mesh / n, "val_faces": n}
+        out = {"val_nme": s / n, "val_nme_pgn": s_pgn / n, "val_faces": n}
         if overlay is not None:
             tb.image("val/overlay", overlay, step)
-        tb.scalars({"val/nme": out["val_nme"], "val/nme_mesh": out["val_nme_mesh"]}, step)
+        tb.scalars({"val/nme": out["val_nme"], "val/nme_pgn": out["val_nme_pgn"]}, step)
         return out
 
     def report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
