@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import tempfile
 import time
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -132,12 +132,12 @@ def _inside(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
     return np.array([cv2.pointPolygonTest(path, (float(x), float(y)), False) >= 0 for x, y in points])
 
 
-_SKIN_CACHE: dict[int, FaceSkin] = {}
+_SKIN_CACHE: "weakref.WeakKeyDictionary[FaceModel, FaceSkin]" = weakref.WeakKeyDictionary()
 
 
 def face_skin(model: FaceModel) -> FaceSkin:
     """Build (once per model object) the closed mesh and feature regions from the mean shape."""
-    cached = _SKIN_CACHE.get(id(model))
+    cached = _SKIN_CACHE.get(model)
     if cached is not None:
         return cached
     mean = np.asarray(model.mean, dtype=np.float64)
@@ -266,7 +266,7 @@ def face_skin(model: FaceModel) -> FaceSkin:
         regions=regions,
         texture_coords=((closed_mean - centre) / unit).astype(np.float32),
     )
-    _SKIN_CACHE[id(model)] = skin
+    _SKIN_CACHE[model] = skin
     return skin
 
 

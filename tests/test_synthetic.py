@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from facepgn import records, synthetic
 from facepgn.cli import main
