@@ -481,6 +481,9 @@ class InferConfig(StrictModel):
     resume: bool = True  # skip videos whose done marker exists (False: redo everything)
     max_videos: Optional[int] = None  # process at most this many videos not yet done
     executor: Literal["ray", "local"] = "ray"  # local: a plain loop in this process (debugging, baseline)
+    finalize_on: Literal["driver", "tasks"] = "driver"  # per-video outputs: driver threads | Ray tasks (big overlay jobs)
+    finalize_threads: int = 2  # driver threads writing rows/overlays/meshes
+    finalize_num_cpus: float = 0.25  # per finalize task (finalize_on: tasks)
 # == labelled datasets and evaluation (facepgn.labelled, facepgn.evaluation) ==
 
 

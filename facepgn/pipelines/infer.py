@@ -6,8 +6,9 @@ Graph (streaming; each arrow is a stream of small column batches)::
       -> map_batches(decode_detect_crop)   tasks, fractional CPUs: chunked decode, YuNet, tracker, crops
       -> map_batches(FaceModelActor)       actor pool (ActorPoolStrategy): the model, GPU if any
       -> driver: groups rows by video; when a video's footer and all its rows have arrived
-         (the footer says how many), a Ray task finalises it: smoothing, rows Parquet, meshes,
-         overlay, done marker (facepgn.inference.finalize_video).
+         (the footer says how many), it is finalised (driver threads, or Ray tasks with
+         ``finalize_on: tasks``): smoothing, rows Parquet, meshes, overlay, done marker
+         (facepgn.inference.finalize_video).
 
 Memory stays bounded: a decode task holds one chunk of one video; the driver holds only the
 (small, crop-free) rows of videos in flight. Videos already done are skipped; a bad video is
@@ -80,6 +81,69 @@ class _VideoAssembler:
 
     def pending(self) -> list[str]:
         return sorted(self.batches)
+
+
+class _Finalizer:
+    """Runs ``inference.finalize_video`` for complete videos: in driver threads (``finalize_on:
+    driver``; no worker processes to start, everything already imported) or as Ray tasks spread
+    over the cluster (``finalize_on: tasks``; for big jobs with overlays)."""
+
+    def __init__(self, cfg: InferConfig, face_model, face_model_name: str):
+        self.cfg = cfg
+        self.face_model = face_model
+        self.face_model_name = face_model_name
+        self.pending: dict[Any, str] = {}
+        if cfg.finalize_on == "tasks":
+            import ray
+
+            self._remote = ray.remote(num_cpus=cfg.finalize_num_cpus)(inference.finalize_video)
+            self._face_ref = ray.put(face_model)
+            self._pool = None
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=max(1, cfg.finalize_threads), thread_name_prefix="facepgn-finalize")
+
+    def submit(self, video_id: str, parts: list[dict[str, np.ndarray]]) -> None:
+        if self._pool is None:
+            handle = self._remote.remote(video_id, parts, self.cfg, self._face_ref, self.face_model_name)
+        else:
+            handle = self._pool.submit(inference.finalize_video, video_id, parts, self.cfg, self.face_model, self.face_model_name)
+        self.pending[handle] = video_id
+
+    def completed(self, block: bool) -> Iterator[dict]:
+        """Stats of finished videos (all of them, waiting, when ``block``)."""
+        while self.pending:
+            handle = self._next_done(block)
+            if handle is None:
+                return
+            vid = self.pending.pop(handle)
+            try:
+                stats = handle.result() if self._pool is not None else _ray_get(handle)
+            except Exception as exc:  # noqa: BLE001 - a failed finalisation fails that video only
+                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                stats = {"video_id": vid, "error": f"{vid}: writing outputs failed ({exc.__class__.__name__}: {reason})"}
+                storage.atomic_write_text(inference.OutputLayout(self.cfg.output).error(vid), json.dumps(stats))
+            yield stats
+        if block and self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _next_done(self, block: bool):
+        if self._pool is None:
+            import ray
+
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=None if block else 0)
+            return ready[0] if ready else None
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        done, _ = wait(list(self.pending), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        return next(iter(done)) if done else None
+
+
+def _ray_get(ref):
+    import ray
+
+    return ray.get(ref)
 
 
 def _resolve(cfg: InferConfig) -> InferConfig:
@@ -193,43 +257,20 @@ def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_siz
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=max(cfg.min_actors, cfg.max_actors)),
         **actor_resources,
     )
-    finalize = ray.remote(num_cpus=0.25)(inference.finalize_video)
-    face_ref = ray.put(face_model)
+    finalizer = _Finalizer(cfg, face_model, face_model_name)
     assembler = _VideoAssembler()
-    in_flight: dict[Any, str] = {}
     finished = 0
-
-    def drain(block: bool) -> Iterator[dict]:
-        nonlocal finished
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=None if block else 0)
-            if not ready:
-                return
-            ref = ready[0]
-            vid = in_flight.pop(ref)
-            try:
-                stats = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - a failed finalisation fails that video only
-                stats = {"video_id": vid, "error": f"{vid}: finalising failed ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})"}
-                storage.atomic_write_text(inference.OutputLayout(cfg.output).error(vid), json.dumps(stats))
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        for vid, parts in assembler.add(batch):
+            finalizer.submit(vid, parts)
+        for stats in finalizer.completed(block=False):
             finished += 1
             log(_video_line(stats, finished, len(todo)))
             yield stats
-
-    # Overlays and meshes are real work: Ray tasks, spread over the cluster. Rows alone (smoothing +
-    # one Parquet file) are cheap: written here, without a worker process to start.
-    heavy = bool(cfg.overlay or cfg.meshes)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-        for vid, parts in assembler.add(batch):
-            if heavy:
-                in_flight[finalize.remote(vid, parts, cfg, face_ref, face_model_name)] = vid
-            else:
-                finished += 1
-                stats = inference.finalize_video(vid, parts, cfg, face_model, face_model_name)
-                log(_video_line(stats, finished, len(todo)))
-                yield stats
-        yield from drain(block=False)
-    yield from drain(block=True)
+    for stats in finalizer.completed(block=True):
+        finished += 1
+        log(_video_line(stats, finished, len(todo)))
+        yield stats
     for vid in assembler.pending():  # never completes unless a stage lost rows: record it
         stats = {"video_id": vid, "error": f"{vid}: incomplete output stream (rows lost between stages)"}
         storage.atomic_write_text(inference.OutputLayout(cfg.output).error(vid), json.dumps(stats))
