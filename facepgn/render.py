@@ -218,12 +218,12 @@ def shade_vertices(
     """
     light = np.asarray(light_dir, dtype=np.float64)
     light = light / np.linalg.norm(light)
-    n_dot_l = np.clip(normals @ light, 0.0, None)[:, None]
+    n_dot_l = np.clip(np.einsum("vc,c->v", normals, light), 0.0, None)[:, None]  # einsum: no BLAS threads
     colour = np.asarray(albedo, dtype=np.float64) * (ambient + diffuse * n_dot_l)
     if specular > 0:
         half = light + np.array([0.0, 0.0, 1.0])
         half /= np.linalg.norm(half)
-        colour = colour + specular * np.clip(normals @ half, 0.0, None)[:, None] ** shininess
+        colour = colour + specular * np.clip(np.einsum("vc,c->v", normals, half), 0.0, None)[:, None] ** shininess
     return np.clip(colour, 0.0, 1.0).astype(np.float32)
 
 

@@ -16,6 +16,7 @@ Geometry follows :mod:`facepgn.geometry` (``p = s * F @ R @ X + t``); records fo
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import tempfile
@@ -83,7 +84,7 @@ class FaceSkin:
 
     def close(self, verts: np.ndarray) -> np.ndarray:
         """Model-frame vertices (V, 3) -> (V + num_extra, 3) with the hole-filling vertices appended."""
-        extra = self.fill_weights @ verts[self.fill_ids] + self.fill_offsets
+        extra = np.einsum("ek,kc->ec", self.fill_weights, verts[self.fill_ids]) + self.fill_offsets
         return np.concatenate([verts, extra.astype(verts.dtype)], 0)
 
 
@@ -281,10 +282,11 @@ def random_albedo(skin: FaceSkin, rng: np.random.Generator, hair: bool | None = 
     # Low-frequency blotches: a few random plane waves over the mean shape, mostly luminance + redness.
     freqs = rng.normal(0, 1, (6, 3)) * rng.uniform(2.0, 7.0, (6, 1))
     phases = rng.uniform(0, 2 * np.pi, 6)
-    waves = np.sin(uv @ freqs.T + phases)  # (V, 6)
+    # einsum rather than @: multi-threaded BLAS on these thin products costs more than it saves.
+    waves = np.sin(np.einsum("vc,kc->vk", uv, freqs) + phases)  # (V, 6)
     mix = rng.normal(0, 1, (6, 3)) * 0.012 + rng.normal(0, 1, (6, 1)) * 0.03
-    albedo = base[None, :] * (1.0 + waves @ mix)
-    redness = np.clip(np.sin(uv @ rng.normal(0, 3, 3) + rng.uniform(0, 6.3)), 0, 1) * rng.uniform(0, 0.05)
+    albedo = base[None, :] * (1.0 + np.einsum("vk,kc->vc", waves, mix))
+    redness = np.clip(np.sin(np.einsum("vc,c->v", uv, rng.normal(0, 3, 3)) + rng.uniform(0, 6.3)), 0, 1) * rng.uniform(0, 0.05)
     albedo[:, 0] += redness
     albedo[:, 2] -= 0.5 * redness
 
@@ -335,6 +337,31 @@ def random_background(rng: np.random.Generator, height: int, width: int) -> np.n
     img = cv2.GaussianBlur(img, (0, 0), sigma)
     img += rng.normal(0, rng.uniform(2, 8), img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """One torch intra-op thread while rendering: on these small tensors thread wake-ups cost more
+    (~10 ms a call on a busy machine) than they save. Restores the previous setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
+
+
+def _one_thread(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with single_threaded():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 # ---- sampling ------------------------------------------------------------------------------
@@ -419,7 +446,7 @@ def render_face(
     with brightness constancy). ``draw_inside`` draws the inside of the open face mask (seen past
     its border at steep poses) in a dark flat colour instead of letting the background through."""
     skin = face_skin(model)
-    verts_model = skin.close(model.vertices(params.id_coeffs, params.exp_coeffs).astype(np.float64))
+    verts_model = skin.close(model_vertices(model, params.id_coeffs, params.exp_coeffs))
     R = euler_to_matrix(np.asarray(params.pose, dtype=np.float64))
     verts = project(verts_model, float(params.scale), R, np.asarray(params.translation, dtype=np.float64))
     if vertex_colours is None:
@@ -442,6 +469,16 @@ def render_face(
     extent = float(np.ptp(verts[: model.num_vertices, :2], axis=0).max())
     visible[ok] = render.vertex_visibility(lm[ok], rendering.raster, tolerance=max(1.0, 0.015 * extent))
     return FaceRender(rendering.image, params, lm, visible, verts, rendering)
+
+
+def model_vertices(model: FaceModel, id_coeffs: np.ndarray, exp_coeffs: np.ndarray) -> np.ndarray:
+    """The face model's mesh (V, 3) float64, evaluated with torch (one intra-op thread under
+    :func:`single_threaded`) rather than numpy's multi-threaded BLAS, which burns CPU on this thin product."""
+    import torch
+
+    ids = torch.from_numpy(np.asarray(id_coeffs, dtype=np.float32))
+    exps = torch.from_numpy(np.asarray(exp_coeffs, dtype=np.float32))
+    return model.vertices(ids, exps).numpy().astype(np.float64)
 
 
 def shade_albedo(verts: np.ndarray, triangles: np.ndarray, albedo: np.ndarray, light_dir=(0.3, -0.4, 1.0), ambient=0.45, diffuse=0.6) -> np.ndarray:
@@ -498,6 +535,7 @@ def face_model_for(settings: FaceSettings) -> FaceModel:
 _TRUNCATED: dict[tuple, FaceModel] = {}
 
 
+@_one_thread
 def synthesize_face(index: int, seed: int, settings: FaceSettings, model: FaceModel | None = None) -> tuple[FaceRender, dict[str, Any]]:
     """Face ``index`` of the dataset with ``seed``: its rendering and its FACE_RECORD_SCHEMA row."""
     model = model or face_model_for(settings)
@@ -556,19 +594,6 @@ def _init_worker() -> None:
         pass
 
 
-@contextlib.contextmanager
-def _single_threaded():
-    """Torch intra-op threads off while rendering: thread start-up on tiny tensors costs ~10 ms a call."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _write_shard(task: tuple[int, int, int, int, FaceSettings, str]) -> dict[str, Any]:
     """Generate faces [start, stop) and write them as one Parquet shard (atomic); returns stats."""
     import pyarrow.parquet as pq
@@ -625,7 +650,7 @@ def generate_faces(
     t0 = time.perf_counter()
     done: list[dict[str, Any]] = []
     if workers <= 1 or len(tasks) <= 1:
-        with _single_threaded():
+        with single_threaded():
             for task in tasks:
                 done.append(_write_shard(task))
                 if progress:
@@ -704,6 +729,7 @@ def smooth_signal(rng: np.random.Generator, times: np.ndarray, amplitude: float,
     return amplitude * out
 
 
+@_one_thread
 def synthesize_video(index: int, seed: int, settings: VideoSettings | None = None,
                      model: FaceModel | None = None) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Frames (RGB uint8) of clip ``index`` (one identity, smooth pose/expression/translation) and
@@ -822,7 +848,7 @@ def generate_videos(out_dir: str, n: int, seed: int = 0, settings: VideoSettings
     t0 = time.perf_counter()
     done = []
     if workers <= 1 or len(tasks) <= 1:
-        with _single_threaded():
+        with single_threaded():
             for task in tasks:
                 done.append(_write_video_task(task))
                 if progress:
@@ -893,6 +919,7 @@ def exact_flow(raster_a: render.Raster, triangles: np.ndarray, verts_a: np.ndarr
     return flow, valid
 
 
+@_one_thread
 def render_pair(seed: int, size: int = 128, max_rotation_deg: float = 6.0, max_shift_px: float = 3.0,
                 expression_change: float = 0.2, settings: FaceSettings | None = None,
                 model: FaceModel | None = None) -> FramePair:
@@ -917,7 +944,7 @@ def render_pair(seed: int, size: int = 128, max_rotation_deg: float = 6.0, max_s
     light, ambient, diffuse = _random_light(rng)
     background = random_background(rng, size, size)
     # Shade once with A's geometry; both frames use these colours (brightness constancy).
-    verts_a_model = skin.close(model.vertices(id_coeffs, exp_a).astype(np.float64))
+    verts_a_model = skin.close(model_vertices(model, id_coeffs, exp_a))
     verts_a = project(verts_a_model, params_a.scale, euler_to_matrix(pose_a.astype(np.float64)), params_a.translation)
     colours = shade_albedo(verts_a, skin.triangles, albedo, light, ambient, diffuse)
     face_a = render_face(model, params_a, albedo, size, size, background, vertex_colours=colours)
