@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -70,9 +71,12 @@ class DemoLayout:
         self.timings_plot = join("timings.png")
 
 
+STAGE_CONFIG_FILES = {"tune": "tune-loss-weights.yaml"}  # default: configs/<stage>.yaml
+
+
 def _config_file(stage: str) -> list[str]:
-    """``--config configs/<stage>.yaml`` when the checkout has one (an installed wheel may not)."""
-    path = REPO_ROOT / "configs" / f"{stage}.yaml"
+    """``--config configs/<stage file>`` when the checkout has one (an installed wheel may not)."""
+    path = REPO_ROOT / "configs" / STAGE_CONFIG_FILES.get(stage, f"{stage}.yaml")
     return ["--config", str(path)] if path.is_file() else []
 
 
@@ -124,6 +128,10 @@ class Demo:
                     result.status = "done"
             except FacepgnError as exc:
                 result.status, result.note = "failed", str(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug in a stage: keep its traceback, still write the report
+                traceback.print_exc()
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                result.status, result.note = "failed", f"{type(exc).__name__}: {first}"
             result.seconds = time.time() - t0
             self.log(f"--- {name}: {result.status} in {result.seconds:.1f}s" + (f" ({result.note})" if result.note else ""))
             if result.status == "failed":
