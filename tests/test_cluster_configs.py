@@ -316,7 +316,12 @@ def check_stage_command(argv: list[str], where: str) -> None:
     config_path = REPO_ROOT / args.config if args.config else None
     if config_path is not None:
         assert config_path.is_file(), f"{where}: config {args.config} does not exist"
-    load_config(_stage_config_class(stage), config_path, args.overrides)
+    if stage == "tune":  # the tune command resolves its `base` training file the same way
+        from facepgn.train.tune import load_tune_config
+
+        load_tune_config(str(config_path) if config_path else None, args.overrides)
+    else:
+        load_config(_stage_config_class(stage), config_path, args.overrides)
 
 
 def _stage_missing(stage: str) -> bool:
