@@ -207,8 +207,9 @@ def test_nothing_readable_exits_2_with_one_line(ray_session, tmp_path, capsys):
     (videos / "b.mkv").write_text("not a video")
     rc = cli_main(["preprocess", "--input", str(videos), "--output", str(tmp_path / "out"), "--set", "executor=local"])
     assert rc == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "none of the 2 videos could be read" in err[0]
+    # (Ray forwards worker logs to stderr asynchronously, so look at facepgn's own line)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("facepgn: error:")]
+    assert len(err) == 1 and "none of the 2 videos could be read" in err[0] and "empty file" in err[0]
     assert (tmp_path / "out" / "summary.json").exists()
 
 
