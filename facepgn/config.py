@@ -313,6 +313,7 @@ class PreprocessConfig(StrictModel):
     seed: int = 0  # pair-gap choice is seeded per (seed, video, track): reruns give the same shards
     executor: _Literal["ray", "local"] = "ray"  # local: a plain loop in this process (debugging, baselines)
     num_cpus_per_video: float = 0.5  # Ray CPUs per video task (fractional on small machines)
+    max_concurrent_videos: _Optional[int] = None  # cap on parallel video tasks; None: as many as the cluster's CPUs allow
     cv2_threads: int = 1  # OpenCV threads inside each task (parallelism comes from tasks)
     retry_failed: bool = False  # rerun videos recorded as failed in an earlier run
     overwrite: bool = False  # ignore done markers and reprocess everything

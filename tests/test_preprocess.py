@@ -243,3 +243,14 @@ def test_resume_after_interruption_gives_the_same_shards(ray_session, shared, tm
     redo = run_preprocess(PreprocessConfig(output=part, **cfg))
     assert redo["videos_processed_this_run"] == 1 and not os.path.exists(stale)
     assert _read_all(part) == _read_all(whole)
+
+
+def test_shipped_config_loads_and_rejects_unknown_keys():
+    from facepgn.config import load_config
+    from facepgn.errors import ConfigError
+    from facepgn.paths import REPO_ROOT
+
+    cfg = load_config(PreprocessConfig, REPO_ROOT / "configs" / "preprocess.yaml", ["quality.min_blur=3", "max_videos=2"])
+    assert cfg.quality.min_blur == 3 and cfg.max_videos == 2 and cfg.executor == "ray"
+    with pytest.raises(ConfigError, match="quality.min_blurr: unknown key"):
+        load_config(PreprocessConfig, None, ["quality.min_blurr=3"])

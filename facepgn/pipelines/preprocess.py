@@ -436,10 +436,12 @@ def _execute(pending: list, cfg: PreprocessConfig, output: str) -> Iterable[dict
 
     config_json = cfg.model_dump_json()
     ds = ray.data.from_items([it.to_dict() for it in pending], override_num_blocks=len(pending))
+    extra = {"concurrency": cfg.max_concurrent_videos} if cfg.max_concurrent_videos else {}
     ds = ds.map(
         _ray_process_row,
         fn_kwargs={"config_json": config_json, "output": output},
         num_cpus=cfg.num_cpus_per_video,
+        **extra,
     )
     for row in ds.iter_rows():
         yield json.loads(row["result"])
