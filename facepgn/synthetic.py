@@ -594,13 +594,25 @@ def _init_worker() -> None:
         pass
 
 
+def _pool_context():
+    """Worker processes forked from a clean forkserver that has imported this module once (cheap
+    starts, no threads inherited); spawn where forkserver does not exist."""
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["facepgn.synthetic"])
+        return ctx
+    return mp.get_context("spawn")
+
+
 def _write_shard(task: tuple[int, int, int, int, FaceSettings, str]) -> dict[str, Any]:
     """Generate faces [start, stop) and write them as one Parquet shard (atomic); returns stats."""
     import pyarrow.parquet as pq
 
     shard, start, stop, seed, settings, out_dir = task
     path = storage.join(out_dir, f"part-{shard:05d}.parquet")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     model = face_model_for(settings)
     rows = [synthesize_face(i, seed, settings, model)[1] for i in range(start, stop)]
     table = records.to_table(rows, "face_record")
@@ -613,6 +625,7 @@ def _write_shard(task: tuple[int, int, int, int, FaceSettings, str]) -> dict[str
         "path": path,
         "rows": len(rows),
         "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
         "yaw_buckets": np.histogram(yaws, bins=[0, 30, 60, 90.0001])[0].tolist(),
         "visible_fraction": float(np.mean([np.mean(r["landmarks_visible"]) for r in rows])),
     }
@@ -656,9 +669,7 @@ def generate_faces(
                 if progress:
                     progress(done[-1]["rows"])
     else:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=_pool_context(), initializer=_init_worker) as pool:
             for result in pool.map(_write_shard, tasks):
                 done.append(result)
                 if progress:
@@ -673,6 +684,7 @@ def generate_faces(
         "shards": sorted([d["path"] for d in done] + [s["path"] for s in skipped]),
         "seconds": elapsed,
         "faces_per_second": rows / elapsed if elapsed > 0 and rows else None,
+        "cpu_seconds": float(sum(d["cpu_seconds"] for d in done)),  # in the processes that rendered
         "yaw_buckets_deg": {"[0,30]": buckets[0], "(30,60]": buckets[1], "(60,90]": buckets[2]},
         "mean_visible_landmarks": float(np.mean([d["visible_fraction"] for d in done])) * 68 if done else None,
     }
@@ -854,9 +866,7 @@ def generate_videos(out_dir: str, n: int, seed: int = 0, settings: VideoSettings
                 if progress:
                     progress(1)
     else:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=_pool_context(), initializer=_init_worker) as pool:
             for result in pool.map(_write_video_task, tasks):
                 done.append(result)
                 if progress:
