@@ -411,6 +411,16 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, An
         if progress:
             note = f"{result['pairs']} pairs" if result["status"] != "skipped" else f"skipped: {result['reason']}"
             log.info("[%d/%d] %s: %s (%.1fs)", n, len(pending), result["video_id"], note, result["seconds"])
+    returned = {r["video_id"] for r in results}
+    for item in pending:  # a worker that died (segfault in a decoder, OOM kill) returns nothing
+        if item.video_id not in returned:
+            crashed = VideoResult(item.video_id, item.path, item.subject_id, status="skipped",
+                                  reason="the worker processing it crashed or was killed (see the Ray logs); retry with retry_failed=true").to_dict()
+            storage.remove(shard_dir(output, item.video_id))
+            storage.atomic_write_text(marker_path(output, item.video_id), json.dumps(crashed, indent=1))
+            results.append(crashed)
+            markers[item.video_id] = crashed
+            log.warning("%s: %s", item.path, crashed["reason"])
     run_seconds = time.perf_counter() - run_started
 
     summary = _summary(cfg, items, markers, results, already_done, run_seconds, time.perf_counter() - started)
@@ -435,16 +445,25 @@ def _execute(pending: list, cfg: PreprocessConfig, output: str) -> Iterable[dict
     import ray
 
     config_json = cfg.model_dump_json()
+    # A video whose task dies (after Ray's retries) must not fail the whole job: let Ray Data skip
+    # its block; run_preprocess records it as skipped.
+    context = ray.data.DataContext.get_current()
+    saved_errored_blocks = context.max_errored_blocks
+    context.max_errored_blocks = len(pending)
     ds = ray.data.from_items([it.to_dict() for it in pending], override_num_blocks=len(pending))
     extra = {"concurrency": cfg.max_concurrent_videos} if cfg.max_concurrent_videos else {}
     ds = ds.map(
         _ray_process_row,
         fn_kwargs={"config_json": config_json, "output": output},
         num_cpus=cfg.num_cpus_per_video,
+        max_retries=2,  # a video that kills its worker every time is given up (Ray Data's default retries forever)
         **extra,
     )
-    for row in ds.iter_rows():
-        yield json.loads(row["result"])
+    try:
+        for row in ds.iter_rows():
+            yield json.loads(row["result"])
+    finally:
+        context.max_errored_blocks = saved_errored_blocks
 
 
 def _versions() -> dict[str, str]:
