@@ -481,6 +481,36 @@ class _Tensorboard:
             self.writer.close()
 
 
+def read_tensorboard(log_dir: str) -> dict[str, Any]:
+    """Scalars and images from the TensorBoard event files in ``log_dir`` (local), without TensorBoard:
+    ``{"scalars": {tag: [(step, value), ...]}, "images": {tag: [(step, png bytes), ...]}}``."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    images: dict[str, list[tuple[int, bytes]]] = {}
+    for name in sorted(os.listdir(log_dir)):
+        if "tfevents" not in name:
+            continue
+        with open(os.path.join(log_dir, name), "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            start = pos + 12  # length (8) + its crc (4)
+            if start + length + 4 > len(data):
+                break  # a record still being written
+            event = event_pb2.Event.FromString(data[start : start + length])
+            pos = start + length + 4
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    images.setdefault(value.tag, []).append((event.step, value.image.encoded_image_string))
+                elif value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return {"scalars": scalars, "images": images}
+
+
 def _overlay_sheet(core, images, outputs, gt_2d, count: int):
     """Validation faces with the predicted mesh (wireframe) and landmarks (green; labels red)."""
     import numpy as np
