@@ -328,11 +328,14 @@ def draw_landmarks(
 ) -> np.ndarray:
     """A copy of ``image`` (RGB uint8) with landmarks (N, 2|3) drawn as dots; hidden ones in another colour."""
     out = np.array(image, dtype=np.uint8, copy=True)
-    pts = _fixed(points)
+    finite = np.isfinite(np.asarray(points, dtype=np.float64)[:, :2]).all(1)  # unmapped landmarks are NaN
+    pts = _fixed(np.nan_to_num(np.asarray(points, dtype=np.float64)))
     if radius is None:
         radius = max(1.0, min(out.shape[:2]) / 128.0)
     r = max(1, int(round(radius * (1 << _SHIFT))))
     for i, (x, y) in enumerate(pts):
+        if not finite[i]:
+            continue
         c = color if visible is None or visible[i] else hidden_color
         cv2.circle(out, (int(x), int(y)), r, tuple(int(v) for v in c), -1, cv2.LINE_AA, _SHIFT)
     return out
