@@ -1,0 +1,89 @@
+"""ONNX export (``facepgn export onnx``): onnxruntime gives the torch model's outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from facepgn import inference
+
+
+@pytest.fixture(scope="module")
+def model_file(request, tmp_path_factory) -> str:
+    """H5's briefly trained model when the fixture exists, else an untrained model of the same format."""
+    try:
+        return str(request.getfixturevalue("trained_model_file"))
+    except pytest.FixtureLookupError:
+        import torch
+
+        from facepgn.config import ModelConfig
+        from facepgn.model import build_model, save_model_file
+
+        torch.manual_seed(0)
+        path = tmp_path_factory.mktemp("export-model") / "model.pt"
+        save_model_file(build_model(ModelConfig()).eval(), path)
+        return str(path)
+
+
+@pytest.fixture(scope="module")
+def face_crops(shared, model_file) -> np.ndarray:
+    """Real face crops: YuNet boxes on frames of a real video, cropped as inference does."""
+    from facepgn import faces, video
+    from facepgn.config import InferConfig
+
+    size = inference.load_inference_model(model_file).input_size
+    detector = faces.FaceDetector(detect_width=320)
+    reader = video.VideoReader(str(shared / "media/videos/short_hamilton_clip.mp4"))
+    crops = []
+    for frame in reader.frames([0, 40, 80, 120]):
+        for det in detector.detect(frame.rgb):
+            crops.append(faces.square_crop(frame.rgb, det.box, InferConfig().crop_margin, size)[0])
+    assert len(crops) >= 4
+    return np.stack(crops)
+
+
+def test_onnx_export_matches_torch_on_real_faces(model_file, face_crops, tmp_path):
+    model = inference.load_inference_model(model_file)
+    path = tmp_path / "model.onnx"
+    names = inference.export_onnx(model, str(path))
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert [o.name for o in proto.graph.output] == names
+    assert {p.key: p.value for p in proto.metadata_props}["facepgn.format"] == "facepgn.onnx/1"
+
+    torch_out = inference.FaceModelRunner(model=model, runtime="torch", threads=1)(face_crops)
+    onnx_out = inference.FaceModelRunner(model=model, runtime="onnx", threads=1, onnx_path=str(path))(face_crops)
+    # what the ONNX graph computes, crop pixels / coefficients
+    for key, atol in (("landmarks_3d", 1e-3), ("landmark_confidence", 1e-4), ("id_coeffs", 1e-4), ("exp_coeffs", 1e-4)):
+        np.testing.assert_allclose(onnx_out[key], torch_out[key], atol=atol, err_msg=key)
+    # the pose fitted on those outputs (same torch code on both paths)
+    for key, atol in (("mesh_landmarks", 1e-3), ("scale", 1e-4), ("translation", 1e-3)):
+        np.testing.assert_allclose(onnx_out[key], torch_out[key], atol=atol, rtol=1e-4, err_msg=key)
+    # batch size is dynamic: one crop alone gives the same as in the batch
+    single = inference.FaceModelRunner(model=model, runtime="onnx", threads=1, onnx_path=str(path))(face_crops[:1])
+    np.testing.assert_allclose(single["landmarks_3d"], onnx_out["landmarks_3d"][:1], atol=1e-3)
+
+
+def test_export_command_checks_against_torch(model_file, tmp_path, capsys):
+    from facepgn.cli import main
+
+    out = tmp_path / "exported.onnx"
+    assert main(["export", "onnx", "--model", model_file, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "max |onnxruntime - torch|" in text and out.stat().st_size > 10_000
+    assert main(["export", "onnx", "--model", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
+
+
+def test_onnx_runtime_in_the_pipeline_gives_the_torch_rows(shared, model_file, tmp_path):
+    from facepgn.config import InferConfig
+    from facepgn.pipelines.infer import run_inference
+
+    tables = {}
+    for runtime in ("torch", "onnx"):
+        cfg = InferConfig(model=model_file, input=str(shared / "media/videos/d6.mp4"), output=str(tmp_path / runtime),
+                          max_frames=8, runtime=runtime, executor="local")
+        run_inference(cfg, progress=None)
+        tables[runtime] = inference.read_rows(cfg.output).to_pydict()
+    assert tables["torch"]["frame_index"] == tables["onnx"]["frame_index"]
+    np.testing.assert_allclose(np.asarray(tables["onnx"]["landmarks_3d"]), np.asarray(tables["torch"]["landmarks_3d"]), atol=1e-2)
