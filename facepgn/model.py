@@ -170,7 +170,7 @@ class FaceReconstructor(nn.Module):
             visible = (normals @ rotation.transpose(-1, -2))[..., 2] > min_cos
             if zbuffer and "scale" in outputs and "translation" in outputs:
                 img = geometry.project(verts, outputs["scale"].detach().float(), rotation, outputs["translation"].detach().float())
-                visible &= _point_zbuffer(img, cell=2.0, tolerance=0.06 * self.face_size * outputs["scale"].detach().float())
+                visible &= _point_zbuffer(img, 2.0, 0.06 * self.face_size * outputs["scale"].detach().float(), self.input_size)
             if vertex_ids is not None:
                 visible = visible[:, vertex_ids]
             return visible.float()
@@ -191,20 +191,20 @@ class FaceReconstructor(nn.Module):
         }
 
 
-def _point_zbuffer(points: torch.Tensor, cell: float, tolerance: torch.Tensor) -> torch.Tensor:
-    """(B, V) bool: the point's z is within ``tolerance`` (B,) of the largest z in its image cell."""
+def _point_zbuffer(points: torch.Tensor, cell: float, tolerance: torch.Tensor, extent: int) -> torch.Tensor:
+    """(B, V) bool: the point's z is within ``tolerance`` (B,) of the largest z in its image cell.
+
+    The grid covers [-extent/2, 1.5 extent) in x and y (a fixed size, however wild early-training
+    poses are); points beyond it fall into the border cells (they are outside the crop anyway)."""
     b, v, _ = points.shape
-    x = torch.floor(points[..., 0] / cell)
-    y = torch.floor(points[..., 1] / cell)
-    x0 = x.min(dim=1, keepdim=True).values
-    y0 = y.min(dim=1, keepdim=True).values
-    xi, yi = (x - x0).long(), (y - y0).long()
-    width = int(xi.max()) + 1
-    index = yi * width + xi
-    cells = int(index.max()) + 1
-    zmax = torch.full((b, cells), -torch.inf, device=points.device, dtype=points.dtype)
-    zmax.scatter_reduce_(1, index, points[..., 2], reduce="amax")
-    return points[..., 2] >= zmax.gather(1, index) - tolerance[:, None]
+    n = int(np.ceil(2 * extent / cell))
+    xi = torch.floor((points[..., 0] + extent / 2) / cell).clamp(0, n - 1).long()
+    yi = torch.floor((points[..., 1] + extent / 2) / cell).clamp(0, n - 1).long()
+    index = yi * n + xi
+    z = points[..., 2]
+    zmax = torch.full((b, n * n), -torch.inf, device=points.device, dtype=points.dtype)
+    zmax.scatter_reduce_(1, index, z, reduce="amax")
+    return z >= zmax.gather(1, index) - tolerance[:, None]
 
 
 def _vertex_normals(verts: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:

@@ -180,11 +180,19 @@ def train(
     ``batches`` overrides the Parquet data (an iterator of ``mixed_batch`` dicts, e.g. for tests and
     benchmarks); ``on_metrics(step, metrics)`` is called every ``log_every`` steps.
     """
+    previous_threads = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, face_model, batches, on_metrics)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, on_metrics: Callable | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     out_dir = cfg.output_dir
     storage.makedirs(out_dir)
