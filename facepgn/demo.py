@@ -367,6 +367,65 @@ class Demo:
         storage.atomic_write_bytes(self.paths.timings_plot, buf.getvalue())
 
 
+def read_tensorboard_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """Scalar series from TensorBoard event files (TFRecord framing + tensorboardX's Event proto)."""
+    import struct
+
+    try:
+        from tensorboardX.proto import event_pb2
+    except ImportError:
+        return {}
+    series: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")) if os.path.isdir(log_dir) else []:
+        data = path.read_bytes()
+        pos = 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            record = data[pos + 12:pos + 12 + length]
+            pos += 12 + length + 4
+            if len(record) < length:
+                break  # a file still being written
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    series.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+    return {tag: sorted(points) for tag, points in series.items()}
+
+
+def training_curve(log_dir: str, out_path: str) -> bool:
+    """The total training loss (and validation NME, if logged) against the step, as a PNG."""
+    scalars = read_tensorboard_scalars(log_dir)
+    loss = scalars.get("train/loss")
+    if not loss:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(*zip(*loss), lw=1, label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    val = [(tag, pts) for tag, pts in scalars.items() if "nme" in tag and tag.startswith("val")]
+    if val:
+        ax2 = ax.twinx()
+        for tag, pts in val[:2]:
+            ax2.plot(*zip(*pts), "o-", ms=3, lw=1, label=tag, color="tab:red" if "pgn" not in tag else "tab:orange")
+        ax2.set_ylabel("validation NME")
+        ax2.legend(loc="upper center", fontsize=7)
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set_title("training")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    storage.atomic_write_bytes(out_path, buf.getvalue())
+    return True
+
+
 def inference_stats(rows_dir: str, plot_path: str | None = None) -> dict[str, dict[str, float]]:
     """Per-video numbers from the inference rows (all runs), and a plot of yaw along each track."""
     import numpy as np
@@ -509,13 +568,28 @@ def render_report(demo: Demo, total: float) -> str:
                   f"{_get(s, 'timings', 'frames_per_s')} sampled frames/s.", ""]
     if "train" in r and r["train"].summary:
         s = r["train"].summary
-        keys = ("steps", "final_loss", "final_metrics", "val_nme", "samples_per_s", "seconds")
-        lines += ["## Training", "", "```json", json.dumps({k: s[k] for k in keys if k in s}, indent=1, default=str), "```", ""]
-    if "tune" in r and r["tune"].status == "done":
+        c, m = s.get("counts", {}), s.get("final_metrics", {})
+        lines += ["## Training", "",
+                  f"{c.get('steps')} steps on {c.get('workers')} Ray Train workers, {c.get('labelled_records')} labelled "
+                  f"faces + {c.get('frame_pairs')} frame pairs, {c.get('validation_records')} validation faces, "
+                  f"{_get(s, 'timings', 'wall_s', default=0):.0f} s -> [model.pt]({_rel(demo, demo.model_file())}).", ""]
+        shown = {k: v for k, v in m.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
+        if shown:
+            lines += ["| final metric | value |", "| --- | ---: |"] + [f"| {k} | {v:.4g} |" for k, v in shown.items()] + [""]
+        curve = os.path.join(demo.paths.train, "loss_curve.png")
+        if training_curve(os.path.join(demo.paths.train, "tensorboard"), curve):
+            lines += [f"![training loss]({_rel(demo, curve)})", ""]
+        lines += [f"All loss terms, learning rate, throughput and validation overlays: "
+                  f"`tensorboard --logdir {os.path.join(demo.paths.train, 'tensorboard')}`.", ""]
+    if "tune" in r and r["tune"].status.startswith("done"):
         results_md = os.path.join(demo.paths.tune, "results.md")
         lines += ["## Sweep", ""]
         if storage.exists(results_md):
-            lines += [storage.read_text(results_md).strip(), ""]
+            lines += [l for l in storage.read_text(results_md).strip().splitlines() if not l.startswith("# ")] + [""]
+            best = os.path.join(demo.paths.tune, "best.yaml")
+            if storage.exists(best):
+                lines += [f"Best trial's training config: [{_rel(demo, best)}]({_rel(demo, best)}) "
+                          f"(`facepgn train --config {best}`).", ""]
         else:
             lines += [f"See {_rel(demo, demo.paths.tune)}.", ""]
     if "infer" in r and r["infer"].status.startswith("done"):
@@ -546,7 +620,7 @@ def render_report(demo: Demo, total: float) -> str:
             files = storage.list_files(overlays)
             lines += ["", "Overlay videos: " + ", ".join(f"[{storage.basename(f)}]({_rel(demo, f)})" for f in files)]
         lines.append("")
-    if "evaluate" in r and r["evaluate"].status == "done":
+    if "evaluate" in r and r["evaluate"].status.startswith("done"):
         report = os.path.join(demo.paths.evaluate, "report.md")
         lines += ["## AFLW2000-3D evaluation", ""]
         if storage.exists(report):
