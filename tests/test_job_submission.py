@@ -145,13 +145,26 @@ def ray_head():
     assert not _session_pids(head.process.pid), "processes of the test's Ray head survived"
 
 
+def _submit(client, timeout_s: float = 30.0, **kwargs) -> str:
+    """submit_job, retried while the head's job agent is still starting ("No available agent")."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def run_job(head: LocalRayHead, entrypoint: str, timeout_s: float = 120.0) -> str:
     """Submit ``entrypoint`` with the repo as working_dir, wait for it, return its logs; fail with
     the log tail unless it SUCCEEDED."""
     from ray.job_submission import JobStatus
 
     client = head.client()
-    job_id = client.submit_job(
+    job_id = _submit(
+        client,
         entrypoint=entrypoint,
         runtime_env={
             "working_dir": str(REPO_ROOT),
