@@ -11,6 +11,18 @@ Everything is deterministic by seed: face ``i`` of a dataset with seed ``s`` com
 
 Geometry follows :mod:`facepgn.geometry` (``p = s * F @ R @ X + t``); records follow
 :mod:`facepgn.records` (crop pixels, 3D landmark z centred).
+
+Outputs:
+
+* :func:`generate_faces`: ``part-NNNNN.parquet`` shards in ``FACE_RECORD_SCHEMA`` (face model truncated
+  with ``FaceModel.truncated(num_id, num_exp)``, so ``id_coeffs``/``exp_coeffs`` have those lengths).
+* :func:`generate_videos`: ``synthetic-NNNN.mp4`` (mp4v) and ``synthetic-NNNN.gt.npz`` with, per frame
+  (T first): ``pose`` (pitch, yaw, roll rad), ``scale``, ``translation``, ``exp_coeffs``,
+  ``landmarks_2d``/``landmarks_3d`` (frame px, z centred), ``landmarks_visible``, ``face_box`` (x, y, w, h
+  of the rendered mesh), ``frame_index``, ``time``; and once: ``id_coeffs``, ``fps``, ``size``,
+  ``face_model``, ``exp_names``, ``seed``, ``index``.
+* :func:`render_pair` / :func:`synthetic_pair_rows`: two frames with known motion, the exact flow A -> B
+  and its validity (for losses tests and flow benchmarks), and ``FRAME_PAIR_SCHEMA`` rows.
 """
 
 from __future__ import annotations
