@@ -371,3 +371,27 @@ def test_stage_command_check_rejects_unknown_keys():
 
     with pytest.raises(ConfigError, match="unknown key"):
         check_stage_command(["python", "jobs/train.py", "--set", "trainer.num_workerz=16"], "bad")
+
+
+# ---- jobs/*.py stay thin: the same command locally and on a cluster ----------------------------
+
+
+def test_job_entrypoints_are_thin_calls_of_the_cli():
+    """Each ``jobs/<stage>.py`` is ``sys.exit(main(["<stage>", *sys.argv[1:]]))`` for a registered
+    command: no logic of its own, so a submitted job runs exactly what ``facepgn <stage>`` runs."""
+    import ast
+
+    from facepgn.demo import available_commands
+
+    commands = available_commands()
+    files = sorted((REPO_ROOT / "jobs").glob("*.py"))
+    assert files
+    for path in files:
+        tree = ast.parse(path.read_text())
+        body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+        imports = [n for n in body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        rest = [n for n in body if n not in imports]
+        assert len(rest) == 1 and isinstance(rest[0], ast.If), f"{path.name}: only imports and the __main__ block"
+        call = ast.unparse(rest[0].body[0]) if len(rest[0].body) == 1 else ""
+        assert call == f"sys.exit(main(['{path.stem}', *sys.argv[1:]]))", f"{path.name}: {call!r}"
+        assert path.stem in commands, f"{path.name}: `facepgn {path.stem}` is not a command"
