@@ -32,6 +32,7 @@ import re
 import resource
 import time
 import traceback
+import warnings
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -452,13 +453,18 @@ def _execute(pending: list, cfg: PreprocessConfig, output: str) -> Iterable[dict
     context.max_errored_blocks = len(pending)
     ds = ray.data.from_items([it.to_dict() for it in pending], override_num_blocks=len(pending))
     extra = {"concurrency": cfg.max_concurrent_videos} if cfg.max_concurrent_videos else {}
-    ds = ds.map(
-        _ray_process_row,
-        fn_kwargs={"config_json": config_json, "output": output},
-        num_cpus=cfg.num_cpus_per_video,
-        max_retries=2,  # a video that kills its worker every time is given up (Ray Data's default retries forever)
-        **extra,
-    )
+    with warnings.catch_warnings():
+        # max_retries has no named parameter yet (Ray 2.60 deprecates the **ray_remote_args route
+        # without a replacement); a video that kills its worker every time is given up after 2
+        # retries instead of Ray Data's default of retrying forever.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        ds = ds.map(
+            _ray_process_row,
+            fn_kwargs={"config_json": config_json, "output": output},
+            num_cpus=cfg.num_cpus_per_video,
+            max_retries=2,
+            **extra,
+        )
     try:
         for row in ds.iter_rows():
             yield json.loads(row["result"])
