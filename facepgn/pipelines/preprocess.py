@@ -172,6 +172,7 @@ class VideoProcessor:
         tracks: dict[int, _TrackState] = {}
         buffer: list[dict] = []
         frames_with_face = 0
+        finished_tracks = 0
 
         t0 = time.perf_counter()
         with local_video(item["path"]) as local_path:
@@ -211,10 +212,15 @@ class VideoProcessor:
                             self._write_shard(result, buffer, timings)
                     while len(buffer) >= cfg.shard_max_pairs:
                         self._write_shard(result, buffer, timings)
+                    # forget tracks whose newest crop is too old to pair (memory stays bounded
+                    # however many faces come and go in a long video)
+                    for track_id in [t for t, st in tracks.items() if st.history and step - st.history[-1].step > cfg.max_gap]:
+                        del tracks[track_id]
+                        finished_tracks += 1
             finally:
                 if buffer:  # keep what was paired before a decode error
                     self._write_shard(result, buffer, timings)
-        result.tracks = len(tracks)
+        result.tracks = finished_tracks + len(tracks)
         if result.frames_sampled == 0:
             raise InputError(item["path"], "no frames decoded")
         if frames_with_face == 0:
