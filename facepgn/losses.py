@@ -208,7 +208,7 @@ def pair_terms(
         ids = pair_vertex_subset(core.num_vertices, num_vertices, out_a["scale"].device)
         va = core.mesh_vertices(out_a, ids)
         vb = core.mesh_vertices(out_b, ids)
-        mask = core.vertex_visibility(out_a, ids) * core.vertex_visibility(out_b, ids)
+        mask = core.vertex_visibility(out_a, ids, projected=va) * core.vertex_visibility(out_b, ids, projected=vb)
         mask = mask * inside_crop(va.detach(), size) * inside_crop(vb.detach(), size)
         if weights.get("flow", 0):
             terms["flow"] = flow_consistency_loss(va, vb, batch["flow"], mask)
@@ -219,7 +219,7 @@ def pair_terms(
     if weights.get("landmark_flow", 0) and core.pgn is not None:
         lm_a, lm_b = out_a["landmarks_3d"], out_b["landmarks_3d"]
         mask = inside_crop(lm_a.detach(), size) * inside_crop(lm_b.detach(), size)
-        mask = mask * core.vertex_visibility(out_a, core.fm_landmark_ids.clamp_min(0)) * out_a["landmark_mask"]
+        mask = mask * core.vertex_visibility(out_a, core.fm_landmark_ids.clamp_min(0), zbuffer=False) * out_a["landmark_mask"]
         terms["landmark_flow"] = landmark_flow_loss(lm_a, lm_b, batch["flow"], mask)
     if weights.get("landmarks_2d", 0) and "landmarks_2d_a" in batch:
         has = batch["has_landmarks_2d"].to(out_a["scale"].dtype)[:, None].expand(-1, 68)

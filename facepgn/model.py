@@ -34,6 +34,8 @@ from facepgn.nets.regressor import CoefficientRegressor, rotation_from_6d
 
 MODEL_FILE_FORMAT = "facepgn.model/1"
 
+_POSE_KEYS = ("id_coeffs", "exp_coeffs", "scale", "rotation", "translation")
+
 # buffers that hold the (truncated) face model inside the module
 FACE_BUFFERS = ("fm_mean", "fm_id_basis", "fm_exp_basis", "fm_triangles", "fm_landmark_ids", "fm_landmark_mask")
 
@@ -67,6 +69,9 @@ class FaceReconstructor(nn.Module):
         self.register_buffer("fm_landmark_mask", lm_mask.float())
         self.register_buffer("fm_normal_sign", torch.tensor(1.0))
         self.fm_normal_sign.fill_(self._outward_normal_sign())
+        # the mean face's unit normals, for visibility (derived, so not saved)
+        mean_normals = _vertex_normals(mean[None], self.fm_triangles)[0] * self.fm_normal_sign
+        self.register_buffer("fm_mean_normals", mean_normals, persistent=False)
 
         self.regressor = CoefficientRegressor(cfg.num_id, cfg.num_exp, cfg.regressor_width, direct_pose=cfg.pose == "direct")
         self.pgn = PoseGuidanceNetwork(cfg.input_size, cfg.pgn_width, cfg.heatmap_stride) if cfg.pose == "pgn" else None
@@ -154,25 +159,31 @@ class FaceReconstructor(nn.Module):
             return geometry.project(verts, outputs["scale"].float(), outputs["rotation"].float(), outputs["translation"].float())
 
     def vertex_visibility(
-        self, outputs: dict[str, torch.Tensor], vertex_ids: torch.Tensor | None = None, min_cos: float = 0.1, zbuffer: bool = True
+        self,
+        outputs: dict[str, torch.Tensor],
+        vertex_ids: torch.Tensor | None = None,
+        min_cos: float = 0.1,
+        zbuffer: bool = True,
+        projected: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Float mask (B, V) of visible vertices (or only ``vertex_ids``), no gradient.
+        """Float mask (B, N) of visible vertices (all, or ``vertex_ids``), no gradient.
 
         Two tests: the rotated normal faces the camera (z > ``min_cos``; back faces and grazing
-        silhouettes), and, with ``zbuffer``, a point z-buffer on 2-pixel cells: a vertex is hidden when
-        another vertex in its cell is nearer the camera by more than 6% of the face size (self-occlusion,
-        e.g. the nose at a large yaw). Cheap and batched; ``facepgn.render`` has the exact rasteriser.
+        silhouettes; the normals are the mean face's -- identity and expression barely turn them), and,
+        with ``zbuffer``, a point z-buffer on 2-pixel cells over the same vertices: a vertex is hidden
+        when another one in its cell is nearer the camera by more than 6% of the face size
+        (self-occlusion, e.g. the nose at a large yaw). Cheap and batched; ``facepgn.render`` has the
+        exact rasteriser. ``projected`` (B, N, 3): the posed vertices, if already computed.
         """
         with torch.no_grad():
-            verts = self.model_vertices(outputs["id_coeffs"].detach(), outputs["exp_coeffs"].detach())
-            normals = _vertex_normals(verts, self.fm_triangles) * self.fm_normal_sign
+            normals = self.fm_mean_normals if vertex_ids is None else self.fm_mean_normals[vertex_ids]
             rotation = outputs["rotation"].detach().float()
             visible = (normals @ rotation.transpose(-1, -2))[..., 2] > min_cos
-            if zbuffer and "scale" in outputs and "translation" in outputs:
-                img = geometry.project(verts, outputs["scale"].detach().float(), rotation, outputs["translation"].detach().float())
-                visible &= _point_zbuffer(img, 2.0, 0.06 * self.face_size * outputs["scale"].detach().float(), self.input_size)
-            if vertex_ids is not None:
-                visible = visible[:, vertex_ids]
+            if zbuffer and projected is None and "scale" in outputs and "translation" in outputs:
+                projected = self.mesh_vertices({k: v.detach() for k, v in outputs.items() if k in _POSE_KEYS}, vertex_ids)
+            if zbuffer and projected is not None:
+                tolerance = 0.06 * self.face_size * outputs["scale"].detach().float()
+                visible &= _point_zbuffer(projected.detach().float(), 2.0, tolerance, self.input_size)
             return visible.float()
 
     def pose_angles(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
