@@ -137,35 +137,29 @@ def test_ddp_training_two_workers_checkpoints_and_resumes(ray_session, tmp_path,
     assert checkpoint_steps(resumed["run"])[-2:] == [4, 6]
 
 
-def test_training_with_checkpoints_on_s3_resumes(ray_session, tmp_path, s3_bucket, synthetic_faces_dir):
+# ---- S3 storage, a worker dying mid-run, and a restart of the run --------------------------------
+
+
+def test_s3_checkpoints_survive_a_worker_death_and_a_restart(ray_session, tmp_path, s3_bucket, synthetic_faces_dir):
+    """Run on the moto S3 server: rank 1 really exits (os._exit) after step 3; Ray Train restarts
+    the worker group from the step-2 checkpoint on S3 and finishes; then the same run name started
+    again continues from the step-4 checkpoint."""
     from facepgn.model import load_model_file
     from facepgn.train.ray_trainer import run_training
 
-    out, store = f"{s3_bucket}/train", f"{s3_bucket}/ray"
-    first = run_training(tiny_config(synthetic_faces_dir, None, out, store, steps=2))
-    assert first["run"] == f"{s3_bucket}/ray/run"
-    assert checkpoint_steps(first["run"]) == [2]
-    assert storage.exists(f"{out}/summary.json") and storage.exists(f"{out}/tensorboard")
-    second = run_training(tiny_config(synthetic_faces_dir, None, out, store, steps=3))
-    assert second["resumed"] and second["counts"]["steps"] == 3
-    assert checkpoint_steps(second["run"]) == [2, 3]
-    assert [e["step"] for e in batch_ids(out)[0]] == [1, 2, 3]
+    out, store, marker = f"{s3_bucket}/train", f"{s3_bucket}/ray", tmp_path / "crashed"
+    fault = {"fault.at_step": 3, "fault.rank": 1, "fault.marker": str(marker)}
+    first = run_training(tiny_config(synthetic_faces_dir, None, out, store, **fault))
+    assert marker.read_text().startswith("rank 1 exited at step 3")  # the process really died, once
+    assert first["run"] == f"{s3_bucket}/ray/run" and first["counts"]["steps"] == 4
+    assert checkpoint_steps(first["run"]) == [2, 4]
+    # rank 1 logged steps 1-2 with the step-2 checkpoint, died after step 3, and after the restart
+    # from that checkpoint trained steps 3 and 4 again
+    assert [e["step"] for e in batch_ids(out)[1]] == [1, 2, 3, 4]
+    assert storage.exists(f"{out}/summary.json") and storage.list_files(f"{out}/tensorboard")
+
+    second = run_training(tiny_config(synthetic_faces_dir, None, out, store, steps=5, **fault))
+    assert second["resumed"] and second["counts"]["steps"] == 5
+    assert checkpoint_steps(second["run"]) == [4, 5]
+    assert [e["step"] for e in batch_ids(out)[0]] == [1, 2, 3, 4, 5]  # the new run trained step 5 only
     assert load_model_file(f"{out}/model.pt").input_size == 64
-
-
-# ---- a worker dies mid-run ------------------------------------------------------------------------
-
-
-def test_worker_death_restarts_from_the_last_checkpoint(ray_session, tmp_path, synthetic_faces_dir):
-    from facepgn.train.ray_trainer import run_training
-
-    out, store, marker = str(tmp_path / "out"), str(tmp_path / "ray"), tmp_path / "crashed"
-    cfg = tiny_config(synthetic_faces_dir, None, out, store, **{"fault.at_step": 3, "fault.rank": 1, "fault.marker": str(marker)})
-    summary = run_training(cfg)
-    assert marker.read_text().startswith("rank 1 exited at step 3")  # the process really died once
-    assert summary["counts"]["steps"] == 4
-    steps = [e["step"] for e in batch_ids(out)[1]]
-    # rank 1 logged steps 1-2 at the step-2 checkpoint, died after step 3, and after the restart
-    # from that checkpoint it trained steps 3 and 4 again
-    assert steps == [1, 2, 3, 4], steps
-    assert checkpoint_steps(summary["run"])[-2:] == [2, 4]

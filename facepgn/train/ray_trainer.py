@@ -254,36 +254,64 @@ def _holdout_filter(fraction: float, keep_holdout: bool):
     return fn
 
 
+def _read_tables(files: Sequence[str]) -> list:
+    """Small Parquet inputs read here with pyarrow (no Ray Data read tasks to schedule)."""
+    import pyarrow.parquet as pq
+
+    tables = []
+    for path in files:
+        fs, fs_path = storage.pyarrow_filesystem(path)
+        try:
+            tables.append(pq.read_table(fs_path, filesystem=fs))
+        except Exception as exc:  # noqa: BLE001 - a shard that passed the footer check but does not read
+            raise InputError(path, f"not a readable Parquet file ({exc.__class__.__name__})") from None
+    return tables
+
+
+def _holdout_tables(tables: list, fraction: float, keep_holdout: bool) -> list:
+    import numpy as np
+    import pyarrow as pa
+
+    out = []
+    for table in tables:
+        mask = [in_holdout(s, fraction) == keep_holdout for s in table.column("subject_id").to_pylist()]
+        out.append(table.filter(pa.array(np.asarray(mask, dtype=bool))))
+    return [t for t in out if t.num_rows] or out[:1]
+
+
 def build_datasets(plan: TrainPlan) -> dict[str, Any]:
     """The Ray Datasets the workers stream: ``labelled``, ``pairs``, ``validation`` (those present).
 
-    Datasets whose Parquet files total less than ``ray.materialize_below_mb`` are read once into the
-    object store here: every epoch (and every pass of the cycled stream) then streams blocks that
-    are already in memory instead of listing and reading files again."""
+    Inputs whose Parquet files total less than ``ray.materialize_below_mb`` are read once here into
+    Ray's object store (``ray.data.from_arrow``): every epoch, and every pass of the cycled stream,
+    then streams blocks already in memory. Larger inputs are streamed with ``read_parquet``."""
     import ray.data
 
     cfg = plan.config
     read_cpus = cfg.scaling.read_cpus
     ray.data.DataContext.get_current().enable_progress_bars = cfg.ray.data_progress_bars
     limit = cfg.ray.materialize_below_mb * 1e6
-    out: dict[str, Any] = {}
     holdout = cfg.validation.holdout_fraction if not cfg.validation.labelled else 0.0
+
+    def dataset(files: list[str], size: int, holdout_side: bool | None):
+        if size < limit:
+            tables = _read_tables(files)
+            if holdout_side is not None:
+                tables = _holdout_tables(tables, holdout, holdout_side)
+            return ray.data.from_arrow(tables)
+        ds = _read_parquet(files, read_cpus)
+        if holdout_side is not None:
+            ds = ds.map_batches(_holdout_filter(holdout, holdout_side), batch_format="pyarrow", num_cpus=read_cpus)
+        return ds
+
+    out: dict[str, Any] = {}
     if plan.labelled_files:
-        ds = _read_parquet(plan.labelled_files, read_cpus)
-        if holdout > 0:
-            ds = ds.map_batches(_holdout_filter(holdout, False), batch_format="pyarrow", num_cpus=read_cpus)
-        out[LABELLED] = ds
+        out[LABELLED] = dataset(plan.labelled_files, plan.labelled_bytes, False if holdout > 0 else None)
     if plan.pair_files:
-        out[PAIRS] = _read_parquet(plan.pair_files, read_cpus)
+        out[PAIRS] = dataset(plan.pair_files, plan.pair_bytes, None)
     if plan.validation_files:
-        ds = _read_parquet(plan.validation_files, read_cpus)
-        if holdout > 0:
-            ds = ds.map_batches(_holdout_filter(holdout, True), batch_format="pyarrow", num_cpus=read_cpus)
+        ds = dataset(plan.validation_files, plan.validation_bytes, True if holdout > 0 else None)
         out[VALIDATION] = ds.limit(cfg.validation.max_records)
-    sizes = {LABELLED: plan.labelled_bytes, PAIRS: plan.pair_bytes, VALIDATION: plan.validation_bytes}
-    for name, ds in out.items():
-        if sizes[name] < limit:
-            out[name] = ds.materialize()
     return out
 
 
@@ -329,6 +357,7 @@ def build_trainer(
         "config": cfg.model_dump(mode="json"),
         "epoch_reports_only": epoch_reports_only,
         "has_validation": VALIDATION in datasets,
+        "built_at": time.time(),
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -337,6 +366,9 @@ def build_trainer(
         torch_config=TorchConfig(backend=backend_name(cfg)),
         run_config=run_config,
         datasets=datasets,
+        # training streams are split between the workers; the (small) validation set is not:
+        # each worker scores every world_size-th batch of it
+        dataset_config=ray.train.DataConfig(datasets_to_split=[n for n in (LABELLED, PAIRS) if n in datasets]),
     )
 
 
@@ -531,7 +563,7 @@ def _overlay_sheet(core, images, outputs, gt_2d, count: int):
     return render.contact_sheet(tiles, columns=2)
 
 
-def _validate(model, shard, cfg: DistributedTrainConfig, device, want_overlay: bool):
+def _validate(model, shard, cfg: DistributedTrainConfig, device, want_overlay: bool, rank: int = 0, world: int = 1):
     """NME sums on this worker's validation shard: (mesh landmarks, PGN landmarks, face count, overlay).
 
     ``val_nme`` is the reconstruction's: the 68 landmark vertices of the posed mesh; ``val_nme_pgn``
@@ -552,7 +584,9 @@ def _validate(model, shard, cfg: DistributedTrainConfig, device, want_overlay: b
     overlay = None
     try:
         with torch.no_grad():
-            for batch in shard.iter_batches(batch_size=cfg.validation.batch_size, batch_format="numpy", prefetch_batches=1):
+            for index, batch in enumerate(shard.iter_batches(batch_size=cfg.validation.batch_size, batch_format="numpy", prefetch_batches=1)):
+                if index % world != rank:
+                    continue
                 faces = train_data.face_batch_to_tensors(batch, cfg.model.input_size, cfg.model.num_id, cfg.model.num_exp)
                 images = faces["images"].to(device)
                 outputs = core(images)
@@ -642,6 +676,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             print(f"facepgn train: resumed from step {step} (epoch {epoch})", flush=True)
     model = ray.train.torch.prepare_model(model)
     core = unwrap(model)
+    if rank == 0:
+        waited = time.time() - float(loop_config.get("built_at", time.time()))
+        print(f"facepgn train: {world} workers ready {waited:.1f} s after the trainer was built", flush=True)
     face_model_name = core.face_model_name or None
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank * 7919 + step)
 
@@ -682,7 +719,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     def validate() -> dict[str, float]:
         if val_shard is None:
             return {}
-        s, s_pgn, n, overlay = _validate(model, val_shard, cfg, device, want_overlay=(rank == 0))
+        s, s_pgn, n, overlay = _validate(model, val_shard, cfg, device, want_overlay=(rank == 0), rank=rank, world=world)
         s, s_pgn, n = _all_reduce_sum([s, s_pgn, float(n)], device)
         if n <= 0:
             return {}
@@ -775,5 +812,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         report(last_metrics, with_checkpoint=True)
     if rank == 0:
         save_model_file(core, storage.join(cfg.output_dir, MODEL_FILE))
-        print(f"facepgn train: wrote {storage.join(cfg.output_dir, MODEL_FILE)}", flush=True)
+        waited = time.time() - float(loop_config.get("built_at", time.time()))
+        print(f"facepgn train: wrote {storage.join(cfg.output_dir, MODEL_FILE)} ({waited:.1f} s after the trainer was built)", flush=True)
     tb.close()

@@ -295,11 +295,10 @@ def run_sweep(cfg: TuneJobConfig) -> dict[str, Any]:
         grace_period=cfg.sweep.grace_period,
         reduction_factor=cfg.sweep.reduction_factor,
     )
-    search_alg = None
-    if cfg.sweep.seed is not None:
-        from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        search_alg = BasicVariantGenerator(random_state=cfg.sweep.seed)
+    # the variant generator itself limits concurrency (Tune ignores max_concurrent_trials with it)
+    search_alg = BasicVariantGenerator(random_state=cfg.sweep.seed, max_concurrent=concurrency)
     trainable = tune.with_parameters(_trial, sweep=cfg.model_dump(mode="json"), datasets=datasets)
     # the trial driver only waits on its Train run: it holds a token CPU share (Tune refuses 0),
     # the Train workers hold theirs
@@ -314,7 +313,6 @@ def run_sweep(cfg: TuneJobConfig) -> dict[str, Any]:
             scheduler=scheduler,
             search_alg=search_alg,
             num_samples=cfg.sweep.num_samples,
-            max_concurrent_trials=concurrency,
         ),
         run_config=tune.RunConfig(name=cfg.name, verbose=0, **storage_kwargs),
     )

@@ -1,0 +1,85 @@
+"""Ray Tune sweeps over Ray Train runs on the shared local Ray: ASHA on the validation NME, the
+results table, and a best config that trains."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+
+from facepgn.cli import main
+from facepgn.errors import ConfigError
+
+TINY_TRAIN = """\
+train:
+  model: {input_size: 64, num_id: 10, num_exp: 5, pgn_width: 0.25, regressor_width: 0.25}
+  data: {labelled: [LABELLED], labelled_batch_size: 16, pair_batch_size: 0}
+  validation: {holdout_fraction: 0.25, overlay_images: 1, batch_size: 16}
+  optim: {warmup_steps: 0}
+  steps: 100
+  log_every: 3
+  scaling: {num_workers: 1}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _fast_train_controller(monkeypatch):
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+
+def write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_sweep_config_errors_are_one_line(tmp_path, synthetic_faces_dir):
+    from facepgn.train.tune import load_tune_config, run_sweep
+
+    train = TINY_TRAIN.replace("LABELLED", synthetic_faces_dir)
+    bad_key = write(tmp_path / "a.yaml", train + "search_space:\n  losses.flw: {uniform: [0, 1]}\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: search_space.losses.flw: not a training setting"):
+        load_tune_config(bad_key)
+    two_dists = write(tmp_path / "b.yaml", train + "search_space:\n  losses.flow: {uniform: [0, 1], choice: [1]}\n")
+    with pytest.raises(ConfigError, match=r"search_space.losses.flow: Value error, give exactly one of"):
+        load_tune_config(two_dists)
+    missing_base = write(tmp_path / "c.yaml", "base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere.yaml: config file not found"):
+        load_tune_config(missing_base)
+    no_validation = write(tmp_path / "d.yaml", train.replace("holdout_fraction: 0.25", "holdout_fraction: 0.0"))
+    with pytest.raises(ConfigError, match="a sweep needs validation data"):
+        run_sweep(load_tune_config(no_validation, [f"output_dir={tmp_path / 'out'}", f"storage_path={tmp_path / 'ray'}"]))
+    assert not (tmp_path / "ray").exists()
+
+
+def test_sweep_stops_a_bad_trial_early_and_writes_a_trainable_best_config(ray_session, tmp_path, synthetic_faces_dir, capsys):
+    # 3 trials (a grid over the learning rate, random loss weights); the third diverges (lr 1000)
+    # and ASHA stops it at its first rung, after the others have set the bar
+    cfg = write(
+        tmp_path / "sweep.yaml",
+        TINY_TRAIN.replace("LABELLED", synthetic_faces_dir)
+        + "search_space:\n"
+        "  losses.landmarks_3d: {loguniform: [0.3, 1.0]}\n"
+        "  losses.mesh_landmarks: {uniform: [0.3, 1.0]}\n"
+        "  optim.lr: {grid: [0.002, 0.003, 1000.0]}\n"
+        "sweep: {num_samples: 1, max_concurrent_trials: 2, grace_period: 1, max_t: 2, reduction_factor: 2}\n"
+        f"storage_path: {tmp_path / 'ray'}\n"
+        f"output_dir: {tmp_path / 'sweep'}\n",
+    )
+    assert main(["tune", "--config", cfg]) == 0
+    out = tmp_path / "sweep"
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    by_lr = {float(r["optim.lr"]): r for r in rows}
+    assert by_lr[1000.0]["status"] == "stopped early" and by_lr[1000.0]["epoch"] == "1"
+    assert sum(r["status"] == "completed" for r in rows) >= 1
+    assert float(rows[0]["optim.lr"]) < 1.0  # best first
+    assert "| trial_id |" in (out / "results.md").read_text()
+    assert "stopped early" in capsys.readouterr().out
+
+    # the best config is a training config: it loads and trains
+    best = str(out / "best.yaml")
+    model_dir = tmp_path / "best-model"
+    assert main(["train", "--local", "--config", best, "--set", "steps=2", f"output_dir={model_dir}"]) == 0
+    assert os.path.exists(model_dir / "model.pt")
