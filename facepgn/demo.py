@@ -259,6 +259,8 @@ class Demo:
             return
         argv = ["tune", *_config_file("tune"), "--set", *data,
                 _kv("sweep.num_samples", self.cfg.tune_trials), _kv("train.steps", self.cfg.tune_steps),
+                # one Ray Train worker per trial, so that the trials can run side by side
+                _kv("train.scaling.num_workers", 1),
                 _kv("output_dir", self.paths.tune), _kv("storage_path", self.paths.ray), _kv("name", "demo-tune")]
         if self._command(result, "tune", argv):
             result.outputs["sweep results"] = self.paths.tune

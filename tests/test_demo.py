@@ -69,3 +69,11 @@ def test_demo_runs_every_available_stage(ray_session, shared, tmp_path, capsys):
         assert "## Inference on the real videos" in report and "| d0 |" in report
     if summary["stages"]["evaluate"]["status"] == "done":
         assert "## AFLW2000-3D evaluation" in report and "nme_2d_68" in report
+
+
+def test_demo_rejects_unknown_stage_in_one_line(tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path / "d"), "--stages", "model", "trian"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "unknown stage(s) ['trian']" in err[0] and err[0].startswith("facepgn: error:")
+    assert not (tmp_path / "d").exists()
