@@ -138,7 +138,9 @@ def start_local_head(num_cpus: int = 2, timeout_s: float = 60.0) -> LocalRayHead
 
 
 @pytest.fixture(scope="module")
-def ray_head():
+def ray_head(s3_server):
+    """The head starts after the moto S3 server: it and its jobs get S3 credentials and endpoint
+    from the environment (AWS_*), as cluster nodes get them from their instance role / env."""
     head = start_local_head()
     yield head
     head.stop()
@@ -213,30 +215,33 @@ def test_job_imports_facepgn_from_the_working_dir(ray_head):
 _outputs: dict[str, str] = {}
 
 
-def test_preprocess_job(ray_head, shared, tmp_path_factory):
+def test_preprocess_job(ray_head, shared, s3_bucket):
+    """Real video in, frame-pair shards out to S3 (the next job reads them from there)."""
     import json
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from facepgn import storage
     from facepgn.records import check_table
 
     video = shared / "media" / "videos" / "d0.mp4"
-    out = tmp_path_factory.mktemp("job_pairs")
+    out = f"{s3_bucket}/pairs"
     logs = run_job(
         ray_head,
         f"python jobs/preprocess.py --config configs/preprocess.yaml --input {video} --output {out} "
         "--set max_frames_per_video=12 flow_preset=ultrafast",
     )
     assert f"-> {out}" in logs, "the job should print where its outputs went"
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(storage.read_text(f"{out}/summary.json"))
     assert summary["videos_read"] == 1 and summary["pairs_written"] > 0
-    shards = sorted(out.rglob("*.parquet"))
-    assert shards
-    table = pa.concat_tables([pq.read_table(p) for p in shards])
-    check_table(table, "frame_pair", str(out))
+    shards = storage.list_files(out, extensions=[".parquet"])
+    assert shards and all(p.startswith("s3://") for p in shards)
+    fs, _ = storage.pyarrow_filesystem(out)
+    table = pa.concat_tables([pq.read_table(storage.pyarrow_filesystem(p)[1], filesystem=fs) for p in shards])
+    check_table(table, "frame_pair", out)
     assert table.num_rows == summary["pairs_written"]
-    _outputs["pairs"] = str(out)
+    _outputs["pairs"] = out
 
 
 def _stage_available(stage: str) -> bool:
@@ -265,7 +270,8 @@ def test_train_job(ray_head, synthetic_faces_dir, tmp_path_factory):
     assert str(out) in logs, "the job should print where its outputs went"
     assert (out / "model.pt").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary, summary
+    assert summary["counts"]["frame_pairs"] > 0 and summary["counts"]["labelled_records"] == 64, summary["counts"]
+    assert summary["counts"]["steps"] == 4 and not summary["errors"]
     _outputs["model"] = str(out / "model.pt")
 
 
