@@ -4,6 +4,8 @@ Both runs process the same real videos (from the shared corpus) with the same co
 per-video code (``VideoProcessor``); only the executor differs. Prints, in one run:
 
 * sampled frames per second of each, and the ratio Ray / loop (goal >= 1.8x on 2 cores);
+* CPU time per frame inside the video tasks (Ray overhead shows here, contention does not) and
+  the share of the tasks' wall time they got a CPU for;
 * the per-stage time breakdown (decode, detect, crop, landmarks, flow, encode, write), summed over
   videos, for both;
 * loop and Ray workers run at the same niceness (``--niceness``, 15; Ray nices its workers by
@@ -168,8 +170,8 @@ def main() -> None:
     figures = {
         "machine": {"cpus_for_ray": args.cpus, "os_cpu_count": os.cpu_count(), "num_cpus_per_video": args.num_cpus_per_video, "niceness": os.nice(0), "load_avg_1m_at_end": round(os.getloadavg()[0], 1)},
         "input": {"videos": len(DEFAULT_VIDEOS), "sampled_frames": frames, "pairs": loop_summary["pairs_written"]},
-        "loop": {"wall_s": round(loop_wall, 2), "all_wall_s": [round(w, 2) for _, w in loop_runs], "frames_per_s": round(frames / loop_wall, 1), "stage_s": loop_summary["timings"]["stage_s"], "peak_rss_mb": round(loop_rss)},
-        "ray": {"wall_s": round(ray_wall, 2), "all_wall_s": [round(w, 2) for _, w in ray_runs], "frames_per_s": round(frames / ray_wall, 1), "stage_s": ray_summary["timings"]["stage_s"]},
+        "loop": {"wall_s": round(loop_wall, 2), "all_wall_s": [round(w, 2) for _, w in loop_runs], "frames_per_s": round(frames / loop_wall, 1), "stage_s": loop_summary["timings"]["stage_s"], "cpu_s": loop_summary["timings"]["cpu_s"], "video_s": loop_summary["timings"]["video_s"], "peak_rss_mb": round(loop_rss)},
+        "ray": {"wall_s": round(ray_wall, 2), "all_wall_s": [round(w, 2) for _, w in ray_runs], "frames_per_s": round(frames / ray_wall, 1), "stage_s": ray_summary["timings"]["stage_s"], "cpu_s": ray_summary["timings"]["cpu_s"], "video_s": ray_summary["timings"]["video_s"]},
         "ray_over_loop": round(loop_wall / ray_wall, 2),
     }
     if not args.skip_memory:
@@ -186,6 +188,9 @@ def main() -> None:
     print(f"  plain loop : {figures['loop']['frames_per_s']:7.1f} frames/s ({loop_wall:.1f} s)")
     print(f"  Ray Data   : {figures['ray']['frames_per_s']:7.1f} frames/s ({ray_wall:.1f} s, {args.cpus} CPUs, {args.num_cpus_per_video} CPU/video)")
     print(f"  ratio Ray / loop: {figures['ray_over_loop']:.2f}x")
+    for name, summ in (("loop", loop_summary), ("Ray ", ray_summary)):
+        t = summ["timings"]
+        print(f"  {name}: CPU {1000 * t['cpu_s'] / frames:5.1f} ms per frame, wall in video tasks {1000 * t['video_s'] / frames:5.1f} ms per frame (CPU share {t['cpu_s'] / max(t['video_s'], 1e-9):.0%})")
     print("  stage seconds (summed over videos)   loop     ray")
     for k in loop_summary["timings"]["stage_s"]:
         print(f"    {k:10s}                        {loop_summary['timings']['stage_s'][k]:7.2f} {ray_summary['timings']['stage_s'][k]:7.2f}")

@@ -91,6 +91,7 @@ class VideoResult:
     rejections: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the process while it worked on this video
     peak_rss_mb: float = 0.0
     width: int = 0
     height: int = 0
@@ -141,7 +142,7 @@ class VideoProcessor:
         """Process one video (``VideoItem`` as a dict). Never raises for bad input: the reason is
         recorded in the result and in the video's marker."""
         result = VideoResult(video_id=item["video_id"], path=item["path"], subject_id=item["subject_id"])
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         timings = defaultdict(float)
         try:
             storage.remove(shard_dir(self.output, result.video_id))  # stale shards of an interrupted run
@@ -156,6 +157,7 @@ class VideoProcessor:
             log.exception("%s: unexpected error", item["path"])
         result.timings = {k: round(v, 4) for k, v in timings.items()}
         result.seconds = round(time.perf_counter() - start, 4)
+        result.cpu_seconds = round(time.process_time() - cpu_start, 4)
         result.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
         storage.atomic_write_text(marker_path(self.output, result.video_id), json.dumps(result.to_dict(), indent=1))
         return result
@@ -527,6 +529,8 @@ def _summary(cfg, items, markers, results, already_done, run_seconds, total_seco
             "run_s": round(run_seconds, 3),
             "frames_per_s": round(frames / run_seconds, 2) if run_seconds > 0 else None,
             "stage_s": {k: round(stage.get(k, 0.0), 3) for k in STAGES},
+            "video_s": round(sum(r["seconds"] for r in results), 3),  # summed over videos (wall, per worker)
+            "cpu_s": round(sum(r.get("cpu_seconds", 0.0) for r in results), 3),  # CPU time spent on them
             "max_worker_rss_mb": max((r["peak_rss_mb"] for r in results), default=None),
         },
         "versions": _versions(),
