@@ -472,6 +472,8 @@ class InferConfig(StrictModel):
     max_actors: int = 1
     actor_num_cpus: float = 0.5  # CPUs reserved per model actor (no GPU)
     decode_num_cpus: float = 0.5  # CPUs reserved per decode+detect task
+    decode_tasks: Optional[int] = None  # concurrent decode+detect tasks; None: the CPUs the model actors leave
+    block_mb: float = 1.0  # Ray Data block size: crops stream to the model in blocks of about this size
     num_gpus: Optional[float] = None  # per model actor; None: 1 when the cluster has GPUs, else 0
     torch_threads: int = 1  # intra-op threads per actor (CPU)
     overlay: bool = False  # write overlays/<video_id>.mp4

@@ -690,7 +690,7 @@ def draw_overlay_frame(frame: np.ndarray, rows: list[dict], style: str, face_mod
     for row in rows:
         if style == "mesh" and face_model is not None:
             verts = posed_vertices(face_model, row)
-            out = render.draw_mesh(out, verts[:, :2], front_triangles(face_model, row["rotation"]), mode="wireframe", alpha=0.6)
+            out = render.draw_mesh(out, verts[:, :2], front_triangles(face_model, row["rotation"]), mode="wireframe", alpha=0.4)
         out = render.draw_landmarks(out, np.asarray(row["landmarks_2d"]).reshape(68, 2))
         x, y, w, h = (int(round(float(c))) for c in np.asarray(row["box"]).reshape(4))
         out = np.ascontiguousarray(out)

@@ -235,11 +235,25 @@ def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_siz
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False
     ctx.enable_progress_bars = False
+    # Ray Data's default reservations leave room for one decode task beside the model actors on a
+    # small cluster, and without them decode tasks take every CPU and starve the actors. So: no
+    # reservations, and an explicit cap on concurrent decode tasks (the CPUs the actors leave).
+    ctx.op_resource_reservation_enabled = False
+    # A decode task's output becomes a block once this many bytes of crops have piled up: small
+    # blocks stream chunks to the model while the video is still being decoded (and bound memory).
+    ctx.target_max_block_size = int(cfg.block_mb * 1024 * 1024)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if has_gpu else 0.0)
     device = "cuda" if num_gpus > 0 else "cpu"
     actor_resources: dict[str, Any] = {"num_gpus": num_gpus} if num_gpus > 0 else {"num_cpus": cfg.actor_num_cpus}
 
+    max_actors = max(cfg.min_actors, cfg.max_actors)
+    decode_tasks = cfg.decode_tasks
+    if decode_tasks is None:
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        left = cpus - (0.0 if num_gpus > 0 else max_actors * cfg.actor_num_cpus)
+        decode_tasks = max(1, int(left / max(cfg.decode_num_cpus, 1e-3) + 1e-6))
+    decode_tasks = min(decode_tasks, len(todo))
     items = [{"path": it.path, "video_id": it.video_id} for it in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
@@ -249,12 +263,13 @@ def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_siz
         # Remote args from a function keep Ray Data from fusing this stage into the model actors:
         # decode+detect runs in its own tasks, in parallel with the model, one video per task.
         ray_remote_args_fn=lambda: {"num_cpus": cfg.decode_num_cpus},
+        concurrency=decode_tasks,
     )
     ds = ds.map_batches(
         FaceModelActor,
         fn_constructor_kwargs={"model_path": cfg.model, "runtime": cfg.runtime, "threads": cfg.torch_threads, "device": device},
         batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=max(cfg.min_actors, cfg.max_actors)),
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=max_actors),
         **actor_resources,
     )
     finalizer = _Finalizer(cfg, face_model, face_model_name)
