@@ -408,7 +408,7 @@ def training_curve(log_dir: str, out_path: str) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(*zip(*loss), lw=1, label="train loss")
+    ax.plot(*zip(*loss), lw=1, marker="." if len(loss) < 30 else None, label="train loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     val = [(tag, pts) for tag, pts in scalars.items() if "nme" in tag and tag.startswith("val")]
