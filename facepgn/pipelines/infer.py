@@ -232,7 +232,20 @@ def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_siz
 
     if not ray.is_initialized():
         ray.init(configure_logging=False, log_to_driver=True)
-    ctx = ray.data.DataContext.get_current()
+    # This pipeline's Data settings go on a copy of the current context, restored afterwards, so
+    # other pipelines in the same process (tests, notebooks) keep theirs.
+    saved = ray.data.DataContext.get_current()
+    ctx = saved.copy()
+    ray.data.DataContext._set_current(ctx)
+    try:
+        yield from _run_ray_pipeline(ctx, cfg, todo, face_model, face_model_name, image_size, log)
+    finally:
+        ray.data.DataContext._set_current(saved)
+
+
+def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: str, image_size: int, log) -> Iterable[dict]:
+    import ray
+
     ctx.execution_options.preserve_order = False
     ctx.enable_progress_bars = False
     # Ray Data's default reservations leave room for one decode task beside the model actors on a
