@@ -18,7 +18,7 @@ from facepgn import records, storage
 from facepgn.cli import main as cli_main
 from facepgn.config import PreprocessConfig
 from facepgn.errors import FacepgnError
-from facepgn.faces import FaceDetector
+from facepgn.faces import FaceDetector, box_iou
 from facepgn.flow import warp_by_flow
 from facepgn.pipelines.preprocess import list_shards, read_frame_pairs, run_preprocess
 
@@ -66,6 +66,10 @@ def test_shards_have_the_documented_schema_and_real_pairs(frame_pair_shards):
         assert video_id == r["video_id"] and int(track) == r["track_id"]
         assert frames == f"{r['frame_a']}-{r['frame_b']}" and r["frame_a"] < r["frame_b"]
         assert r["time_b"] > r["time_a"]
+        # same face track: the two detector boxes overlap and have about the same size
+        box_a, box_b = np.array(r["box_a"]), np.array(r["box_b"])
+        assert box_iou(box_a, box_b) > 0.15, r["pair_id"]
+        assert 0.67 < max(box_b[2:]) / max(box_a[2:]) < 1.5, r["pair_id"]
         assert r["image_size"] == 64
         flow = records.decode_flow(r["flow"], 64)
         assert flow.shape == (64, 64, 2) and np.isfinite(flow).all()
