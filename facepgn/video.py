@@ -179,6 +179,8 @@ def _decord_cause(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
     if text.startswith("Error reading "):  # decord's only message when FFmpeg cannot open a file
         return "not a video file, or truncated/corrupt: FFmpeg could not open it"
+    if "av_read_frame failed" in text:  # decord indexes every packet on open
+        return "truncated or corrupt: FFmpeg could not read all its packets"
     if "ERROR opening" in text and "," in text:
         text = text.rsplit(",", 1)[-1].strip()
     text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", text)

@@ -170,7 +170,9 @@ def test_bad_inputs_are_recorded_and_good_videos_still_processed(ray_session, sh
     (videos / "good.mp4").symlink_to(good)
     (videos / "empty.mp4").write_bytes(b"")
     data = good.read_bytes()
-    (videos / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (videos / "truncated.mp4").write_bytes(data[: len(data) // 3])  # index (moov) at the end: lost
+    faststart = (shared / "media" / "corpus" / "tpsmm" / "driving.mp4").read_bytes()  # index first
+    (videos / "truncated_faststart.mp4").write_bytes(faststart[: len(faststart) // 2])
     (videos / "notes.mp4").write_text("this is not a video\n")
     rng = np.random.default_rng(0)
     noise = [cv2.GaussianBlur(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), (9, 9), 3) for _ in range(12)]
@@ -191,14 +193,15 @@ def test_bad_inputs_are_recorded_and_good_videos_still_processed(ray_session, sh
     rc = cli_main(["preprocess", "--input", str(videos), "--output", str(out), "--set", *[f"{k}={v}" for k, v in SMALL.items()]])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["videos_found"] == 6
+    assert summary["videos_found"] == 7
     skipped = {s["video_id"]: s["reason"] for s in summary["videos_skipped"]}
     assert "empty file" in skipped["empty"]
     assert "cannot decode" in skipped["notes"]
     assert "no face found" in skipped["no_face"]
-    assert "truncated" in skipped or any(p["video_id"] == "truncated" for p in summary["videos_partial"])
+    assert "cannot decode" in skipped["truncated"]
+    assert "truncated or corrupt" in skipped["truncated_faststart"]
     reasons = list(csv.DictReader((out / "errors.csv").open()))
-    assert {r["video_id"] for r in reasons} >= {"empty", "notes", "no_face"}
+    assert {r["video_id"] for r in reasons} >= {"empty", "notes", "no_face", "truncated", "truncated_faststart"}
     assert all(r["reason"] and "\n" not in r["reason"] for r in reasons)
     ok_ids = {r["video_id"] for r in _read_all(str(out))}
     assert {"good", "gray_odd"} <= ok_ids  # grayscale / odd-sized footage is still face footage
