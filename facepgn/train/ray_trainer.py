@@ -53,6 +53,7 @@ TENSORBOARD_DIR = "tensorboard"
 BATCH_IDS_DIR = "batch_ids"
 
 LABELLED, PAIRS, VALIDATION = "labelled", "pairs", "validation"
+PREFETCH_BATCHES = 4  # batches decoded ahead of the training step, per stream
 
 
 # ---- the plan: resolved inputs and outputs --------------------------------------------------
@@ -452,11 +453,58 @@ def _json_safe(value: Any) -> Any:
 # ---- on each worker ---------------------------------------------------------------------------
 
 
-def _cycle_batches(shard, batch_size: int) -> Iterator[Any]:
+@dataclass
+class _Collated:
+    """A batch decoded to tensors in Ray Data's prefetch threads, with the ids it holds."""
+
+    tensors: dict[str, Any]
+    ids: list[str]
+
+
+def _collate_class():
+    """Collate functions for ``iter_torch_batches``: JPEG decoding and tensor conversion run in the
+    iterator's prefetch threads, overlapping the training step, not in the step's critical path."""
+    import threading
+
+    import torch
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    from facepgn.train import data as train_data
+
+    class FaceCollate(NumpyBatchCollateFn):
+        def __init__(self, cfg: DistributedTrainConfig, face_model_name: str | None, seed: int):
+            self.cfg, self.face_model_name, self.seed = cfg, face_model_name, seed
+            self.lock, self.count = threading.Lock(), 0
+
+        def __call__(self, batch):
+            with self.lock:  # called from several threads: one augmentation stream per batch
+                self.count += 1
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.count)
+            m = self.cfg.model
+            tensors = train_data.face_batch_to_tensors(
+                batch, m.input_size, m.num_id, m.num_exp, self.face_model_name, augment=self.cfg.data.augment, generator=generator
+            )
+            return _Collated(tensors, _ids(batch, "record_id"))
+
+    class PairCollate(NumpyBatchCollateFn):
+        def __init__(self, cfg: DistributedTrainConfig):
+            self.cfg = cfg
+
+        def __call__(self, batch):
+            return _Collated(train_data.pair_batch_to_tensors(batch, self.cfg.model.input_size), _ids(batch, "pair_id"))
+
+    return FaceCollate, PairCollate
+
+
+def _batches(shard, batch_size: int, collate) -> Iterator[_Collated]:
+    return iter(shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=True, prefetch_batches=PREFETCH_BATCHES))
+
+
+def _cycle(shard, batch_size: int, collate) -> Iterator[_Collated]:
     """Endless batches from a dataset shard: a new pass when one ends."""
     while True:
         empty = True
-        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2):
+        for batch in _batches(shard, batch_size, collate):
             empty = False
             yield batch
         if empty:
@@ -680,7 +728,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         waited = time.time() - float(loop_config.get("built_at", time.time()))
         print(f"facepgn train: {world} workers ready {waited:.1f} s after the trainer was built", flush=True)
     face_model_name = core.face_model_name or None
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank * 7919 + step)
 
     lab_shard = ray.train.get_dataset_shard(LABELLED) if cfg.data.labelled_batch_size > 0 and cfg.data.labelled else None
     pair_shard = ray.train.get_dataset_shard(PAIRS) if cfg.data.pair_batch_size > 0 and cfg.data.pairs else None
@@ -689,26 +736,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     audit: list[dict[str, Any]] = []
     last_val: dict[str, float] = {}
 
-    def to_tensors(lab_batch, pair_batch):
-        faces = pairs = None
-        if lab_batch is not None:
-            faces = train_data.face_batch_to_tensors(
-                lab_batch, cfg.model.input_size, cfg.model.num_id, cfg.model.num_exp, face_model_name,
-                augment=cfg.data.augment, generator=generator,
-            )
-        if pair_batch is not None:
-            pairs = train_data.pair_batch_to_tensors(pair_batch, cfg.model.input_size)
-        return train_data.to_device(train_data.mixed_batch(faces, pairs), device)
+    FaceCollate, PairCollate = _collate_class()
+    face_collate = FaceCollate(cfg, face_model_name, seed=cfg.seed * 7919 + rank * 104_729 + step)
+    pair_collate = PairCollate(cfg)
 
-    def epoch_batches() -> Iterator[tuple[Any, Any]]:
-        """(labelled batch, pair batch) pairs for one epoch of the primary stream."""
+    def epoch_batches() -> Iterator[tuple[_Collated | None, _Collated | None]]:
+        """(labelled batch, pair batch) for one epoch of the primary stream; the other one cycles."""
         if lab_shard is not None:
-            pairs_iter = _cycle_batches(pair_shard, cfg.data.pair_batch_size) if pair_shard is not None else None
-            for lab in lab_shard.iter_batches(batch_size=cfg.data.labelled_batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2):
+            pairs_iter = _cycle(pair_shard, cfg.data.pair_batch_size, pair_collate) if pair_shard is not None else None
+            for lab in _batches(lab_shard, cfg.data.labelled_batch_size, face_collate):
                 yield lab, (next(pairs_iter) if pairs_iter is not None else None)
         else:
-            for pair in pair_shard.iter_batches(batch_size=cfg.data.pair_batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2):
+            for pair in _batches(pair_shard, cfg.data.pair_batch_size, pair_collate):
                 yield None, pair
+
+    def to_device(lab: _Collated | None, pair: _Collated | None):
+        mixed = train_data.mixed_batch(lab.tensors if lab else None, pair.tensors if pair else None)
+        return train_data.to_device(mixed, device)
 
     def write_audit() -> None:
         if cfg.ray.record_batch_ids and audit:
@@ -754,7 +798,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 lab, pair = next(batches)
             except StopIteration:
                 break
-            batch = to_tensors(lab, pair)
+            batch = to_device(lab, pair)
             t1 = time.perf_counter()
             metrics = train_step_lib.train_step(
                 model, optimizer, batch, cfg.losses, amp_dtype=amp_dtype, scaler=scaler,
@@ -770,7 +814,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             window["step_s"] += t2 - t0
             last_metrics = metrics
             if cfg.ray.record_batch_ids:
-                audit.append({"step": step, "record_ids": _ids(lab, "record_id"), "pair_ids": _ids(pair, "pair_id")})
+                audit.append({"step": step, "record_ids": lab.ids if lab else [], "pair_ids": pair.ids if pair else []})
             if cfg.fault.at_step is not None and step == cfg.fault.at_step and rank == cfg.fault.rank:
                 marker = cfg.fault.marker or ""
                 if not storage.exists(marker):
