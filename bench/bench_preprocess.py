@@ -173,6 +173,7 @@ def main() -> None:
         "loop": {"wall_s": round(loop_wall, 2), "all_wall_s": [round(w, 2) for _, w in loop_runs], "frames_per_s": round(frames / loop_wall, 1), "stage_s": loop_summary["timings"]["stage_s"], "cpu_s": loop_summary["timings"]["cpu_s"], "video_s": loop_summary["timings"]["video_s"], "peak_rss_mb": round(loop_rss)},
         "ray": {"wall_s": round(ray_wall, 2), "all_wall_s": [round(w, 2) for _, w in ray_runs], "frames_per_s": round(frames / ray_wall, 1), "stage_s": ray_summary["timings"]["stage_s"], "cpu_s": ray_summary["timings"]["cpu_s"], "video_s": ray_summary["timings"]["video_s"]},
         "ray_over_loop": round(loop_wall / ray_wall, 2),
+        "cores_obtained": {"loop": round(loop_summary["timings"]["cpu_s"] / loop_wall, 2), "ray": round(ray_summary["timings"]["cpu_s"] / ray_wall, 2)},
     }
     if not args.skip_memory:
         input_4x = _make_input(tmp / "in4x", DEFAULT_VIDEOS, 4)
@@ -188,9 +189,16 @@ def main() -> None:
     print(f"  plain loop : {figures['loop']['frames_per_s']:7.1f} frames/s ({loop_wall:.1f} s)")
     print(f"  Ray Data   : {figures['ray']['frames_per_s']:7.1f} frames/s ({ray_wall:.1f} s, {args.cpus} CPUs, {args.num_cpus_per_video} CPU/video)")
     print(f"  ratio Ray / loop: {figures['ray_over_loop']:.2f}x")
-    for name, summ in (("loop", loop_summary), ("Ray ", ray_summary)):
+    for name, summ, wall in (("loop", loop_summary, loop_wall), ("Ray ", ray_summary, ray_wall)):
         t = summ["timings"]
-        print(f"  {name}: CPU {1000 * t['cpu_s'] / frames:5.1f} ms per frame, wall in video tasks {1000 * t['video_s'] / frames:5.1f} ms per frame (CPU share {t['cpu_s'] / max(t['video_s'], 1e-9):.0%})")
+        print(
+            f"  {name}: CPU {1000 * t['cpu_s'] / frames:5.1f} ms per frame; CPU cores it actually got: {t['cpu_s'] / wall:.2f} "
+            f"(video tasks ran on a CPU {t['cpu_s'] / max(t['video_s'], 1e-9):.0%} of their wall time)"
+        )
+    print(
+        "  (Linux autogroup scheduling shares the CPUs between login sessions: while other sessions are busy, "
+        "this process tree gets about one core whatever its number of workers.)"
+    )
     print("  stage seconds (summed over videos)   loop     ray")
     for k in loop_summary["timings"]["stage_s"]:
         print(f"    {k:10s}                        {loop_summary['timings']['stage_s'][k]:7.2f} {ray_summary['timings']['stage_s'][k]:7.2f}")
