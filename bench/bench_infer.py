@@ -6,7 +6,9 @@ Prints, in one run:
   of the plain single-process loop (executor ``local``: the same per-video functions of
   ``facepgn.inference``, same config, torch/OpenCV on one thread each as in every Ray worker), and
   the ratio Ray / loop (goal >= 1.8x on 2 cores). The Ray figure includes starting the actor pool;
-  ``ray.init`` itself is not counted.
+  ``ray.init`` and a tiny warm-up run (worker processes started, as on a running cluster) are not counted.
+* CPU time per frame of the stages (Ray overhead shows there, contention from other processes does
+  not) and the CPU cores each run actually got (CPU seconds / wall seconds);
 * the per-stage breakdown (decode, detect, crop, model, write...), seconds summed over videos, for both;
 * the model's per-face latency at batch 1 on one thread: torch eager (networks + closed-form pose),
   onnxruntime networks + the same pose fit in torch, and onnxruntime networks alone (goal <= 4.4 ms).
@@ -100,8 +102,10 @@ def run(executor: str, cfg_kwargs: dict, output: str) -> dict:
     frames = summary["counts"]["sampled_frames_this_run"]
     if summary["errors"]:
         raise SystemExit(f"bench: {executor} run had errors: {summary['errors']}")
+    cpu = summary["timings"]["cpu_s"]
     return {"wall_s": wall, "frames": frames, "faces": summary["counts"]["rows_this_run"], "frames_per_s": frames / wall,
-            "stage_s": summary["timings"]["stage_s"]}
+            "stage_s": summary["timings"]["stage_s"], "cpu_s": cpu, "cpu_ms_per_frame": 1000 * cpu / max(frames, 1),
+            "cores_obtained": cpu / wall}
 
 
 def main() -> None:
@@ -132,12 +136,22 @@ def main() -> None:
             import ray
 
             ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+            # warm-up: start Ray's worker processes (as on a running cluster); not timed
+            run("ray", {**cfg_kwargs, "max_frames": 4}, os.path.join(tmp, "out-warm"))
             results["ray"] = run("ray", cfg_kwargs, os.path.join(tmp, "out-ray"))
             ray.shutdown()
             print(f"ray data:   {results['ray']['frames']} frames, {results['ray']['faces']} faces in "
                   f"{results['ray']['wall_s']:.1f} s = {results['ray']['frames_per_s']:.1f} frames/s")
             results["ratio_ray_over_loop"] = results["ray"]["frames_per_s"] / results["plain_loop"]["frames_per_s"]
             print(f"ratio ray / loop: {results['ratio_ray_over_loop']:.2f}x on {args.cpus} CPUs (goal >= 1.8x on 2)")
+            for name in ("plain_loop", "ray"):
+                r = results[name]
+                print(f"  {name:<10} CPU {r['cpu_ms_per_frame']:.1f} ms per frame (Ray overhead shows here, contention does not); "
+                      f"CPU cores it got: {r['cores_obtained']:.2f}")
+            results["load_avg_1m_at_end"] = os.getloadavg()[0]
+            if results["plain_loop"]["cores_obtained"] < 0.8:
+                print(f"  note: the plain loop got {results['plain_loop']['cores_obtained']:.2f} of a core: the machine is busy "
+                      f"(load {results['load_avg_1m_at_end']:.1f}); the ratio reflects CPU shares as much as the pipeline")
             stages = sorted(set(results["plain_loop"]["stage_s"]) | set(results["ray"]["stage_s"]))
             print("per-stage seconds (summed over videos)   loop      ray")
             for stage in stages:

@@ -329,7 +329,12 @@ def write_summary(cfg: InferConfig, results: list[dict], skipped: list[str], wal
         },
         "errors": [{"video_id": r["video_id"], "path": r.get("source_path", ""), "reason": r["error"]} for r in failed],
         "videos": {r["video_id"]: {k: r.get(k) for k in ("rows", "tracks", "frames_with_faces", "meshes", "overlay_frames")} for r in ok},
-        "timings": {"wall_s": wall_s, "frames_per_s": frames / wall_s if wall_s > 0 else None, "stage_s": stage_totals},
+        "timings": {
+            "wall_s": wall_s,
+            "frames_per_s": frames / wall_s if wall_s > 0 else None,
+            "stage_s": stage_totals,  # wall seconds per stage, summed over videos (includes waiting for a core)
+            "cpu_s": sum(stage_totals.get(k, 0.0) for k in ("decode_cpu_s", "model_cpu_s", "finalize_cpu_s")),  # CPU seconds of the stages
+        },
         "schema": "inference_row/1",
         "versions": inference.versions(),
         "config": json.loads(cfg.model_dump_json()),
