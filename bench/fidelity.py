@@ -47,13 +47,13 @@ def make_data(work: Path, args) -> dict[str, str]:
     settings = FaceSettings(size=args.size)
     paths = {"train": str(work / f"train_faces_{args.size}_{args.train_faces}"),
              "test": str(work / f"test_faces_{args.size}_{args.test_faces}"),
-             "pairs": str(work / f"pairs_{args.size}_{args.pairs}")}
+             "pairs": str(work / f"pairs_{args.size}_{args.pairs}_rot{args.pair_rotation:g}")}
     t0 = time.perf_counter()
     generate_faces(paths["train"], args.train_faces, seed=1001, settings=settings, rows_per_shard=128)
     generate_faces(paths["test"], args.test_faces, seed=2002, settings=settings, rows_per_shard=128)
     pair_file = Path(paths["pairs"]) / "part-00000.parquet"
     if not pair_file.exists():
-        rows, _ = synthetic_pair_rows(args.pairs, seed=3003, size=args.size)
+        rows, _ = synthetic_pair_rows(args.pairs, seed=3003, size=args.size, max_rotation_deg=args.pair_rotation)
         for row in rows:  # unlabelled pairs: drop the ground-truth 2D landmarks
             row["landmarks_2d_a"] = row["landmarks_2d_b"] = None
         storage.makedirs(paths["pairs"])
@@ -76,13 +76,19 @@ def train_variant(name: str, paths: dict[str, str], work: Path, args) -> tuple[s
     losses = {"shape": 0.0}  # labels are landmarks only
     if not multi:
         losses.update(flow=0.0, photometric=0.0, identity=0.0, landmark_flow=0.0)
-    out = work / "runs" / f"{name}_{args.size}_{args.steps}_{args.seed}"
+    tag = f"_rot{args.pair_rotation:g}_from{args.pairs_from:g}" if multi else ""
+    out = work / "runs" / f"{name}_{args.size}_{args.steps}_{args.seed}{tag}"
+    if args.reuse and (out / "summary.json").exists() and (out / "model.pt").exists():
+        done = json.loads((out / "summary.json").read_text())
+        if done.get("steps") == args.steps:
+            return str(out / "model.pt"), float(done["seconds"])
     cfg = TrainConfig.model_validate({
         "model": {"input_size": args.size, "pose": pose},
         "losses": losses,
         "optim": {"lr": args.lr, "warmup_steps": min(50, args.steps // 10)},
         "data": {"labelled": [paths["train"]], "pairs": [paths["pairs"]] if multi else [],
-                 "labelled_batch_size": args.batch, "pair_batch_size": args.pair_batch},
+                 "labelled_batch_size": args.batch, "pair_batch_size": args.pair_batch,
+                 "pairs_from_step": int(args.pairs_from * args.steps)},
         "steps": args.steps, "seed": args.seed, "device": "cpu", "output_dir": str(out),
         "checkpoint_every": 0, "log_every": max(1, args.steps // 4), "tensorboard": False,
         "resume": args.reuse, "threads": args.threads,
@@ -102,7 +108,7 @@ def evaluate_variant(model_file: str, test_dir: str, size: int, gt_pose: bool = 
 
     model = load_model_file(model_file)
     table = read_records([test_dir], "face_record")
-    mesh_lm, pgn_lm, pose_pred, shape_err = [], [], [], []
+    mesh_lm, pgn_lm, pose_pred, shape_err, mean_face_err = [], [], [], [], []
     gt_lm, gt_pose_deg = [], []
     for start in range(0, table.num_rows, 32):
         batch = face_batch_to_tensors(table.slice(start, 32), size, model.cfg.num_id, model.cfg.num_exp, model.face_model_name)
@@ -119,8 +125,10 @@ def evaluate_variant(model_file: str, test_dir: str, size: int, gt_pose: bool = 
         pose_pred.append(np.degrees(model.pose_angles(out).numpy()))
         gt_pose_deg.append(np.degrees(batch["pose"].numpy()))
         gt_lm.append(batch["landmarks_3d"].numpy())
+        mean_v = model.fm_mean.numpy()
         for p, g in zip(pred_v, true_v):
             shape_err.append(evaluation.shape_error(p, g, correspondence="known").mean_distance * 10.0)  # cm -> mm
+            mean_face_err.append(evaluation.shape_error(mean_v, g, correspondence="known").mean_distance * 10.0)
     gt = np.concatenate(gt_lm)
     gt_pose_arr = np.concatenate(gt_pose_deg)
     result = evaluation.evaluate_landmarks(
@@ -134,6 +142,7 @@ def evaluate_variant(model_file: str, test_dir: str, size: int, gt_pose: bool = 
         "pgn_nme_2d": m["landmarks"]["pgn"]["nme_2d_68"]["mean"],
         "pose_mae": m["pose_mae_deg"]["mean"],
         "shape_mm": float(np.mean(shape_err)),
+        "mean_face_shape_mm": float(np.mean(mean_face_err)),
         "faces": int(gt.shape[0]),
     }
 
@@ -160,8 +169,10 @@ def format_table(results: dict[str, dict], times: dict[str, float], args) -> str
     lines.append(f"(d) vs (c): shape error {100 * gain_shape:+.1f}% better (goal >= 10%: {'met' if gain_shape >= 0.1 else 'MISSED'})")
     lines.append(f"setup: {args.steps} steps each, batch {args.batch} faces (+{args.pair_batch} pairs for d), {args.size} px, "
                  f"{args.train_faces} train faces / {args.pairs} pairs / {results['a']['faces']} test faces, "
-                 f"lr {args.lr}, threads {args.threads}, seed {args.seed}; PGN-only landmarks NME2D (c) "
-                 f"{100 * c['pgn_nme_2d']:.2f}%, (d) {100 * d['pgn_nme_2d']:.2f}%")
+                 f"lr {args.lr}, threads {args.threads}, seed {args.seed}; (d): pair rotation <= {args.pair_rotation:g} deg, "
+                 f"pairs from step {int(args.pairs_from * args.steps)}; PGN-only landmarks NME2D (c) "
+                 f"{100 * c['pgn_nme_2d']:.2f}%, (d) {100 * d['pgn_nme_2d']:.2f}%; "
+                 f"shape error of the mean face (all coefficients 0): {a['mean_face_shape_mm']:.2f} mm")
     del buckets
     return "\n".join(lines)
 
@@ -176,10 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--pair-batch", type=int, default=8)
+    parser.add_argument("--pair-rotation", type=float, default=6.0, help="max head rotation between pair frames, degrees")
+    parser.add_argument("--pairs-from", type=float, default=0.0, help="(d): pair batches join after this fraction of the steps")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reuse", action="store_true", help="reuse finished training runs in --work-dir")
+    parser.add_argument("--reuse", action="store_true", help="reuse finished training runs (same settings) in --work-dir")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

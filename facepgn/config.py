@@ -232,6 +232,7 @@ class TrainDataConfig(StrictModel):
     pairs: list[str] = []  # frame-pair Parquet (FRAME_PAIR_SCHEMA)
     labelled_batch_size: int = 32
     pair_batch_size: int = 16  # 0: no pair batches
+    pairs_from_step: int = 0  # labelled-only warm-up: pair batches join at this step (the pose must be sane first)
     augment: bool = True  # colour jitter on labelled crops
 
 

@@ -146,7 +146,7 @@ def synthetic_pairs_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def trained_model_file(synthetic_faces_dir, synthetic_pairs_dir, tmp_path_factory) -> str:
-    """A model file (128 px input, PGN pose, default losses) trained for 40 steps on the synthetic
+    """A model file (128 px input, PGN pose, default losses) trained for 30 steps on the synthetic
     faces and pairs (~10 s on 2 cores): real weights for inference/export tests, not an accurate
     model. Its training folder (``summary.json``, ``checkpoint.pt``) is the file's parent."""
     from facepgn.config import TrainConfig
@@ -157,7 +157,7 @@ def trained_model_file(synthetic_faces_dir, synthetic_pairs_dir, tmp_path_factor
         {
             "data": {"labelled": [synthetic_faces_dir], "pairs": [synthetic_pairs_dir], "labelled_batch_size": 8, "pair_batch_size": 4},
             "optim": {"lr": 3e-3, "warmup_steps": 5},
-            "steps": 40,
+            "steps": 30,
             "log_every": 10,
             "checkpoint_every": 0,
             "tensorboard": False,

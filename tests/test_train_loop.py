@@ -129,7 +129,8 @@ def test_checkpoint_resume_and_identical_outputs(synthetic_faces_dir, synthetic_
     cfg = TrainConfig.model_validate(
         {
             "model": {"input_size": 64},
-            "data": {"labelled": [synthetic_faces_dir], "pairs": [synthetic_pairs_dir], "labelled_batch_size": 4, "pair_batch_size": 2},
+            "data": {"labelled": [synthetic_faces_dir], "pairs": [synthetic_pairs_dir], "labelled_batch_size": 4, "pair_batch_size": 2,
+                     "pairs_from_step": 2},
             "steps": 3,
             "log_every": 1,
             "checkpoint_every": 2,
@@ -139,6 +140,8 @@ def test_checkpoint_resume_and_identical_outputs(synthetic_faces_dir, synthetic_
     )
     first = train(cfg)
     assert first["steps"] == 3 and first["resumed_from"] == 0
+    # labelled-only warm-up: the pair terms start at step 3 (index 2)
+    assert "loss_flow" not in first["history"][1] and "loss_flow" in first["history"][2]
     assert list((tmp_path / "tensorboard").iterdir())
     # the checkpoint and the model file hold the same weights, loaded with weights_only=True
     raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
@@ -176,3 +179,25 @@ def test_a_step_on_real_video_pairs(frame_pair_shards, small_model, faces_table)
     assert np.isfinite(metrics["loss"]) and "loss_flow" in metrics and "loss_photometric" in metrics
     if "landmarks_2d_a" in pairs:  # pseudo-labels from the 68-point landmark model
         assert "loss_pair_landmarks_2d" in metrics
+
+
+def test_amp_settings():
+    from facepgn.train.step import autocast_settings
+
+    assert autocast_settings("off", "cpu") == (None, None)
+    assert autocast_settings("bf16", "cpu") == (torch.bfloat16, None)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        autocast_settings("fp16", "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (fp16 + GradScaler)")
+def test_fp16_step_with_grad_scaler_on_cuda(faces_table, pairs_table):
+    from facepgn.train.step import autocast_settings
+
+    model = build_model(ModelConfig(input_size=64)).cuda()
+    opt = make_optimizer(model, TrainConfig().optim)
+    amp_dtype, scaler = autocast_settings("fp16", "cuda")
+    batch = train_data.to_device(_batch(faces_table, pairs_table), "cuda")
+    for _ in range(3):
+        metrics = train_step(model, opt, batch, LossWeights(), amp_dtype=amp_dtype, scaler=scaler, grad_clip=5.0)
+    assert np.isfinite(metrics["loss"])

@@ -217,7 +217,10 @@ def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, on_metri
     step = start
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
-        batch = train_data.to_device(next(batches), device)
+        batch = next(batches)
+        if step < cfg.data.pairs_from_step:
+            batch.pop("pairs", None)  # labelled-only warm-up
+        batch = train_data.to_device(batch, device)
         data_seconds += time.perf_counter() - t0
         metrics = train_step(
             model, optimizer, batch, cfg.losses, amp_dtype=amp_dtype, scaler=scaler, grad_clip=cfg.optim.grad_clip, scheduler=scheduler
