@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import tempfile
 import time as _time
@@ -45,7 +44,6 @@ from facepgn.errors import FacepgnError, InputError
 KIND_FACE = 0
 KIND_FOOTER = 1
 
-FACE_INPUT_COLUMNS = ("video_id", "source_path", "frame_index", "time", "track_id", "box", "det_score", "crop_to_frame")
 
 # --------------------------------------------------------------------------------------------
 # model loading and runtimes
@@ -315,7 +313,7 @@ def sampled_indices(num_frames: int, stride: int, max_frames: int | None) -> lis
     return list(range(0, max(0, stop), max(1, int(stride))))
 
 
-def _empty_face_batch(size: int) -> dict[str, Any]:
+def _empty_face_batch() -> dict[str, list]:
     return {
         "video_id": [], "source_path": [], "frame_index": [], "time": [], "track_id": [], "box": [],
         "det_score": [], "crop": [], "crop_to_frame": [],
@@ -376,7 +374,7 @@ def iter_face_batches(video_path: str, video_id: str, cfg: InferConfig, image_si
             done = False
             faces_seen = 0
             while not done:
-                rows = _empty_face_batch(image_size)
+                rows = _empty_face_batch()
                 c0 = _time.thread_time()
                 t0 = _time.perf_counter()
                 chunk = []
@@ -421,7 +419,7 @@ def iter_face_batches(video_path: str, video_id: str, cfg: InferConfig, image_si
         error = f"{video_path}: {exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
     info.update(timings)
     info["decode_cpu_s"] = timings_cpu
-    footer_rows = _empty_face_batch(image_size)
+    footer_rows = _empty_face_batch()
     footer_rows["video_id"].append(video_id)
     footer_rows["source_path"].append(video_path)
     footer_rows["frame_index"].append(-1)
@@ -607,9 +605,6 @@ def smooth_rows(rows: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
                 out["id_coeffs"][ids] = smoothing.smooth_series(out["id_coeffs"][ids], t, **kw).astype(np.float32)
     out["smoothed"] = np.ones(len(out["frame_index"]), bool)
     return out
-
-
-ROW_FIELDS = [f.name for f in records.FACE_TRACK_SCHEMA if f.name != "schema_version"]
 
 
 def rows_table(rows: dict[str, np.ndarray]):
@@ -858,9 +853,6 @@ def versions() -> dict[str, str]:
             continue
     return out
 
-
-def nan_to_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 def compare_onnx(model, onnx_path: str, batch: int = 4, seed: int = 0) -> dict[str, float]:

@@ -4,7 +4,6 @@ and the frame-pixel mapping of the model's outputs."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
