@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--frames", type=int, default=300, help="frames per video (max_frames)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs given to the local Ray")
-    parser.add_argument("--max-actors", type=int, default=2)
+    parser.add_argument("--max-actors", type=int, default=1)
     parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     parser.add_argument("--latency-repeats", type=int, default=100)
     parser.add_argument("--skip-pipeline", action="store_true")
