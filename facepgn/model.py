@@ -29,7 +29,7 @@ from torch import nn
 from facepgn import geometry
 from facepgn.config import ModelConfig
 from facepgn.errors import FacepgnError, InputError
-from facepgn.nets.pgn import NUM_LANDMARKS, PoseGuidanceNetwork
+from facepgn.nets.pgn import PoseGuidanceNetwork
 from facepgn.nets.regressor import CoefficientRegressor, rotation_from_6d
 
 MODEL_FILE_FORMAT = "facepgn.model/1"

@@ -55,10 +55,7 @@ def column(batch: Any, name: str) -> list | None:
         return batch[name].tolist() if name in batch.columns else None
     if name not in batch:
         return None
-    values = batch[name]
-    if isinstance(values, np.ndarray) and values.dtype != object and values.ndim >= 2:
-        return list(values)
-    return list(values)
+    return list(batch[name])  # 2D numeric arrays give one row array per row, object arrays their items
 
 
 def _array(value: Any, shape: tuple[int, ...]) -> np.ndarray | None:
