@@ -367,6 +367,7 @@ class FaultInjection(StrictModel):
     at_step: _TOptional[int] = None
     rank: int = 1
     marker: _TOptional[str] = None
+    delay_s: float = _TField(0.0, ge=0.0)  # wait before exiting: the controller registers reported checkpoints when it polls
 
     @_t_model_validator(mode="after")
     def _marker_needed(self):

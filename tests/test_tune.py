@@ -53,7 +53,8 @@ def test_sweep_config_errors_are_one_line(tmp_path, synthetic_faces_dir):
 
 
 def test_sweep_stops_a_bad_trial_early_and_writes_a_trainable_best_config(ray_session, tmp_path, synthetic_faces_dir, capsys):
-    # 3 trials (a grid over the learning rate, random loss weights); the third diverges (lr 1000)
+    # 3 trials (a grid over the learning rate, random loss weights); the third diverges (lr 1: its mesh
+    # NME is ~30x the others, yet finite)
     # and ASHA stops it at its first rung, after the others have set the bar
     cfg = write(
         tmp_path / "sweep.yaml",
@@ -61,7 +62,7 @@ def test_sweep_stops_a_bad_trial_early_and_writes_a_trainable_best_config(ray_se
         + "search_space:\n"
         "  losses.landmarks_3d: {loguniform: [0.3, 1.0]}\n"
         "  losses.mesh_landmarks: {uniform: [0.3, 1.0]}\n"
-        "  optim.lr: {grid: [0.002, 0.003, 1000.0]}\n"
+        "  optim.lr: {grid: [0.002, 0.003, 1.0]}\n"
         "sweep: {num_samples: 1, max_concurrent_trials: 2, grace_period: 1, max_t: 2, reduction_factor: 2}\n"
         f"storage_path: {tmp_path / 'ray'}\n"
         f"output_dir: {tmp_path / 'sweep'}\n",
@@ -72,7 +73,7 @@ def test_sweep_stops_a_bad_trial_early_and_writes_a_trainable_best_config(ray_se
         rows = list(csv.DictReader(f))
     assert len(rows) == 3
     by_lr = {float(r["optim.lr"]): r for r in rows}
-    assert by_lr[1000.0]["status"] == "stopped early" and by_lr[1000.0]["epoch"] == "1"
+    assert by_lr[1.0]["status"] == "stopped early" and by_lr[1.0]["epoch"] == "1", rows
     assert sum(r["status"] == "completed" for r in rows) >= 1
     assert float(rows[0]["optim.lr"]) < 1.0  # best first
     assert "| trial_id |" in (out / "results.md").read_text()

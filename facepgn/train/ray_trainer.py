@@ -820,6 +820,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 if not storage.exists(marker):
                     storage.atomic_write_text(marker, f"rank {rank} exited at step {step}\n")
                     print(f"facepgn train: fault injection: rank {rank} exits at step {step}", flush=True)
+                    time.sleep(cfg.fault.delay_s)
                     os._exit(1)
             if rank == 0 and (step % max(cfg.log_every, 1) == 0 or step == cfg.steps):
                 elapsed = max(time.perf_counter() - window["started"], 1e-9)
