@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from facepgn.nets.blocks import Encoder, normalize_images, scaled_channels
+from facepgn.nets.blocks import Encoder, normalize_images
 
 # (out_channels, stride, repeats); strides 4, 8, 16, 32 after the stride-2 stem.
 REGRESSOR_STAGES = [(32, 2, 1), (64, 2, 2), (128, 2, 3), (256, 2, 2)]
@@ -32,9 +32,10 @@ class CoefficientRegressor(nn.Module):
         self.num_exp = num_exp
         self.direct_pose = direct_pose
         self.encoder = Encoder(16, REGRESSOR_STAGES, width)
-        feat = self.encoder.out_channels[-1]
-        hidden = scaled_channels(256, width)
-        self.neck = nn.Sequential(nn.Linear(feat, hidden), nn.ReLU6(inplace=True))
+        # Linear heads straight on the pooled features (as MobileNet does): a ReLU hidden layer here
+        # died within a few hundred steps (units pushed negative for every input), leaving constant
+        # coefficients -- the fidelity benchmark caught it.
+        hidden = self.encoder.out_channels[-1]
         self.coeff_head = nn.Linear(hidden, num_id + num_exp)
         nn.init.normal_(self.coeff_head.weight, std=0.01)
         nn.init.zeros_(self.coeff_head.bias)
@@ -49,7 +50,7 @@ class CoefficientRegressor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.encoder(normalize_images(images))[-1]
-        h = self.neck(feats.mean(dim=(2, 3)))
+        h = feats.mean(dim=(2, 3))
         coeffs = self.coeff_head(h).float()
         out = {
             "id_coeffs": coeffs[:, : self.num_id],
