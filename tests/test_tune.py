@@ -33,6 +33,17 @@ def write(path, text: str) -> str:
     return str(path)
 
 
+def test_shipped_sweep_config_loads_on_its_base(tmp_path):
+    from facepgn.paths import REPO_ROOT
+    from facepgn.train.tune import load_tune_config, trial_config
+
+    cfg = load_tune_config(str(REPO_ROOT / "configs" / "tune-loss-weights.yaml"), ["train.steps=7"])
+    assert cfg.train.steps == 7 and cfg.train.scaling.num_workers == 2  # base train.yaml + overrides
+    assert set(cfg.search_space) >= {"losses.flow", "losses.photometric"}
+    trial = trial_config(cfg, {"losses.flow": 0.25, "optim.lr": 0.001}, "t1")
+    assert trial.losses.flow == 0.25 and trial.optim.lr == 0.001 and trial.ray.name == "facepgn-tune-t1"
+
+
 def test_sweep_config_errors_are_one_line(tmp_path, synthetic_faces_dir):
     from facepgn.train.tune import load_tune_config, run_sweep
 
