@@ -278,7 +278,13 @@ def model_from_payload(payload: dict[str, Any], source: str = "model file") -> F
     state = payload["state_dict"]
     arrays = {name[3:]: state[name].numpy() for name in FACE_BUFFERS}
     model = FaceReconstructor(cfg, arrays, face_model_name=payload.get("face_model_name", ""))
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        missing = [k for k in model.state_dict() if k not in state]
+        unexpected = [k for k in state if k not in model.state_dict()]
+        detail = f"missing {missing[:2]}, unexpected {unexpected[:2]}" if missing or unexpected else str(exc).splitlines()[-1].strip()
+        raise InputError(source, f"weights do not fit this facepgn's network ({detail}); retrain or use the facepgn that wrote it") from None
     return model
 
 
