@@ -77,16 +77,20 @@ def load_inference_model(path: str, map_location: str = "cpu"):
     found = _find_model_payload(payload)
     if found is None:
         raise InputError(path, f"neither a facepgn model file ({model_lib.MODEL_FILE_FORMAT}) nor a checkpoint holding one")
-    if found.get("format") == model_lib.MODEL_FILE_FORMAT:
-        model = model_lib.model_from_payload(found, str(path))
-    else:  # a checkpoint: model config + state dict
-        from facepgn.config import build_config
+    try:
+        if found.get("format") == model_lib.MODEL_FILE_FORMAT:
+            model = model_lib.model_from_payload(found, str(path))
+        else:  # a checkpoint: model config + state dict
+            from facepgn.config import build_config
 
-        cfg = build_config(ModelConfig, found["config"], f"{path} (model config)")
-        state = found["state_dict"]
-        arrays = {name[3:]: state[name].numpy() for name in model_lib.FACE_BUFFERS}
-        model = model_lib.FaceReconstructor(cfg, arrays, face_model_name=str(found.get("face_model_name", "")))
-        model.load_state_dict(state)
+            cfg = build_config(ModelConfig, found["config"], f"{path} (model config)")
+            state = found["state_dict"]
+            arrays = {name[3:]: state[name].numpy() for name in model_lib.FACE_BUFFERS}
+            model = model_lib.FaceReconstructor(cfg, arrays, face_model_name=str(found.get("face_model_name", "")))
+            model.load_state_dict(state)
+    except RuntimeError as exc:  # load_state_dict: the weights do not fit this version's networks
+        detail = " ".join(str(exc).split())[:160]
+        raise InputError(path, f"weights do not match this facepgn version's model ({detail})") from None
     return model.to(map_location).eval()
 
 

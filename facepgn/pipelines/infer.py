@@ -273,9 +273,11 @@ def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: 
         decode_detect_crop,
         batch_size=1,
         fn_kwargs={"cfg_json": cfg.model_dump_json(), "image_size": image_size},
-        # Remote args from a function keep Ray Data from fusing this stage into the model actors:
-        # decode+detect runs in its own tasks, in parallel with the model, one video per task.
-        ray_remote_args_fn=lambda: {"num_cpus": cfg.decode_num_cpus},
+        num_cpus=cfg.decode_num_cpus,
+        # A worker that dies (a decoder crash) is retried; remote args unlike the actors' also keep
+        # Ray Data from fusing this stage into the model actors: decode+detect runs in its own
+        # tasks, in parallel with the model, one video per task.
+        max_retries=2,
         concurrency=decode_tasks,
     )
     ds = ds.map_batches(
