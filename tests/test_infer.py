@@ -308,3 +308,19 @@ def test_loads_training_checkpoints(model_file, tmp_path):
     a = inference.FaceModelRunner(model=model)(crops)
     b = inference.FaceModelRunner(model=loaded)(crops)
     np.testing.assert_allclose(a["landmarks_3d"], b["landmarks_3d"], atol=1e-5)
+
+
+def test_shipped_config_and_cli_flags_load():
+    from pathlib import Path
+
+    from facepgn.cli import build_parser
+    from facepgn.commands.infer import overrides_from_args
+    from facepgn.config import load_config
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "infer.yaml"
+    args = build_parser().parse_args(["infer", "--model", "m.pt", "--input", "s3://b/in", "--output", "out", "--overlay",
+                                      "--meshes", "every:30", "--smooth", "--stride", "2", "--config", str(path), "--set", "batch_size=8"])
+    cfg = load_config(InferConfig, args.config, overrides_from_args(args))
+    assert (cfg.model, cfg.input, cfg.overlay, cfg.meshes, cfg.smoothing.enabled, cfg.stride, cfg.batch_size) == (
+        "m.pt", "s3://b/in", True, "every:30", True, 2, 8)
+    assert load_config(InferConfig, str(path)) == InferConfig()  # the shipped file documents the defaults
