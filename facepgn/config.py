@@ -341,8 +341,8 @@ class ScalingSettings(StrictModel):
 class ValidationSettings(StrictModel):
     """Held-out labelled faces: landmark NME after every epoch (and at the end)."""
 
-    labelled: list[str] = []  # face-record Parquet; empty: no validation unless holdout_fraction > 0
-    holdout_fraction: float = _TField(0.0, ge=0.0, lt=1.0)  # else: hold out this share of data.labelled, by subject
+    labelled: list[str] = []  # face-record Parquet; empty: the hold-out below (0: no validation)
+    holdout_fraction: float = _TField(0.05, ge=0.0, lt=1.0)  # else: hold out this share of data.labelled, by subject
     max_records: int = _TField(512, ge=1)  # validation faces used (the first ones)
     batch_size: int = _TField(32, ge=1)
     overlay_images: int = _TField(4, ge=0)  # faces drawn with the predicted mesh + landmarks to TensorBoard

@@ -399,9 +399,11 @@ def run_training(cfg: DistributedTrainConfig) -> dict[str, Any]:
     plan = preflight(cfg)
     cfg = plan.config
     ensure_ray()
+    holdout = cfg.validation.holdout_fraction if not cfg.validation.labelled and plan.validation_files else 0.0
+    validation = f"{100 * holdout:g}% of the labelled subjects held out" if holdout else f"{plan.validation_rows} validation faces"
     print(
         f"facepgn train: {cfg.scaling.num_workers} workers ({backend_name(cfg)}), "
-        f"{plan.labelled_rows} labelled faces, {plan.pair_rows} frame pairs, {plan.validation_rows} validation faces; "
+        f"{plan.labelled_rows} labelled faces, {plan.pair_rows} frame pairs, {validation}; "
         f"run {plan.run_path}{' (resuming)' if plan.run_exists else ''}",
         flush=True,
     )
