@@ -198,3 +198,15 @@ def test_bad_model_file_is_a_one_line_error(tmp_path):
         load_model_file(other)
     with pytest.raises(InputError, match="model file not found"):
         load_model_file(tmp_path / "missing.pt")
+
+
+def test_model_file_with_foreign_weights_is_a_one_line_error(pgn_model, tmp_path):
+    from facepgn.errors import InputError
+    from facepgn.model import model_file_payload
+
+    payload = model_file_payload(pgn_model)
+    payload["state_dict"]["regressor.extra.weight"] = torch.zeros(1)
+    path = tmp_path / "foreign.pt"
+    torch.save(payload, path)
+    with pytest.raises(InputError, match=r"foreign.pt: weights do not fit .*regressor.extra.weight"):
+        load_model_file(path)
