@@ -335,6 +335,7 @@ class ScalingSettings(StrictModel):
     gpus_per_worker: float = _TField(1.0, ge=0)  # only with use_gpu
     resources_per_worker: dict[str, float] = {}  # extra (custom) resources per worker
     backend: _TLiteral["auto", "nccl", "gloo"] = "auto"  # auto: nccl with GPUs, gloo on CPUs
+    gpu_mixed_precision: bool = True  # on GPUs with optim.amp "off": bf16 autocast (optim.amp wins when set)
     read_cpus: float = _TField(0.25, gt=0)  # CPUs per Ray Data Parquet read task
 
 

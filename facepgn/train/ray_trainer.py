@@ -717,7 +717,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = build_model(cfg.model).to(device)
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.steps)
-    amp_dtype, scaler = train_step_lib.autocast_settings(cfg.optim.amp, device)
+    amp = cfg.optim.amp
+    if device.type == "cuda" and amp == "off" and cfg.scaling.gpu_mixed_precision:
+        amp = "bf16"  # mixed precision on GPUs unless the config picks a mode itself
+    amp_dtype, scaler = train_step_lib.autocast_settings(amp, device)
     step, epoch = 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
