@@ -618,7 +618,8 @@ def _validate(model, shard, cfg: DistributedTrainConfig, device, want_overlay: b
 
     ``val_nme`` is the reconstruction's: the 68 landmark vertices of the posed mesh; ``val_nme_pgn``
     the PGN's own 3D landmarks (x, y). Both against the labels' 2D landmarks (``facepgn.evaluation.nme``).
-    A non-finite prediction counts as NME 1000 (a diverged model must lose, not vanish)."""
+    A non-finite prediction (or a pose fit that fails on one) counts as NME 1000: a diverged model
+    must lose, not vanish or stop the run."""
     import numpy as np
     import torch
 
@@ -639,8 +640,14 @@ def _validate(model, shard, cfg: DistributedTrainConfig, device, want_overlay: b
                     continue
                 faces = train_data.face_batch_to_tensors(batch, cfg.model.input_size, cfg.model.num_id, cfg.model.num_exp)
                 images = faces["images"].to(device)
-                outputs = core(images)
                 gt = faces["landmarks_2d"].numpy()
+                try:
+                    outputs = core(images)
+                except torch.linalg.LinAlgError:  # the pose fit of a diverged model: score, do not crash
+                    sum_mesh += 1e3 * len(gt)
+                    sum_pgn += 1e3 * len(gt)
+                    count += len(gt)
+                    continue
                 mesh = outputs["mesh_landmarks"][..., :2].float().cpu().numpy()
                 pgn = outputs["landmarks_3d"][..., :2].float().cpu().numpy()
                 with np.errstate(all="ignore"):
