@@ -6,7 +6,9 @@ then builds a ``ray.train.torch.TorchTrainer`` (:func:`build_trainer`):
 
 * labelled face records, frame pairs and the validation faces are Ray Datasets streamed to the
   workers (``datasets={...}``; each worker reads its own shard with ``ray.train.get_dataset_shard``);
-  every step mixes ``data.labelled_batch_size`` faces with ``data.pair_batch_size`` pairs;
+  every step mixes ``data.labelled_batch_size`` faces with ``data.pair_batch_size`` pairs, decoded
+  to tensors in the iterators' prefetch threads (``iter_torch_batches`` + collate functions) while
+  the previous step computes; small inputs are read once into the object store;
 * each worker runs :func:`train_loop_per_worker`, which calls the ONE training step
   (``facepgn.train.step.train_step``: mixed precision, gradient clipping, LR schedule);
 * every ``checkpoint_every`` steps, after each epoch and at the end, rank 0 reports a checkpoint
