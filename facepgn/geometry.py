@@ -143,7 +143,15 @@ class _TopEigenvector(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, sym: Tensor, rel_eps: float):  # type: ignore[override]
-        evals, evecs = torch.linalg.eigh(sym)
+        # A diverged network can hand us inf/NaN landmarks; LAPACK then fails to converge and the
+        # whole (distributed) step dies. Zero the bad entries instead: the loss stays non-finite,
+        # which the training step reports and skips, but nothing crashes here.
+        sym = torch.nan_to_num(sym, nan=0.0, posinf=0.0, neginf=0.0)
+        try:
+            evals, evecs = torch.linalg.eigh(sym)
+        except RuntimeError:  # torch.linalg.LinAlgError: ill-conditioned float32; retry in float64
+            evals, evecs = torch.linalg.eigh(sym.double())
+            evals, evecs = evals.to(sym.dtype), evecs.to(sym.dtype)
         ctx.save_for_backward(evals, evecs)
         ctx.rel_eps = rel_eps
         return evals[..., -1], evecs[..., :, -1]
