@@ -79,7 +79,7 @@ def test_bad_config_and_inputs_fail_in_one_line_before_workers(tmp_path, synthet
     cfg_file = tmp_path / "train.yaml"
     cfg_file.write_text(
         "model: {input_size: 64}\n"
-        f"data: {{labelled: [{synthetic_faces_dir}], pair_batch_size: 0}}\n"
+        f"data: {{labelled: [{synthetic_faces_dir}], labelled_batch_size: 8, pair_batch_size: 0}}\n"
         f"output_dir: {tmp_path / 'out'}\n"
         f"ray: {{storage_path: {tmp_path / 'ray'}}}\n"
     )
