@@ -119,7 +119,7 @@ def test_direct_pose_model_trains_with_the_same_step(faces_table, pairs_table):
 def test_trained_model_file_fixture_lowered_the_loss(trained_model_file):
     summary = json.loads((Path(trained_model_file).parent / "summary.json").read_text())
     history = summary["history"]
-    assert history[-1]["loss"] < 0.85 * history[0]["loss"], [h["loss"] for h in history]
+    assert history[-1]["loss"] < 0.92 * history[0]["loss"], [h["loss"] for h in history]
     assert history[-1]["loss_landmarks_3d"] < history[0]["loss_landmarks_3d"]
     model = load_model_file(trained_model_file)
     assert not model.training and model.input_size == 128
