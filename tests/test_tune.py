@@ -35,9 +35,11 @@ def write(path, text: str) -> str:
 
 def test_shipped_sweep_config_loads_on_its_base(tmp_path):
     from facepgn.paths import REPO_ROOT
-    from facepgn.train.tune import load_tune_config, trial_config
+    from facepgn.train.tune import default_concurrency, load_tune_config, trial_config
 
     cfg = load_tune_config(str(REPO_ROOT / "configs" / "tune-loss-weights.yaml"), ["train.steps=7"])
+    # 2 workers x 0.5 CPU per trial: 2 trials at once on 2 CPUs, 16 on 16
+    assert default_concurrency(cfg, {"CPU": 2.0}) == 2 and default_concurrency(cfg, {"CPU": 16.0}) == 16
     assert cfg.train.steps == 7 and cfg.train.scaling.num_workers == 2  # base train.yaml + overrides
     assert set(cfg.search_space) >= {"losses.flow", "losses.photometric"}
     trial = trial_config(cfg, {"losses.flow": 0.25, "optim.lr": 0.001}, "t1")
