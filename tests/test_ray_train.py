@@ -118,6 +118,7 @@ def test_ddp_training_two_workers_checkpoints_and_resumes(ray_session, tmp_path,
     assert summary["counts"]["steps"] == 4 and not summary["resumed"]
     assert checkpoint_steps(summary["run"])[-2:] == [2, 4]
     assert 0.0 < summary["final_metrics"]["val_nme"] < 10.0
+    assert 0 < summary["counts"]["validation_records"] < 64  # the held-out subjects only
 
     # the two workers trained on different faces and different pairs
     ids = batch_ids(out)

@@ -425,7 +425,8 @@ def run_training(cfg: DistributedTrainConfig) -> dict[str, Any]:
             "workers": cfg.scaling.num_workers,
             "labelled_records": plan.labelled_rows,
             "frame_pairs": plan.pair_rows,
-            "validation_records": plan.validation_rows,
+            # faces actually scored (the hold-out share of the labelled subjects, capped by max_records)
+            "validation_records": int(metrics["val_faces"]) if metrics.get("val_faces") is not None else 0,
             "steps": metrics.get("step"),
             "epochs": metrics.get("epoch"),
         },
