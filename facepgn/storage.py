@@ -110,6 +110,7 @@ def list_files(root: str, extensions: Iterable[str] | None = None, recursive: bo
     root = str(root)
     fs, p = get_fs(root)
     exts = tuple(e.lower() for e in extensions) if extensions else None
+    fs.invalidate_cache()  # s3fs caches listings per process: other processes may have written since
     if any(ch in p for ch in "*?["):
         found = fs.glob(p)
     elif fs.isfile(p):
