@@ -80,13 +80,15 @@ def train_variant(name: str, paths: dict[str, str], work: Path, args) -> tuple[s
     if not multi:
         losses.update(flow=0.0, photometric=0.0, identity=0.0, landmark_flow=0.0)
     tag = f"_rot{args.pair_rotation:g}_from{args.pairs_from:g}" if multi else ""
+    if pose == "pgn" and args.pgn_width != 1.0:
+        tag += f"_pgnw{args.pgn_width:g}"
     out = work / "runs" / f"{name}_{args.size}_{args.steps}_{args.seed}{tag}"
     if args.reuse and (out / "summary.json").exists() and (out / "model.pt").exists():
         done = json.loads((out / "summary.json").read_text())
         if done.get("steps") == args.steps:
             return str(out / "model.pt"), float(done["seconds"])
     cfg = TrainConfig.model_validate({
-        "model": {"input_size": args.size, "pose": pose},
+        "model": {"input_size": args.size, "pose": pose, **({"pgn_width": args.pgn_width} if pose == "pgn" else {})},
         "losses": losses,
         "optim": {"lr": args.lr, "warmup_steps": min(50, args.steps // 10)},
         "data": {"labelled": [paths["train"]], "pairs": [paths["pairs"]] if multi else [],
@@ -171,7 +173,7 @@ def format_table(results: dict[str, dict], times: dict[str, float], args) -> str
     lines.append(f"(d) vs (c): shape error {100 * gain_shape:+.1f}% better (goal >= 10%: {'met' if gain_shape >= 0.1 else 'MISSED'})")
     lines.append(f"setup: {args.steps} steps each, batch {args.batch} faces (+{args.pair_batch} pairs for d), {args.size} px, "
                  f"{args.train_faces} train faces / {args.pairs} pairs / {results['a']['faces']} test faces, "
-                 f"lr {args.lr}, threads {args.threads}, seed {args.seed}; (d): pair rotation <= {args.pair_rotation:g} deg, "
+                 f"lr {args.lr}, threads {args.threads}, seed {args.seed}, PGN width {args.pgn_width:g}; (d): pair rotation <= {args.pair_rotation:g} deg, "
                  f"pairs from step {int(args.pairs_from * args.steps)}; PGN-only landmarks NME2D (c) "
                  f"{100 * c['pgn_nme_2d']:.2f}%, (d) {100 * d['pgn_nme_2d']:.2f}%; "
                  f"shape error of the mean face (all coefficients 0): {a['mean_face_shape_mm']:.2f} mm")
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair-batch", type=int, default=8)
     parser.add_argument("--pair-rotation", type=float, default=15.0, help="max head rotation between pair frames, degrees")
     parser.add_argument("--pairs-from", type=float, default=0.5, help="(d): pair batches join after this fraction of the steps")
+    parser.add_argument("--pgn-width", type=float, default=1.0, help="PGN channel multiplier for (c) and (d)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
