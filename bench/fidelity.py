@@ -1,8 +1,8 @@
 """Fidelity benchmark: what the Pose Guidance Network and the multi-frame losses buy, on synthetic data.
 
-    python bench/fidelity.py [--steps 1200] [--size 64] [--train-faces 2048] [--pairs 512] [--test-faces 96]
+    python bench/fidelity.py [--steps 2400] [--pgn-width 2] [--size 64] [--train-faces 2048] [--pairs 512] [--test-faces 96]
 
-(defaults: ~3 min of data generation, then ~1.5 + 4 + 4 min of training on one busy CPU thread)
+(defaults: ~3 min of data generation once, then ~3 + 3 + 4 min of training on one CPU thread)
 
 Trains three models for the same number of steps on the same synthetic labelled faces
 (``facepgn.synthetic``; labels = 3D landmarks only, as real 300W-LP/AFLW labels in another face
@@ -187,12 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-faces", type=int, default=2048)
     parser.add_argument("--test-faces", type=int, default=96)
     parser.add_argument("--pairs", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--pair-batch", type=int, default=8)
     parser.add_argument("--pair-rotation", type=float, default=15.0, help="max head rotation between pair frames, degrees")
     parser.add_argument("--pairs-from", type=float, default=0.5, help="(d): pair batches join after this fraction of the steps")
-    parser.add_argument("--pgn-width", type=float, default=1.0, help="PGN channel multiplier for (c) and (d)")
+    parser.add_argument("--pgn-width", type=float, default=2.0, help="PGN channel multiplier for (c) and (d)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
