@@ -537,7 +537,8 @@ def render_report(demo: Demo, total: float) -> str:
     lines = [
         "# facepgn demo report",
         "",
-        f"{len(r)} stages in {total / 60:.1f} min on {os.cpu_count()} cores, facepgn {__version__}. "
+        f"{len(r)} stages, {sum(x.seconds for x in r.values()) / 60:.1f} min of stage time on {os.cpu_count()} cores "
+        f"(this run: {total / 60:.1f} min wall), facepgn {__version__}. "
         "Every stage ran its `facepgn` command on one embedded Ray; each folder below has the stage's "
         "own `summary.json` (counts, errors with reasons, timings, versions, resolved config).",
         "",
@@ -587,7 +588,10 @@ def render_report(demo: Demo, total: float) -> str:
         results_md = os.path.join(demo.paths.tune, "results.md")
         lines += ["## Sweep", ""]
         if storage.exists(results_md):
-            lines += [l for l in storage.read_text(results_md).strip().splitlines() if not l.startswith("# ")] + [""]
+            body = [l for l in storage.read_text(results_md).strip().splitlines() if not l.startswith("# ")]
+            while body and not body[0].strip():
+                body.pop(0)
+            lines += body + [""]
             best = os.path.join(demo.paths.tune, "best.yaml")
             if storage.exists(best):
                 lines += [f"Best trial's training config: [{_rel(demo, best)}]({_rel(demo, best)}) "
@@ -627,8 +631,11 @@ def render_report(demo: Demo, total: float) -> str:
         lines += ["## AFLW2000-3D evaluation", ""]
         if storage.exists(report):
             body = storage.read_text(report).strip().splitlines()
+            body = [l for l in body if not l.startswith("# ")]
+            while body and not body[0].strip():
+                body.pop(0)
             lines += [l.replace("](", f"]({_rel(demo, demo.paths.evaluate)}/") if "](" in l and "://" not in l else l
-                      for l in body if not l.startswith("# ")]
+                      for l in body]
         lines.append("")
     return "\n".join(lines) + "\n"
 
