@@ -813,6 +813,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 lab, pair = next(batches)
             except StopIteration:
                 break
+            if step < cfg.data.pairs_from_step:
+                pair = None  # labelled-only warm-up, as in the plain loop (same step on every rank)
             batch = to_device(lab, pair)
             t1 = time.perf_counter()
             metrics = train_step_lib.train_step(
