@@ -66,14 +66,7 @@ def load_inference_model(path: str, map_location: str = "cpu"):
                 break
         else:
             raise InputError(path, "folder holds no model.pt or checkpoint.pt")
-    try:
-        data = storage.read_bytes(str(path))
-    except FileNotFoundError:
-        raise InputError(path, "model file not found") from None
-    try:
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise InputError(path, f"not a readable model file or checkpoint ({exc.__class__.__name__})") from None
+    payload = model_lib.read_torch_file(path, map_location, what="model file")
     found = _find_model_payload(payload)
     if found is None:
         raise InputError(path, f"neither a facepgn model file ({model_lib.MODEL_FILE_FORMAT}) nor a checkpoint holding one")

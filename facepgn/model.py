@@ -299,8 +299,8 @@ def save_model_file(model: FaceReconstructor, path: str | os.PathLike) -> None:
     storage.atomic_write_bytes(str(path), buf.getvalue())
 
 
-def load_model_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> FaceReconstructor:
-    """Load a model file written by :func:`save_model_file` (``torch.load(weights_only=True)``), in eval mode."""
+def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", what: str = "model file") -> Any:
+    """``torch.load(weights_only=True)`` of a local or ``s3://`` file, with one-line errors naming it."""
     import io
 
     from facepgn import storage
@@ -308,11 +308,16 @@ def load_model_file(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         data = storage.read_bytes(str(path))
     except FileNotFoundError:
-        raise InputError(path, "model file not found") from None
+        raise InputError(path, f"{what} not found") from None
     try:
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise InputError(path, f"not a readable model file ({exc.__class__.__name__})") from None
+        raise InputError(path, f"not a readable {what} ({exc.__class__.__name__})") from None
+
+
+def load_model_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> FaceReconstructor:
+    """Load a model file written by :func:`save_model_file` (``torch.load(weights_only=True)``), in eval mode."""
+    payload = read_torch_file(path, map_location)
     model = model_from_payload(payload, str(path))
     return model.to(map_location).eval()
 

@@ -24,7 +24,7 @@ import torch
 from facepgn import storage
 from facepgn.config import OptimConfig, TrainConfig
 from facepgn.errors import FacepgnError, InputError
-from facepgn.model import FaceReconstructor, build_model, model_file_payload, model_from_payload, save_model_file, unwrap
+from facepgn.model import FaceReconstructor, build_model, model_file_payload, model_from_payload, read_torch_file, save_model_file, unwrap
 from facepgn.train import data as train_data
 from facepgn.train.step import autocast_settings, train_step
 
@@ -94,14 +94,7 @@ def save_checkpoint(path: str, model, optimizer, scheduler=None, scaler=None, st
 
 
 def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    try:
-        blob = storage.read_bytes(str(path))
-    except FileNotFoundError:
-        raise InputError(path, "checkpoint not found") from None
-    try:
-        payload = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise InputError(path, f"not a readable checkpoint ({exc.__class__.__name__})") from None
+    payload = read_torch_file(path, map_location, what="checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, f"not a facepgn checkpoint (expected format {CHECKPOINT_FORMAT})")
     return payload
