@@ -10,20 +10,9 @@ from facepgn import inference
 
 
 @pytest.fixture(scope="module")
-def model_file(request, tmp_path_factory) -> str:
-    """H5's briefly trained model when the fixture exists, else an untrained model of the same format."""
-    try:
-        return str(request.getfixturevalue("trained_model_file"))
-    except pytest.FixtureLookupError:
-        import torch
-
-        from facepgn.config import ModelConfig
-        from facepgn.model import build_model, save_model_file
-
-        torch.manual_seed(0)
-        path = tmp_path_factory.mktemp("export-model") / "model.pt"
-        save_model_file(build_model(ModelConfig()).eval(), path)
-        return str(path)
+def model_file(trained_model_file) -> str:
+    """The session's briefly trained model file (tests/conftest.py)."""
+    return str(trained_model_file)
 
 
 @pytest.fixture(scope="module")

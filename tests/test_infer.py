@@ -18,20 +18,9 @@ CAP = 24  # frames per real clip: keeps the suite inside its budget
 
 
 @pytest.fixture(scope="module")
-def model_file(request, tmp_path_factory) -> str:
-    """H5's briefly trained model when the fixture exists, else an untrained model of the same format."""
-    try:
-        return str(request.getfixturevalue("trained_model_file"))
-    except pytest.FixtureLookupError:
-        from facepgn.config import ModelConfig
-        from facepgn.model import build_model, save_model_file
-
-        import torch
-
-        torch.manual_seed(0)
-        path = tmp_path_factory.mktemp("infer-model") / "model.pt"
-        save_model_file(build_model(ModelConfig()).eval(), path)
-        return str(path)
+def model_file(trained_model_file) -> str:
+    """The session's briefly trained model file (tests/conftest.py)."""
+    return str(trained_model_file)
 
 
 def _manifest(tmp_path, shared, names) -> str:
