@@ -80,17 +80,23 @@ class LabelledFace:
 # ---- files -------------------------------------------------------------------------------------
 
 
-def read_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a MATLAB 5 ``.mat`` file (local or ``s3://``) into a dict of arrays (no ``__`` keys)."""
-    import scipy.io
-
-    path = str(path)
+def _read_nonempty(path: str, expected: str) -> bytes:
+    """The bytes of a local or ``s3://`` file, or a one-line InputError if it is missing or empty."""
     try:
         data = storage.read_bytes(path)
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
     if not data:
-        raise InputError(path, "empty file, expected a MATLAB .mat file")
+        raise InputError(path, f"empty file, expected {expected}")
+    return data
+
+
+def read_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a MATLAB 5 ``.mat`` file (local or ``s3://``) into a dict of arrays (no ``__`` keys)."""
+    import scipy.io
+
+    path = str(path)
+    data = _read_nonempty(path, "a MATLAB .mat file")
     try:
         mat = scipy.io.loadmat(io.BytesIO(data))
     except NotImplementedError:
@@ -103,12 +109,7 @@ def read_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a JPEG/PNG (local or ``s3://``) as RGB uint8, or raise a one-line InputError."""
     path = str(path)
-    try:
-        data = storage.read_bytes(path)
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    if not data:
-        raise InputError(path, "empty file, expected an image")
+    data = _read_nonempty(path, "an image")
     try:
         return records.decode_image(data)
     except ValueError:
