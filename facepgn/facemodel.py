@@ -33,6 +33,28 @@ ICT_JAW_RIGHT_IDS = np.array([1278, 1272, 12, 1834, 243, 781, 2199, 1447], dtype
 ICT_JAW_LEFT_IDS = np.array([3661, 4390, 3022, 2484, 4036, 2253, 3490, 3496], dtype=np.int32)  # points 9-16
 
 
+#: Named 68-landmark definitions (which vertex stands for each iBUG point). ``upstream``: as the
+#: face model publishes them; ``jaw-substitutes``: ICT's jawline substitutes for points 0-7 and
+#: 9-16; ``calibrated``: vertex ids chosen once on the 503 AFLW2000-3D dev images
+#: (``bench/calibrate_landmarks.py``, stored in ``facepgn/data/landmarks-<model name>.txt``);
+#: ``auto``: calibrated where the model has such a file, else upstream.
+LANDMARK_DEFINITIONS = ("auto", "upstream", "jaw-substitutes", "calibrated")
+
+
+def calibrated_landmark_ids(model: "FaceModel") -> np.ndarray | None:
+    """The calibrated 68 vertex ids shipped for ``model.name`` (None when there is none)."""
+    from importlib import resources
+
+    try:
+        text = resources.files("facepgn.data").joinpath(f"landmarks-{model.name}.txt").read_text()
+    except (FileNotFoundError, ModuleNotFoundError):
+        return None
+    ids = np.array([int(tok) for line in text.splitlines() if not line.lstrip().startswith("#") for tok in line.split()], dtype=np.int32)
+    if ids.shape != (NUM_LANDMARKS,) or ids.max() >= model.num_vertices:
+        raise ValueError(f"calibrated landmarks for {model.name}: expected 68 vertex ids below {model.num_vertices}")
+    return ids
+
+
 @dataclass(eq=False)
 class FaceModel:
     """A linear face model. Arrays are float32 / int32 numpy, read-only once built.
@@ -260,6 +282,27 @@ class FaceModel:
             ids[0:8] = self.jaw_right_ids
         if left:
             ids[9:17] = self.jaw_left_ids
+        return FaceModel(
+            mean=self.mean, id_basis=self.id_basis, exp_basis=self.exp_basis, exp_names=self.exp_names,
+            triangles=self.triangles, landmark_ids=ids, units=self.units, name=self.name,
+            exp_kind=self.exp_kind, jaw_right_ids=self.jaw_right_ids, jaw_left_ids=self.jaw_left_ids,
+        )
+
+    def with_landmarks(self, definition: str) -> "FaceModel":
+        """The same model with the 68 landmark vertices of a named definition (see
+        :data:`LANDMARK_DEFINITIONS`). Apply it after :meth:`truncated`: the blendshape subset that
+        ``truncated`` keeps is chosen by landmark motion and must not depend on the definition."""
+        if definition not in LANDMARK_DEFINITIONS:
+            raise ValueError(f"unknown landmark definition {definition!r} (known: {', '.join(LANDMARK_DEFINITIONS)})")
+        if definition == "auto":
+            definition = "calibrated" if calibrated_landmark_ids(self) is not None else "upstream"
+        if definition == "upstream":
+            return self
+        if definition == "jaw-substitutes":
+            return self.using_jaw_substitutes()
+        ids = calibrated_landmark_ids(self)
+        if ids is None:
+            raise ValueError(f"no calibrated landmark definition for face model {self.name!r} (facepgn/data/landmarks-{self.name}.txt)")
         return FaceModel(
             mean=self.mean, id_basis=self.id_basis, exp_basis=self.exp_basis, exp_names=self.exp_names,
             triangles=self.triangles, landmark_ids=ids, units=self.units, name=self.name,

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from facepgn.errors import FacepgnError
 
-FACE_RECORD_VERSION = 1
+FACE_RECORD_VERSION = 2  # 2 added the nullable quality/provenance columns after source_path
 FRAME_PAIR_VERSION = 1
 
 NUM_LANDMARKS = 68
@@ -54,6 +54,13 @@ FACE_RECORD_SCHEMA = pa.schema(
         pa.field("face_model", pa.string()),
         pa.field("crop_to_frame", _list_f32, nullable=False),  # 6
         pa.field("source_path", pa.string(), nullable=False),
+        # -- version 2: pseudo-labelled and profiled faces (null for other sources) --
+        pa.field("landmark_definition", pa.string()),  # face-model landmark vertices the labels use (facemodel.LANDMARK_DEFINITIONS)
+        pa.field("frame_index", pa.int64()),  # source video frame (0 for photos)
+        pa.field("quality", _f32),  # 0..1, higher is better (teacher confidence x fit quality)
+        pa.field("fit_residual", _f32),  # mean 2D distance teacher points - fitted model / face size
+        pa.field("teacher_agreement", _f32),  # mean distance between the teachers' inner points / face size
+        pa.field("parent_record_id", pa.string()),  # the record a profiled view was made from
     ],
     metadata={"facepgn.schema": f"face_record/{FACE_RECORD_VERSION}"},
 )
@@ -124,6 +131,12 @@ FACE_TRACK_SCHEMA = pa.schema(
     ],
     metadata={"facepgn.schema": f"inference_row/{INFERENCE_ROW_VERSION}"},
 )
+
+#: Older versions each kind still reads; their tables lack the columns added since (read as null).
+READABLE_VERSIONS = {"face_record": {1, 2}, "frame_pair": {1}, "inference_row": {1}}
+#: Columns added by later versions (nullable), per kind.
+ADDED_COLUMNS = {"face_record": ["landmark_definition", "frame_index", "quality", "fit_residual",
+                                 "teacher_agreement", "parent_record_id"]}
 
 SCHEMAS = {
     "face_record": (FACE_RECORD_SCHEMA, FACE_RECORD_VERSION),
@@ -222,12 +235,28 @@ def to_table(rows: list[Mapping[str, Any]], kind: str) -> pa.Table:
 def check_table(table: pa.Table, kind: str, source: str = "table") -> None:
     """Raise a one-line error if ``table`` lacks a column of the schema or has an unknown version."""
     schema, version = SCHEMAS[kind]
-    missing = [f.name for f in schema if f.name not in table.column_names]
+    optional = set(ADDED_COLUMNS.get(kind, []))
+    missing = [f.name for f in schema if f.name not in table.column_names and f.name not in optional]
     if missing:
         raise FacepgnError(f"{source}: not a {kind} table (missing columns {missing[:4]})")
     versions = set(table.column("schema_version").to_pylist()) if table.num_rows else set()
-    if versions - {version}:
-        raise FacepgnError(f"{source}: {kind} schema version {sorted(versions)} not supported (this facepgn reads {version})")
+    readable = READABLE_VERSIONS.get(kind, {version})
+    if versions - readable:
+        raise FacepgnError(f"{source}: {kind} schema version {sorted(versions)} not supported (this facepgn reads {sorted(readable)})")
+
+
+def upgrade_table(table: pa.Table, kind: str) -> pa.Table:
+    """``table`` (any readable version) with the current schema's columns, in order; columns that
+    its version lacks are null. Tables of several versions concatenate after this."""
+    schema, _ = SCHEMAS[kind]
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            columns.append(col.cast(f.type) if col.type != f.type else col)
+        else:
+            columns.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def row_array(row: Mapping[str, Any], name: str, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -289,7 +289,7 @@ def read_records(paths: Sequence[str], kind: str) -> pa.Table:
             except (OSError, pa.ArrowInvalid) as exc:
                 raise InputError(path, f"not a readable Parquet file ({exc.__class__.__name__})") from None
             records.check_table(table, kind, path)
-            tables.append(table.select([f.name for f in records.SCHEMAS[kind][0]]))
+            tables.append(records.upgrade_table(table, kind))
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 

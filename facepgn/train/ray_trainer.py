@@ -135,7 +135,8 @@ def _count_rows(files: Sequence[str], kind: str) -> int:
         except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable shard
             raise InputError(path, f"not a readable Parquet file ({exc.__class__.__name__})") from None
         names = set(meta.schema_arrow.names)
-        missing = [f.name for f in schema if f.name not in names]
+        optional = set(records.ADDED_COLUMNS.get(kind, []))
+        missing = [f.name for f in schema if f.name not in names and f.name not in optional]
         if missing:
             raise InputError(path, f"not a {kind} shard (missing columns {missing[:4]})")
         total += meta.metadata.num_rows
@@ -265,10 +266,24 @@ def _read_tables(files: Sequence[str]) -> list:
     for path in files:
         fs, fs_path = storage.pyarrow_filesystem(path)
         try:
-            tables.append(pq.read_table(fs_path, filesystem=fs))
+            table = pq.read_table(fs_path, filesystem=fs)
         except Exception as exc:  # noqa: BLE001 - a shard that passed the footer check but does not read
             raise InputError(path, f"not a readable Parquet file ({exc.__class__.__name__})") from None
+        tables.append(_upgraded(table))
     return tables
+
+
+def _upgraded(table):
+    """Face-record tables of older schema versions get the current columns (null), so they mix."""
+    from facepgn import records
+
+    if "record_id" in table.column_names:
+        return records.upgrade_table(table, "face_record")
+    return table
+
+
+def _upgrade_batch(batch):
+    return _upgraded(batch)
 
 
 def _holdout_tables(tables: list, fraction: float, keep_holdout: bool) -> list:
@@ -302,7 +317,7 @@ def build_datasets(plan: TrainPlan) -> dict[str, Any]:
             if holdout_side is not None:
                 tables = _holdout_tables(tables, holdout, holdout_side)
             return ray.data.from_arrow(tables)
-        ds = _read_parquet(files, read_cpus)
+        ds = _read_parquet(files, read_cpus).map_batches(_upgrade_batch, batch_format="pyarrow", num_cpus=read_cpus)
         if holdout_side is not None:
             ds = ds.map_batches(_holdout_filter(holdout, holdout_side), batch_format="pyarrow", num_cpus=read_cpus)
         return ds
