@@ -282,11 +282,7 @@ class FaceModel:
             ids[0:8] = self.jaw_right_ids
         if left:
             ids[9:17] = self.jaw_left_ids
-        return FaceModel(
-            mean=self.mean, id_basis=self.id_basis, exp_basis=self.exp_basis, exp_names=self.exp_names,
-            triangles=self.triangles, landmark_ids=ids, units=self.units, name=self.name,
-            exp_kind=self.exp_kind, jaw_right_ids=self.jaw_right_ids, jaw_left_ids=self.jaw_left_ids,
-        )
+        return self.with_landmark_ids(ids)
 
     def with_landmarks(self, definition: str) -> "FaceModel":
         """The same model with the 68 landmark vertices of a named definition (see
@@ -303,6 +299,10 @@ class FaceModel:
         ids = calibrated_landmark_ids(self)
         if ids is None:
             raise ValueError(f"no calibrated landmark definition for face model {self.name!r} (facepgn/data/landmarks-{self.name}.txt)")
+        return self.with_landmark_ids(ids)
+
+    def with_landmark_ids(self, ids: np.ndarray) -> "FaceModel":
+        """The same model (arrays shared) with other landmark vertex ids."""
         return FaceModel(
             mean=self.mean, id_basis=self.id_basis, exp_basis=self.exp_basis, exp_names=self.exp_names,
             triangles=self.triangles, landmark_ids=ids, units=self.units, name=self.name,

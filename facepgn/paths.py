@@ -74,6 +74,30 @@ ASSETS: dict[str, Asset] = {
         size=973972,
         how_to_get="run `facepgn model download landmarks`",
     ),
+    # MediaPipe face mesh (Apache-2.0). Upstream ships it inside the mediapipe wheel; `facepgn model
+    # download mediapipe` fetches the pinned 0.10.21 wheel and extracts these files (facepgn.download).
+    "mediapipe_mesh": Asset(
+        name="mediapipe_mesh",
+        env_var="FACEPGN_MEDIAPIPE_MESH",
+        shared_relpath="landmarks/mediapipe/face_landmark.tflite",
+        cache_relpath="landmarks/mediapipe/face_landmark.tflite",
+        sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+        size=1242398,
+        how_to_get="run `facepgn model download mediapipe`",
+    ),
+    "mediapipe_canonical": Asset(
+        name="mediapipe_canonical",
+        env_var="FACEPGN_MEDIAPIPE_CANONICAL",
+        shared_relpath="landmarks/mediapipe/canonical_face_model.obj",
+        cache_relpath="landmarks/mediapipe/canonical_face_model.obj",
+        url=(
+            "https://raw.githubusercontent.com/google-ai-edge/mediapipe/"
+            "85c0cdc7d70653888903c88df45962b764296342/mediapipe/modules/face_geometry/data/canonical_face_model.obj"
+        ),
+        sha256="8bac80443397e113f41a8b565ea72c59390bc031d9defab289dba7bc0c54e618",
+        size=45999,
+        how_to_get="run `facepgn model download mediapipe`",
+    ),
 }
 
 
