@@ -233,7 +233,23 @@ class TrainDataConfig(StrictModel):
     labelled_batch_size: int = 32
     pair_batch_size: int = 16  # 0: no pair batches
     pairs_from_step: int = 0  # labelled-only warm-up: pair batches join at this step (the pose must be sane first)
-    augment: bool = True  # colour jitter on labelled crops
+    augment: bool = True  # augment labelled crops: colour jitter, plus the geometric augmentation below
+    # Geometric augmentation (facepgn.augment), labels moved with the image; validation is never augmented.
+    geometric_augment: bool = True  # random crop scale, shift, in-plane rotation and mirror (needs augment)
+    aug_scale: tuple[float, float] = (0.85, 1.15)  # zoom range (> 1 enlarges the face), log-uniform
+    aug_rotate_deg: float = 20.0  # in-plane rotation, uniform in +-this
+    aug_shift: float = 0.06  # shift per axis, uniform in +-this fraction of the crop side
+    aug_flip_prob: float = 0.5  # mirror (landmarks relabelled, yaw/roll negated, coefficients dropped)
+    aug_border: Literal["reflect", "replicate"] = "reflect"  # pixels from outside the crop: never black
+
+    def model_post_init(self, __context: Any) -> None:
+        lo, hi = self.aug_scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"aug_scale {list(self.aug_scale)}: need 0 < low <= high")
+        if not 0 <= self.aug_flip_prob <= 1:
+            raise ValueError(f"aug_flip_prob {self.aug_flip_prob}: need a probability in [0, 1]")
+        if self.aug_rotate_deg < 0 or self.aug_shift < 0:
+            raise ValueError("aug_rotate_deg and aug_shift must be >= 0")
 
 
 class TrainConfig(StrictModel):

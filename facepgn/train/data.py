@@ -8,7 +8,10 @@ faces (``face_batch_to_tensors``): ``images`` (B,3,S,S) float in [0,1]; ``landma
 ``landmarks_3d`` (B,68,3) with ``has_3d`` (B,); ``landmarks_visible`` (B,68); ``id_coeffs`` (B,K),
 ``exp_coeffs`` (B,E) with ``has_coeffs`` (B,); ``pose`` (B,3), ``scale`` (B,), ``translation`` (B,3)
 with ``has_pose`` (B,). Crops of another size than the model's ``S`` are resized and their
-coordinates scaled (pixel centres at integers, as ``cv2.resize`` does).
+coordinates scaled (pixel centres at integers, as ``cv2.resize`` does). With ``augment`` the crops
+get colour jitter and, given ``geometric`` settings (:func:`augment_settings` of the data config), a
+random similarity each (scale, shift, in-plane rotation, mirror; :mod:`facepgn.augment`) with the
+landmarks, visibility and pose moved with the image and the coefficients dropped for mirrored crops.
 
 pairs (``pair_batch_to_tensors``): ``images_a``, ``images_b`` (B,3,S,S); ``flow`` (B,2,S,S) A->B in
 crop pixels; ``landmarks_2d_a``, ``landmarks_2d_b`` (B,68,2) with ``has_landmarks_2d`` (B,).
@@ -25,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from facepgn import augment as geometric_augment
 from facepgn import records
 from facepgn.errors import InputError
 
@@ -130,6 +134,17 @@ def augment_colour(images: torch.Tensor, generator: torch.Generator | None = Non
     return out.clamp(0.0, 1.0)
 
 
+def augment_settings(data_cfg: Any) -> geometric_augment.AugmentSettings | None:
+    """The geometric augmentation a training data config asks for (``config.TrainDataConfig``):
+    None when ``augment`` or ``geometric_augment`` is off."""
+    if not data_cfg.augment or not data_cfg.geometric_augment:
+        return None
+    return geometric_augment.AugmentSettings(
+        scale=tuple(data_cfg.aug_scale), rotate_deg=data_cfg.aug_rotate_deg, shift=data_cfg.aug_shift,
+        flip_prob=data_cfg.aug_flip_prob, border=data_cfg.aug_border,
+    )
+
+
 def _fit(vec: np.ndarray | None, n: int) -> np.ndarray:
     """Truncate or zero-pad coefficients to ``n`` modes."""
     out = np.zeros(n, np.float32)
@@ -150,14 +165,22 @@ def face_batch_to_tensors(
     face_model_name: str | None = None,
     augment: bool = False,
     generator: torch.Generator | None = None,
+    geometric: geometric_augment.AugmentSettings | None = None,
 ) -> dict[str, torch.Tensor]:
     """Face records (``FACE_RECORD_SCHEMA`` columns) -> tensors (see the module docstring).
 
     Coefficients count only where the record's ``face_model`` equals ``face_model_name`` (when both
     are known) and it has exactly ``num_exp`` expression weights (a truncated blendshape model keeps a
     chosen subset, ``FaceModel.truncated``); identity is truncated / zero-padded to ``num_id``.
+
+    ``augment`` (training only): colour jitter, and with ``geometric`` a random similarity per crop
+    (at ``input_size``, after resizing). Everything random comes from ``generator`` (one numpy seed
+    per crop is drawn from it first), so a seeded generator gives the same batch.
     """
     n = _num_rows(batch)
+    seeds = None
+    if augment and geometric is not None:
+        seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
     ids = column(batch, "record_id") or [f"row {i}" for i in range(n)]
     col = {name: column(batch, name) or [None] * n for name in (
         "image", "landmarks_2d", "landmarks_3d", "landmarks_visible", "pose", "scale", "translation",
@@ -176,21 +199,36 @@ def face_batch_to_tensors(
         has3d.append(p3 is not None)
         lm3d.append(rescale_points(p3, f) if p3 is not None else np.zeros((NUM_LANDMARKS, 3), np.float32))
         vis = col["landmarks_visible"][i]
-        visible.append(np.ones(NUM_LANDMARKS, np.float32) if vis is None else np.asarray(vis, np.float32).reshape(NUM_LANDMARKS))
+        vis = np.ones(NUM_LANDMARKS, np.float32) if vis is None else np.asarray(vis, np.float32).reshape(NUM_LANDMARKS)
         cid, cexp = _array(col["id_coeffs"][i], (-1,)), _array(col["exp_coeffs"][i], (-1,))
         name = col["face_model"][i]
         same_model = face_model_name is None or name is None or not face_model_name or name == face_model_name
         # identity modes are PCA-ordered (truncating is sound); expression blendshapes are a chosen
         # subset, so their count must match the model's exactly
-        has_coeffs.append(cid is not None and cexp is not None and same_model and cexp.size == num_exp)
+        coeffs_ok = cid is not None and cexp is not None and same_model and cexp.size == num_exp
         coeffs_id.append(_fit(cid, num_id))
         coeffs_exp.append(_fit(cexp, num_exp))
         pose, scale, trans = _array(col["pose"][i], (3,)), col["scale"][i], _array(col["translation"][i], (3,))
         ok = pose is not None and scale is not None and trans is not None
+        scale = float(scale) * f if scale is not None else None
+        trans = rescale_points(trans[None], f)[0] if trans is not None else None
+        if seeds is not None:
+            sim = geometric_augment.random_similarity(np.random.default_rng(seeds[i]), input_size, geometric)
+            images[-1], labels = geometric_augment.augment_record(
+                rgb, {"landmarks_2d": lm2d[-1], "landmarks_3d": lm3d[-1] if has3d[-1] else None, "landmarks_visible": vis,
+                      "pose": pose, "scale": scale, "translation": trans, "has_coeffs": coeffs_ok},
+                sim, geometric.border)
+            lm2d[-1] = labels["landmarks_2d"]
+            if has3d[-1]:
+                lm3d[-1] = labels["landmarks_3d"]
+            vis, pose, scale, trans = labels["landmarks_visible"], labels["pose"], labels["scale"], labels["translation"]
+            coeffs_ok = labels["has_coeffs"]
+        visible.append(np.asarray(vis, np.float32))
+        has_coeffs.append(coeffs_ok)
         has_pose.append(ok)
         poses.append(pose if pose is not None else np.zeros(3, np.float32))
-        scales.append(float(scale) * f if scale is not None else 0.0)
-        translations.append(rescale_points(trans[None], f)[0] if trans is not None else np.zeros(3, np.float32))
+        scales.append(scale if scale is not None else 0.0)
+        translations.append(trans if trans is not None else np.zeros(3, np.float32))
     out = {
         "images": images_to_tensor(images),
         "landmarks_2d": torch.from_numpy(np.stack(lm2d).astype(np.float32)),

@@ -139,7 +139,8 @@ def mixed_batches(
     gen = torch.Generator().manual_seed(seed)
     while True:
         faces = (
-            train_data.face_batch_to_tensors(next(lab_it), m.input_size, m.num_id, m.num_exp, face_model_name, d.augment, gen)
+            train_data.face_batch_to_tensors(next(lab_it), m.input_size, m.num_id, m.num_exp, face_model_name, d.augment, gen,
+                                             geometric=train_data.augment_settings(d))
             if lab_it is not None
             else None
         )

@@ -502,7 +502,8 @@ def _collate_class():
                 generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.count)
             m = self.cfg.model
             tensors = train_data.face_batch_to_tensors(
-                batch, m.input_size, m.num_id, m.num_exp, self.face_model_name, augment=self.cfg.data.augment, generator=generator
+                batch, m.input_size, m.num_id, m.num_exp, self.face_model_name, augment=self.cfg.data.augment, generator=generator,
+                geometric=train_data.augment_settings(self.cfg.data),
             )
             return _Collated(tensors, _ids(batch, "record_id"))
 
