@@ -24,7 +24,7 @@ from facepgn import evaluation, geometry
 from facepgn.pseudolabel import FitSettings, fit_face_model
 
 #: The oracle fit: no robust reweighting (the labels are the truth), depth at half weight.
-ORACLE_FIT = FitSettings(iterations=6, robust_scale=1e6, z_weight=0.5)
+ORACLE_FIT = FitSettings(iterations=6, robust_scale=1e6, z_weight=0.5, id_reg=2.0, exp_reg=0.5)
 
 
 @dataclass

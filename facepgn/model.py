@@ -231,10 +231,11 @@ def _vertex_normals(verts: torch.Tensor, triangles: torch.Tensor) -> torch.Tenso
 # ---- building, saving, loading -------------------------------------------------------------
 
 
-def face_arrays_from_model(face_model: Any, num_id: int, num_exp: int) -> dict[str, np.ndarray]:
-    """Arrays of a ``facepgn.facemodel.FaceModel`` truncated to ``num_id`` / ``num_exp`` modes."""
+def face_arrays_from_model(face_model: Any, num_id: int, num_exp: int, landmarks: str = "upstream") -> dict[str, np.ndarray]:
+    """Arrays of a ``facepgn.facemodel.FaceModel`` truncated to ``num_id`` / ``num_exp`` modes, with
+    the named landmark definition (applied after truncating, see ``FaceModel.with_landmarks``)."""
     if hasattr(face_model, "truncated"):
-        face_model = face_model.truncated(num_id, num_exp)
+        face_model = face_model.truncated(num_id, num_exp).with_landmarks(landmarks)
     out = {
         "mean": np.asarray(face_model.mean, dtype=np.float32),
         "id_basis": np.asarray(face_model.id_basis, dtype=np.float32)[:num_id],
@@ -254,7 +255,7 @@ def build_model(cfg: ModelConfig, face_model: Any = None) -> FaceReconstructor:
         from facepgn.facemodel import load_face_model
 
         face_model = load_face_model(cfg.face_model)
-    arrays = face_arrays_from_model(face_model, cfg.num_id, cfg.num_exp)
+    arrays = face_arrays_from_model(face_model, cfg.num_id, cfg.num_exp, cfg.landmarks)
     return FaceReconstructor(cfg, arrays, face_model_name=str(getattr(face_model, "name", "")))
 
 
