@@ -32,6 +32,7 @@ class FaceToLabel:
     subject_id: str
     frame_index: int = 0
     face_index: int = 0  # which face of the frame (0-based, detector order)
+    points: np.ndarray | None = None  # (5, 2) the detector's eye, nose and mouth points: level the teacher's crop
 
 
 @dataclass
@@ -263,8 +264,10 @@ class FaceLabeller:
     Settings (the ``labeller`` section of the label job's config):
     ``landmarks`` the landmark definition of the records (``facemodel.LANDMARK_DEFINITIONS``);
     ``num_id`` / ``num_exp`` the face model's truncation (the training model's, so the coefficients
-    supervise it); ``image_size`` and ``face_fill`` the record crops; rejection thresholds
-    ``min_presence`` (MediaPipe's face probability), ``min_face_px`` (detector box side),
+    supervise it); ``image_size`` and ``crop_margin`` the record crops (0.2 of the landmarks'
+    extent on each side: the face fills 0.71 of the crop, as in AFLW2000-3D's roi crops);
+    rejection thresholds ``min_presence`` (MediaPipe's face probability), ``min_face_size``
+    (detector box side, pixels),
     ``max_teacher_disagreement`` (inner-point distance between MediaPipe and the 68-point network,
     / face size), ``max_fit_residual`` (/ face size), ``max_abs_yaw_deg`` (MediaPipe is poor beyond
     about 45-60 degrees); ``fit_iterations``, ``id_reg``, ``exp_reg``; the files ``face_model``,
@@ -277,10 +280,10 @@ class FaceLabeller:
         landmarks: str = "auto",
         num_id: int = 40,
         num_exp: int = 20,
-        image_size: int = 160,
-        face_fill: float = 0.62,
+        image_size: int = 128,
+        crop_margin: float = 0.2,
         min_presence: float = 0.5,
-        min_face_px: float = 40.0,
+        min_face_size: float = 40.0,
         max_teacher_disagreement: float = 0.06,
         max_fit_residual: float = 0.04,
         max_abs_yaw_deg: float = 55.0,
@@ -306,8 +309,8 @@ class FaceLabeller:
         self.weights[list(MESH_FACE_OVAL)] = self.settings.oval_weight
         self.mesh = teachers.MediaPipeMesh(mediapipe_model, threads=threads)
         self.peppa = faces.LandmarkModel(landmark_model)
-        self.image_size, self.face_fill = int(image_size), float(face_fill)
-        self.min_presence, self.min_face_px = float(min_presence), float(min_face_px)
+        self.image_size, self.face_fill = int(image_size), 1.0 / (1.0 + 2.0 * float(crop_margin))
+        self.min_presence, self.min_face_px = float(min_presence), float(min_face_size)
         self.max_disagreement, self.max_residual = float(max_teacher_disagreement), float(max_fit_residual)
         self.max_yaw = float(max_abs_yaw_deg)
 
@@ -326,7 +329,8 @@ class FaceLabeller:
                 outcomes[i] = LabelOutcome(None, "too_small", {"box_px": side}, timings)
                 continue
             t0 = time.perf_counter()
-            mesh = self.mesh.predict(face.image, face.box)
+            eyes = None if face.points is None else np.asarray(face.points)[:2]
+            mesh = self.mesh.predict(face.image, face.box, eyes)
             t1 = time.perf_counter()
             peppa = self.peppa.predict(face.image, face.box)
             t2 = time.perf_counter()
