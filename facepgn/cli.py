@@ -27,6 +27,8 @@ COMMAND_MODULES = [
     "facepgn.commands.export",
     "facepgn.commands.evaluate",
     "facepgn.commands.labelled",
+    "facepgn.commands.label",
+    "facepgn.commands.profile",
 ]
 
 

@@ -595,13 +595,15 @@ class LabellerSettings(StrictModel):
     mediapipe_model: _LOptional[str] = None  # MediaPipe face_landmark.tflite, the 468-point 3D teacher; None: facepgn.paths.resolve_asset("mediapipe_mesh")
     landmark_model: _LOptional[str] = None  # the 68-point 2D teacher (Peppa ONNX); None: facepgn.paths.resolve_asset("landmarks")
     fit_iterations: int = 8  # rounds of pose / coefficient fitting per face
+    id_reg: float = 0.5  # fit prior: weight of |identity coefficients|^2 against the point residuals
+    exp_reg: float = 0.5  # fit prior: weight of |expression coefficients|^2
     image_size: int = 128  # side of the record's square crop, pixels
     crop_margin: float = 0.2  # context around the face in the crop, fraction of the face's extent on each side
-    min_face_size: float = 64.0  # detector box side in pixels of the frame or photo the labeller gets (decoded at most decode_max_side); smaller: too_small
+    min_face_size: float = 40.0  # detector box side in pixels of the frame or photo the labeller gets (decoded at most decode_max_side); smaller: too_small
     min_presence: float = 0.5  # the 3D teacher's face-presence probability; lower: no_face
     max_teacher_disagreement: float = 0.06  # mean distance between the two teachers' 51 inner points / face size; more: teachers_disagree
-    max_fit_residual: float = 0.05  # mean 2D distance between the teacher's points and the fitted model's / face size; more: fit_residual
-    max_abs_yaw_deg: float = 75.0  # |yaw| of the fitted pose, degrees; more: yaw_out_of_range
+    max_fit_residual: float = 0.04  # mean 2D distance between the teacher's points and the fitted model's / face size; more: fit_residual
+    max_abs_yaw_deg: float = 55.0  # |yaw| of the fitted pose, degrees (MediaPipe is poor beyond about 45-60); more: yaw_out_of_range
 
 
 class LabelConfig(StrictModel):

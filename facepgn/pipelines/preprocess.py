@@ -22,26 +22,22 @@ seeded per (seed, video, track), so a resumed run writes the same shards as an u
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
-import io
 import json
 import logging
-import re
 import resource
 import time
-import traceback
-import warnings
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 
-from facepgn import __version__, paths, records, storage
+from facepgn import paths, records, storage
 from facepgn.config import PreprocessConfig
 from facepgn.errors import FacepgnError, InputError
+from facepgn.pipelines import common
 
 log = logging.getLogger("facepgn.preprocess")
 
@@ -147,14 +143,9 @@ class VideoProcessor:
         try:
             storage.remove(shard_dir(self.output, result.video_id))  # stale shards of an interrupted run
             self._process(item, result, timings)
-        except InputError as exc:
+        except Exception as exc:  # bad input, or a bug / library error: record it, go on
             result.status = "partial" if result.pairs else "skipped"
-            result.reason = str(exc.cause)
-        except Exception as exc:  # a bug or an unexpected library error: record it, go on
-            result.status = "partial" if result.pairs else "skipped"
-            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            result.reason = f"unexpected error: {last[:300]}"
-            log.exception("%s: unexpected error", item["path"])
+            result.reason = common.failure_reason(exc, item["path"], log)
         result.timings = {k: round(v, 4) for k, v in timings.items()}
         result.seconds = round(time.perf_counter() - start, 4)
         result.cpu_seconds = round(time.process_time() - cpu_start, 4)
@@ -321,18 +312,14 @@ class VideoProcessor:
             )
 
     def _write_shard(self, result: VideoResult, buffer: list[dict], timings: dict) -> None:
-        import pyarrow.parquet as pq
-
         rows = buffer[: self.cfg.shard_max_pairs]
         del buffer[: len(rows)]
         t0 = time.perf_counter()
-        table = records.to_table(rows, "frame_pair")
-        sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
+        data = common.parquet_bytes(records.to_table(rows, "frame_pair"))
         timings["encode"] += time.perf_counter() - t0
         name = f"part-{len(result.shards):05d}.parquet"
         t0 = time.perf_counter()
-        storage.atomic_write_bytes(storage.join(shard_dir(self.output, result.video_id), name), sink.getvalue())
+        storage.atomic_write_bytes(storage.join(shard_dir(self.output, result.video_id), name), data)
         timings["write"] += time.perf_counter() - t0
         result.shards.append(f"{SHARDS_DIR}/{result.video_id}/{name}")
         result.pairs += len(rows)
@@ -368,17 +355,6 @@ def resolve_config(cfg: PreprocessConfig) -> PreprocessConfig:
     return cfg
 
 
-def _read_markers(output: str) -> dict[str, dict]:
-    found = {}
-    for path in storage.list_files(storage.join(output, MARKERS_DIR), extensions=[".json"], recursive=False):
-        try:
-            data = json.loads(storage.read_text(path))
-            found[data["video_id"]] = data
-        except (OSError, ValueError, KeyError):
-            continue  # an unreadable marker: the video is simply redone
-    return found
-
-
 def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, Any]:
     """Run the whole job; returns the summary (also written to ``<output>/summary.json``).
 
@@ -398,7 +374,7 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, An
     if not items:
         raise InputError(cfg.input, f"no video files found (extensions {', '.join(cfg.extensions)})")
     storage.makedirs(output)
-    markers = {} if cfg.overwrite else _read_markers(output)
+    markers = {} if cfg.overwrite else common.read_markers(storage.join(output, MARKERS_DIR), "video_id")
     item_ids = {it.video_id for it in items}
     markers = {k: v for k, v in markers.items() if k in item_ids}
 
@@ -434,7 +410,7 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, An
 
     summary = _summary(cfg, items, markers, results, already_done, run_seconds, time.perf_counter() - started)
     storage.atomic_write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=1))
-    storage.atomic_write_text(storage.join(output, "errors.csv"), _errors_csv(items, markers))
+    storage.atomic_write_text(storage.join(output, "errors.csv"), common.errors_csv([markers.get(it.video_id) for it in items], "video_id"))
     if summary["videos_read"] == 0 and summary["videos_skipped_count"]:
         first = summary["videos_skipped"][0]
         raise FacepgnError(
@@ -454,43 +430,21 @@ def _execute(pending: list, cfg: PreprocessConfig, output: str) -> Iterable[dict
     import ray
 
     config_json = cfg.model_dump_json()
-    # A video whose task dies (after Ray's retries) must not fail the whole job: let Ray Data skip
+    # A video whose task dies (after Ray's retries) must not fail the whole job: Ray Data skips
     # its block; run_preprocess records it as skipped.
-    context = ray.data.DataContext.get_current()
-    saved_errored_blocks = context.max_errored_blocks
-    context.max_errored_blocks = len(pending)
-    ds = ray.data.from_items([it.to_dict() for it in pending], override_num_blocks=len(pending))
-    extra = {"concurrency": cfg.max_concurrent_videos} if cfg.max_concurrent_videos else {}
-    with warnings.catch_warnings():
-        # max_retries has no named parameter yet (Ray 2.60 deprecates the **ray_remote_args route
-        # without a replacement); a video that kills its worker every time is given up after 2
-        # retries instead of Ray Data's default of retrying forever.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-        ds = ds.map(
-            _ray_process_row,
-            fn_kwargs={"config_json": config_json, "output": output},
-            num_cpus=cfg.num_cpus_per_video,
-            max_retries=2,
-            **extra,
-        )
-    try:
+    with common.ray_data_context(max_errored_blocks=len(pending)):
+        ds = ray.data.from_items([it.to_dict() for it in pending], override_num_blocks=len(pending))
+        extra = {"concurrency": cfg.max_concurrent_videos} if cfg.max_concurrent_videos else {}
+        with common.remote_args_allowed():
+            ds = ds.map(
+                _ray_process_row,
+                fn_kwargs={"config_json": config_json, "output": output},
+                num_cpus=cfg.num_cpus_per_video,
+                max_retries=2,
+                **extra,
+            )
         for row in ds.iter_rows():
             yield json.loads(row["result"])
-    finally:
-        context.max_errored_blocks = saved_errored_blocks
-
-
-def _versions() -> dict[str, str]:
-    import cv2
-    import pyarrow
-
-    out = {"facepgn": __version__, "opencv": cv2.__version__, "pyarrow": pyarrow.__version__, "numpy": np.__version__}
-    for name in ("ray", "decord"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:  # optional at summary time
-            pass
-    return out
 
 
 def _summary(cfg, items, markers, results, already_done, run_seconds, total_seconds) -> dict[str, Any]:
@@ -533,20 +487,9 @@ def _summary(cfg, items, markers, results, already_done, run_seconds, total_seco
             "cpu_s": round(sum(r.get("cpu_seconds", 0.0) for r in results), 3),  # CPU time spent on them
             "max_worker_rss_mb": max((r["peak_rss_mb"] for r in results), default=None),
         },
-        "versions": _versions(),
+        "versions": common.versions("ray", "decord"),
         "config": cfg.model_dump(mode="json"),
     }
-
-
-def _errors_csv(items, markers) -> str:
-    sink = io.StringIO()
-    writer = csv.writer(sink)
-    writer.writerow(["video_id", "path", "status", "reason"])
-    for it in items:
-        m = markers.get(it.video_id)
-        if m and m["status"] != "ok":
-            writer.writerow([m["video_id"], m["path"], m["status"], m["reason"]])
-    return sink.getvalue()
 
 
 # ---- reading shards back ---------------------------------------------------------------------

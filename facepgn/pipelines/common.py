@@ -1,0 +1,303 @@
+"""What the per-item Ray Data jobs share (``preprocess``, ``label``, ``profile``).
+
+* Done markers: one small JSON file per finished input item (:func:`read_markers`); a rerun skips
+  the items that have one. ``errors.csv`` (:func:`errors_csv`) lists the items not fully read.
+* :func:`failure_reason`: the one-line reason recorded for an item that failed.
+* :class:`StageClock`: wall and CPU seconds per stage of one item; :func:`stage_throughput` turns
+  summed stage CPU seconds into faces per second per core for ``summary.json``.
+* :func:`yaw_histogram`: 10-degree bins of |yaw| for ``summary.json``.
+* :func:`run_items`: streams items through a Ray Data actor pool (``map_batches`` with
+  ``ActorPoolStrategy``, fractional CPUs, sized from the cluster's CPUs), one item per call; each
+  actor builds the job's heavy per-process state (models) once. Or a plain loop (``executor: local``).
+* :func:`contact_sheet_png`: a sample of face records drawn with their 68 landmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import time
+import traceback
+import warnings
+from collections import defaultdict
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from facepgn import __version__, storage
+from facepgn.errors import InputError
+
+YAW_BIN_DEG = 10
+
+
+# ---- done markers, errors.csv ------------------------------------------------------------------
+
+
+def read_markers(folder: str, key: str) -> dict[str, dict]:
+    """The done markers (``*.json``) in ``folder`` by their ``key`` field; unreadable ones are left
+    out (their items are simply redone)."""
+    found = {}
+    for path in storage.list_files(folder, extensions=[".json"], recursive=False):
+        try:
+            data = json.loads(storage.read_text(path))
+            found[data[key]] = data
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def errors_csv(markers: Iterable[Mapping[str, Any]], key: str) -> str:
+    """``<key>, path, status, reason`` for every marker whose status is not ``ok`` (in the given order)."""
+    sink = io.StringIO()
+    writer = csv.writer(sink)
+    writer.writerow([key, "path", "status", "reason"])
+    for m in markers:
+        if m and m["status"] != "ok":
+            writer.writerow([m[key], m["path"], m["status"], m["reason"]])
+    return sink.getvalue()
+
+
+def failure_reason(exc: BaseException, path: str, log: logging.Logger) -> str:
+    """One line for an item that failed: the cause of an :class:`InputError` (bad input), else
+    ``unexpected error: ...`` (a bug or a library failure; its traceback goes to ``log``)."""
+    if isinstance(exc, InputError):
+        return " ".join(str(exc.cause).split())
+    last = " ".join(traceback.format_exception_only(type(exc), exc)[-1].split())
+    log.error("%s: unexpected error", path, exc_info=exc)
+    return f"unexpected error: {last[:300]}"
+
+
+def json_text(data: Any) -> str:
+    """Markers and summaries: indented JSON (numpy scalars and arrays as numbers and lists)."""
+    return json.dumps(data, indent=1, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+
+
+def parquet_bytes(table) -> bytes:
+    """A pyarrow table as zstd-compressed Parquet file bytes (written with ``storage.atomic_write_bytes``)."""
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+# ---- summary pieces ----------------------------------------------------------------------------
+
+
+def versions(*optional: str) -> dict[str, str]:
+    """facepgn's, OpenCV's, pyarrow's and numpy's versions, plus those of the ``optional`` modules
+    that import (ray, decord, torch, ...)."""
+    import cv2
+    import pyarrow
+
+    out = {"facepgn": __version__, "opencv": cv2.__version__, "pyarrow": pyarrow.__version__, "numpy": np.__version__}
+    for name in optional:
+        try:
+            out[name] = str(__import__(name).__version__)
+        except Exception:  # noqa: BLE001 - optional at summary time
+            pass
+    return out
+
+
+def yaw_histogram(yaws_deg: Iterable[float]) -> list[int]:
+    """Counts of |yaw| in 10-degree bins [0, 10), [10, 20), ..., [80, 90] (90 and beyond in the last)."""
+    counts = [0] * (90 // YAW_BIN_DEG)
+    for yaw in yaws_deg:
+        if yaw is None or not math.isfinite(yaw):
+            continue
+        counts[min(len(counts) - 1, int(abs(yaw) // YAW_BIN_DEG))] += 1
+    return counts
+
+
+def yaw_histogram_labels(counts: Sequence[int]) -> dict[str, int]:
+    """``{"0-10": n, ..., "80-90": n}`` for summary.json."""
+    return {f"{i * YAW_BIN_DEG}-{(i + 1) * YAW_BIN_DEG}": int(c) for i, c in enumerate(counts)}
+
+
+def record_yaw_deg(record: Mapping[str, Any]) -> float | None:
+    """|yaw| in degrees from a face record's ``pose`` (pitch, yaw, roll radians); None without one."""
+    pose = record.get("pose")
+    if pose is None:
+        return None
+    pose = np.asarray(pose, dtype=np.float64).reshape(-1)
+    return float(abs(np.degrees(pose[1]))) if pose.size >= 2 and np.isfinite(pose[1]) else None
+
+
+def add_counts(total: dict, part: Mapping[str, float]) -> dict:
+    """``total[k] += part[k]`` for every key (the dict is returned for chaining)."""
+    for k, v in part.items():
+        total[k] = total.get(k, 0) + v
+    return total
+
+
+class StageClock:
+    """Wall and CPU seconds per stage of one item: ``with clock("detect"): ...``.
+
+    CPU seconds are the process's (every thread), so faces / CPU seconds is faces per second per
+    core whatever else shares the machine."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[stage] += time.perf_counter() - t0
+            self.cpu[stage] += time.process_time() - c0
+
+    def rounded(self) -> tuple[dict[str, float], dict[str, float]]:
+        return {k: round(v, 4) for k, v in self.wall.items()}, {k: round(v, 4) for k, v in self.cpu.items()}
+
+
+def stage_throughput(count: float, wall_s: Mapping[str, float], cpu_s: Mapping[str, float], stages: Iterable[str]) -> dict[str, dict]:
+    """Per stage: summed wall and CPU seconds and ``count`` per CPU second (per core)."""
+    out = {}
+    for stage in stages:
+        cpu, wall = float(cpu_s.get(stage, 0.0)), float(wall_s.get(stage, 0.0))
+        out[stage] = {
+            "wall_s": round(wall, 3),
+            "cpu_s": round(cpu, 3),
+            "per_s_per_core": round(count / cpu, 2) if cpu > 0 and count else None,
+        }
+    return out
+
+
+# ---- running items -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ray_data_context(max_errored_blocks: int = 0):
+    """This pipeline's Ray Data settings, restored afterwards (other pipelines in the same process
+    keep theirs). Datasets bind the context when they are created: create them inside.
+    ``max_errored_blocks``: items whose worker dies (after Ray's retries) are dropped from the stream
+    instead of failing the job; the caller records them."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.max_errored_blocks, ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    ctx.max_errored_blocks = max_errored_blocks
+    ctx.execution_options.preserve_order = False
+    ctx.enable_progress_bars = False  # the jobs log one line per finished item instead
+    try:
+        yield ctx
+    finally:
+        ctx.max_errored_blocks, ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+
+@contextlib.contextmanager
+def remote_args_allowed():
+    """Ray 2.60 deprecates passing ``max_retries`` / ``max_task_retries`` to ``map``/``map_batches``
+    through ``**ray_remote_args`` without a named replacement; the jobs use them so that an item
+    which kills its worker every time is given up after a few retries instead of forever."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        yield
+
+
+def actor_pool_size(num_cpus_per_actor: float, max_actors: int | None, num_items: int) -> int:
+    """As many actors as the cluster's CPUs hold at ``num_cpus_per_actor`` each, at most
+    ``max_actors`` (if set) and the number of items, at least 1."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    size = max(1, int(cpus / max(num_cpus_per_actor, 1e-3) + 1e-6))
+    if max_actors:
+        size = min(size, max_actors)
+    return max(1, min(size, num_items))
+
+
+class ItemActor:
+    """Ray Data callable class: builds the job's per-process worker once (``make_worker()``: models
+    load once per actor), then runs it on each item of a batch (items travel as JSON strings, the
+    results come back as JSON strings: small, whatever the item's data)."""
+
+    def __init__(self, make_worker: Callable[[], Callable[[dict], dict]]):
+        self.worker = make_worker()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = [json.dumps(self.worker(json.loads(str(item)))) for item in batch["item"]]
+        return {"result": np.asarray(results, dtype=object)}
+
+
+def run_items(
+    items: Sequence[dict],
+    make_worker: Callable[[], Callable[[dict], dict]],
+    *,
+    executor: str = "ray",
+    num_cpus: float = 0.5,
+    max_actors: int | None = None,
+    max_task_retries: int = 2,
+) -> Iterator[dict]:
+    """Run ``make_worker()(item)`` for every item; yields each item's result dict as it finishes.
+
+    ``executor="ray"``: a Ray Data stream, one item per block, through an actor pool of
+    :func:`actor_pool_size` actors with ``num_cpus`` CPUs each (fractional on small machines); an
+    item whose actor dies is retried ``max_task_retries`` times, then left out of the results (the
+    caller records it). ``executor="local"``: a plain loop in this process (debugging, baselines).
+    ``make_worker`` must pickle (a class or a ``functools.partial`` of one)."""
+    if not items:
+        return
+    if executor == "local":
+        worker = make_worker()
+        for item in items:
+            yield worker(dict(item))
+        return
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, log_to_driver=True)
+    pool = actor_pool_size(num_cpus, max_actors, len(items))
+    with ray_data_context(max_errored_blocks=len(items)):
+        ds = ray.data.from_items([{"item": json.dumps(dict(it))} for it in items], override_num_blocks=len(items))
+        with remote_args_allowed():
+            ds = ds.map_batches(
+                ItemActor,
+                fn_constructor_kwargs={"make_worker": make_worker},
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
+                num_cpus=num_cpus,
+                max_task_retries=max_task_retries,
+            )
+        for row in ds.iter_rows():
+            yield json.loads(row["result"])
+
+
+# ---- contact sheet -------------------------------------------------------------------------------
+
+
+def contact_sheet_png(shards: Sequence[str], limit: int = 48, columns: int = 8) -> bytes | None:
+    """PNG bytes of up to ``limit`` face records (their crops with the 68 ``landmarks_2d`` drawn;
+    hidden points red where ``landmarks_visible`` says so), sampled evenly over ``shards`` (local or
+    ``s3://`` Parquet files) and over the rows of each. None when there is nothing to show."""
+    import cv2
+    import pyarrow.parquet as pq
+
+    from facepgn import records, render
+
+    if limit <= 0 or not shards:
+        return None
+    picked = [shards[int(i)] for i in np.unique(np.linspace(0, len(shards) - 1, min(limit, len(shards))).round())]
+    per_shard = max(1, math.ceil(limit / len(picked)))
+    tiles: list[np.ndarray] = []
+    for path in picked:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(path)), columns=["image", "landmarks_2d", "landmarks_visible"])
+        if table.num_rows == 0:
+            continue
+        rows = np.unique(np.linspace(0, table.num_rows - 1, min(per_shard, table.num_rows)).round()).astype(int)
+        for row in table.take(rows).to_pylist():
+            crop = records.decode_image(row["image"])
+            tile = render.draw_landmarks(crop, np.asarray(row["landmarks_2d"], np.float32).reshape(-1, 2), visible=row["landmarks_visible"])
+            if tiles and tile.shape != tiles[0].shape:
+                tile = cv2.resize(tile, tiles[0].shape[1::-1], interpolation=cv2.INTER_AREA)
+            tiles.append(tile)
+    if not tiles:
+        return None
+    return records.encode_image(render.contact_sheet(tiles[:limit], columns=columns), ".png")
