@@ -204,3 +204,54 @@ def download_asset(name: str, dest: str | os.PathLike | None = None, url: str | 
     pinned = PinnedFile(target.name, url or asset.url, asset.sha256, asset.size)
     counts = fetch_all([pinned], target.parent, show_progress=show_progress)
     return {**counts, "output": str(target)}
+
+
+# ---- MediaPipe face mesh ----------------------------------------------------------------------
+
+#: MediaPipe publishes face_landmark.tflite only inside its wheels; this one (CPython 3.11, manylinux)
+#: is pinned, and the file is extracted from it and checked against its own pinned checksum.
+MEDIAPIPE_WHEEL = PinnedFile(
+    "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+    "https://files.pythonhosted.org/packages/cp311/m/mediapipe/mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+    "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
+    35622638,
+)
+MEDIAPIPE_MEMBER = "mediapipe/modules/face_landmark/face_landmark.tflite"
+
+
+def download_mediapipe(dest: str | os.PathLike | None = None, wheel: PinnedFile = MEDIAPIPE_WHEEL,
+                       canonical_url: str | None = None, show_progress: bool = True, keep_wheel: bool = False) -> dict:
+    """Fetch MediaPipe's face mesh: the pinned wheel, from which ``face_landmark.tflite`` is extracted
+    and verified, and ``canonical_face_model.obj`` from GitHub at a pinned commit. Into the cache's
+    ``landmarks/mediapipe/`` (or ``dest``). The wheel is deleted afterwards unless ``keep_wheel``."""
+    import zipfile
+
+    from facepgn.paths import ASSETS, cache_dir
+
+    mesh, canon = ASSETS["mediapipe_mesh"], ASSETS["mediapipe_canonical"]
+    folder = Path(dest).expanduser() if dest else cache_dir() / Path(mesh.cache_relpath).parent
+    target = folder / Path(mesh.cache_relpath).name
+    pinned_mesh = PinnedFile(target.name, "", mesh.sha256 or "", mesh.size or 0)
+    counts = {"files": 2, "downloaded": 0, "already_verified": 0}
+    if is_verified(target, pinned_mesh):
+        counts["already_verified"] += 1
+    else:
+        wheel_path, _ = fetch(wheel, folder, progress=None)
+        try:
+            with zipfile.ZipFile(wheel_path) as zf:
+                data = zf.read(MEDIAPIPE_MEMBER)
+        except (zipfile.BadZipFile, KeyError, OSError) as exc:
+            raise InputError(wheel_path, f"cannot extract {MEDIAPIPE_MEMBER} ({exc.__class__.__name__})") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != pinned_mesh.size or digest != pinned_mesh.sha256:
+            raise InputError(wheel_path, f"{MEDIAPIPE_MEMBER}: checksum mismatch (got sha256 {digest[:12]}..., expected {pinned_mesh.sha256[:12]}...)")
+        part = folder / f".{target.name}.part"
+        part.write_bytes(data)
+        os.replace(part, target)
+        counts["downloaded"] += 1
+        if not keep_wheel:
+            wheel_path.unlink(missing_ok=True)
+    canon_file = PinnedFile(Path(canon.cache_relpath).name, canonical_url or canon.url or "", canon.sha256 or "", canon.size or 0)
+    _, fetched = fetch(canon_file, folder, progress=None)
+    counts["downloaded" if fetched else "already_verified"] += 1
+    return {**counts, "output": str(target), "canonical": str(folder / canon_file.name)}

@@ -199,3 +199,47 @@ def test_download_detector_asset(shared, tmp_path, capsys, monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_download_mediapipe_extracts_the_pinned_file(shared, tmp_path):
+    """A wheel-shaped zip holding the real face_landmark.tflite, served over HTTP, pinned by its own
+    checksum: the tflite is extracted and verified, the canonical mesh fetched; a zip whose member
+    does not match the pinned tflite is refused with a one-line error and leaves nothing behind."""
+    import hashlib
+    import zipfile
+
+    from facepgn import download
+    from facepgn.errors import InputError
+
+    root = tmp_path / "mirror"
+    root.mkdir()
+    mp_dir = shared / "landmarks" / "mediapipe"
+    with zipfile.ZipFile(root / "good.whl", "w") as zf:
+        zf.write(mp_dir / "face_landmark.tflite", download.MEDIAPIPE_MEMBER)
+    with zipfile.ZipFile(root / "bad.whl", "w") as zf:
+        zf.writestr(download.MEDIAPIPE_MEMBER, b"not the model")
+    shutil.copyfile(mp_dir / "canonical_face_model.obj", root / "canonical_face_model.obj")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_RangeHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def pinned(name):
+        data = (root / name).read_bytes()
+        return download.PinnedFile(name, f"{base}/{name}", hashlib.sha256(data).hexdigest(), len(data))
+
+    try:
+        dest = tmp_path / "out"
+        result = download.download_mediapipe(dest, wheel=pinned("good.whl"), canonical_url=f"{base}/canonical_face_model.obj",
+                                             show_progress=False)
+        assert (dest / "face_landmark.tflite").read_bytes() == (mp_dir / "face_landmark.tflite").read_bytes()
+        assert (dest / "canonical_face_model.obj").read_bytes() == (mp_dir / "canonical_face_model.obj").read_bytes()
+        assert result["downloaded"] == 2 and not (dest / "good.whl").exists()
+        again = download.download_mediapipe(dest, wheel=pinned("good.whl"), canonical_url=f"{base}/canonical_face_model.obj",
+                                            show_progress=False)
+        assert again["already_verified"] == 2
+        with pytest.raises(InputError, match="checksum mismatch") as err:
+            download.download_mediapipe(tmp_path / "bad", wheel=pinned("bad.whl"), show_progress=False)
+        assert "\n" not in str(err.value) and not (tmp_path / "bad" / "face_landmark.tflite").exists()
+    finally:
+        server.shutdown()

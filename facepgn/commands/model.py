@@ -4,6 +4,7 @@
     facepgn model convert PATH --out FILE.npz  # any of the above -> the canonical file
     facepgn model download ict [--dest DIR] [--base-url URL] [--sha-table FILE] [--allow-missing]
     facepgn model download detector|landmarks [--dest DIR] [--url URL]
+    facepgn model download mediapipe [--dest DIR]   # face_landmark.tflite (from the pinned wheel) + canonical mesh
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ def register(subparsers) -> None:
     convert.set_defaults(handler=run_convert)
 
     download = sub.add_parser("download", help="download checksum-pinned upstream files")
-    download.add_argument("what", choices=["ict", "detector", "landmarks"],
+    download.add_argument("what", choices=["ict", "detector", "landmarks", "mediapipe"],
                           help="ict: the ICT-FaceKit model (159 files, 405 MB) -> ict_face_area.npz; "
-                               "detector / landmarks: the ONNX models")
+                               "detector / landmarks: the ONNX models; mediapipe: the face-mesh teacher "
+                               "(extracted from the pinned mediapipe 0.10.21 wheel, 36 MB) and its canonical mesh")
     download.add_argument("--dest", default=None,
                           help="destination folder (default: ~/.cache/facepgn/models for ict, the cache for the others)")
     download.add_argument("--base-url", default=None,
@@ -118,6 +120,11 @@ def run_download(args: argparse.Namespace) -> int:
               f"({result['files']} files, sha256 checked) in {result['raw_dir']}")
         print(f"wrote {result['output']}: {m['vertices']} vertices, {m['identity_modes']} identity modes, "
               f"{m['expressions']} expressions")
+        return 0
+    if args.what == "mediapipe":
+        result = download.download_mediapipe(args.dest, show_progress=not args.quiet)
+        print(f"mediapipe: {result['output']} and {result['canonical']} ({result['downloaded']} downloaded, "
+              f"{result['already_verified']} already verified, sha256 checked)")
         return 0
     result = download.download_asset(args.what, dest=args.dest, url=args.url, show_progress=not args.quiet)
     state = "downloaded" if result["downloaded"] else "already present and verified"
