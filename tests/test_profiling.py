@@ -1,0 +1,145 @@
+"""Face profiling (facepgn.profiling) on synthetic faces rendered from known coefficients: the views'
+labels are the model's, the texture really moves with the head, poses cover large yaw, bad records
+are skipped with a reason, rows fit the face-record schema."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facepgn import profiling, records, render, synthetic
+from facepgn.geometry import euler_to_matrix, project
+
+SETTINGS = synthetic.FaceSettings(size=128, yaw_max_deg=25, pitch_max_deg=10, roll_max_deg=10)
+MAGENTA = np.array([255, 0, 255], np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return synthetic.face_model_for(SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def source(model):
+    face, row = synthetic.synthesize_face(3, 11, SETTINGS, model)
+    return face, row
+
+
+def _face_mask(model, row) -> np.ndarray:
+    """The closed face mesh rasterised with the row's own pose/scale/translation (independent of profiling)."""
+    skin = synthetic.face_skin(model)
+    verts = skin.close(synthetic.model_vertices(model, row["id_coeffs"], row["exp_coeffs"]))
+    img = project(verts, float(row["scale"]), euler_to_matrix(np.asarray(row["pose"], np.float64)),
+                  np.asarray(row["translation"], np.float64))
+    return render.rasterize(img, skin.triangles, row["image_size"], row["image_size"]).mask
+
+
+def _patch_mean(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    x, y = int(round(xy[0])), int(round(xy[1]))
+    return image[max(y - 1, 0): y + 2, max(x - 1, 0): x + 2].reshape(-1, 3).astype(np.float64).mean(0)
+
+
+def test_view_landmarks_are_where_the_model_puts_them_and_on_the_rendered_face(model, source):
+    _, row = source
+    poses = np.radians([[0.0, 80.0, 0.0], [-20.0, -45.0, 15.0], [30.0, 10.0, -25.0]])
+    background = np.broadcast_to(MAGENTA, (128, 128, 3)).copy()
+    rows = profiling.profile_views(row, model, 3, np.random.default_rng(0), background=background, poses=poses)
+    assert len(rows) == 3
+    lm_model = np.asarray(model.landmarks(row["id_coeffs"], row["exp_coeffs"]), np.float64)
+    for view, pose in zip(rows, poses):
+        np.testing.assert_allclose(view["pose"], pose, atol=1e-6)
+        expected = project(lm_model, view["scale"], euler_to_matrix(pose), np.asarray(view["translation"], np.float64))
+        np.testing.assert_allclose(np.asarray(view["landmarks_3d"]).reshape(68, 3), expected, atol=1e-3)
+        np.testing.assert_allclose(expected[:, 2].mean(), 0.0, atol=1e-3)  # z centred, as records want
+        image = records.decode_image(view["image"])
+        mask = _face_mask(model, view)
+        visible = np.asarray(view["landmarks_visible"])
+        assert 20 <= visible.sum() <= 68
+        pts = np.round(expected[visible, :2]).astype(int)
+        near = np.zeros_like(mask)  # the mask grown by a pixel: rounding
+        near[1:-1, 1:-1] = mask[1:-1, 1:-1] | mask[:-2, 1:-1] | mask[2:, 1:-1] | mask[1:-1, :-2] | mask[1:-1, 2:]
+        assert near[pts[:, 1], pts[:, 0]].all(), "a visible landmark is off the face mesh"
+        # The view's pixels there are the face, not the magenta scene behind it.
+        not_scene = np.abs(image.astype(int) - MAGENTA.astype(int)).sum(-1) > 120
+        assert not_scene[pts[:, 1], pts[:, 0]].mean() > 0.95
+        assert not_scene[mask].mean() > 0.95
+        # Same person, same labels source; a synthetic frame of its own.
+        assert view["subject_id"] == row["subject_id"] and view["parent_record_id"] == row["record_id"]
+        assert view["record_id"].startswith(row["record_id"] + "/view")
+        np.testing.assert_array_equal(view["id_coeffs"], row["id_coeffs"])
+        np.testing.assert_allclose(view["crop_to_frame"], records.crop_transform(0, 0, 128, 128).reshape(-1))
+
+
+def test_texture_moves_with_the_head(model, source):
+    face, row = source
+    src_img = face.image
+    src_lm = np.asarray(row["landmarks_3d"]).reshape(68, 3)
+    src_vis = np.asarray(row["landmarks_visible"])
+    pose = np.asarray(row["pose"], np.float64)
+    turned = pose + np.radians([0.0, 20.0 * (1 if pose[1] < 0 else -1), 0.0])
+    out = profiling.profile_record(row, model, 2, np.random.default_rng(0), poses=np.stack([pose, turned]))
+    assert out.reason is None and len(out.rows) == 2
+    # The source pose reproduces the source crop on the face.
+    same = records.decode_image(out.rows[0]["image"]).astype(np.float64)
+    mask = face.rendering.mask
+    assert np.abs(same[mask] - src_img[mask]).mean() < 6.0
+    # Turned 20 degrees: at landmarks seen in both views the colour is the source's colour there,
+    # much closer than the colour of other landmarks (the texture moved with the geometry).
+    view = out.rows[1]
+    img = records.decode_image(view["image"])
+    lm = np.asarray(view["landmarks_3d"]).reshape(68, 3)
+    both = src_vis & np.asarray(view["landmarks_visible"])
+    both[:17] = False  # jawline points sit on the silhouette: their colour is half background
+    assert both.sum() >= 30
+    ids = np.flatnonzero(both)
+    src_c = np.stack([_patch_mean(src_img, src_lm[i]) for i in ids])
+    new_c = np.stack([_patch_mean(img, lm[i]) for i in ids])
+    err = np.abs(new_c - src_c).mean(1)
+    shuffled = np.abs(new_c - np.roll(src_c, 7, axis=0)).mean(1)
+    assert np.median(err) < 10.0
+    assert np.median(err) < 0.5 * np.median(shuffled)
+
+
+def test_poses_cover_large_yaw_and_views_are_counted(model, source):
+    _, row = source
+    rng = np.random.default_rng(5)
+    yaws = np.degrees(np.concatenate([profiling.sample_view_poses(rng, 10, np.radians([0.0, 10.0, 0.0]))[:, 1]
+                                      for _ in range(20)]))
+    assert np.all(np.abs(yaws) <= 90.0 + 1e-9)
+    assert np.mean(np.abs(yaws) > 60) > 0.4  # the (60, 90] bucket is well covered
+    assert np.abs(yaws).max() > 85 and np.mean(yaws > 0) > 0.5  # up to 90; favours the source's side
+    poses = profiling.sample_view_poses(np.random.default_rng(1), 6, np.zeros(3), pitch_max_deg=40, roll_max_deg=30)
+    assert np.all(np.abs(np.degrees(poses[:, 0])) <= 40) and np.all(np.abs(np.degrees(poses[:, 2])) <= 30)
+    out = profiling.profile_record(row, model, 4, np.random.default_rng(2))
+    assert len(out.rows) == 4 and [r["record_id"] for r in out.rows] == [f"{row['record_id']}/view{k:02d}" for k in range(4)]
+    assert all(r["source"] == "profiled" for r in out.rows)
+    assert out.figures["ms_per_view"] > 0
+
+
+def test_records_that_cannot_be_profiled_are_skipped_with_a_reason(model, source):
+    _, row = source
+    rng = np.random.default_rng(0)
+    no_coeffs = dict(row, id_coeffs=None, exp_coeffs=None)
+    out = profiling.profile_record(no_coeffs, model, 3, rng)
+    assert out.rows == [] and out.reason == "no_coefficients"
+    assert profiling.profile_views(no_coeffs, model, 3, rng) == []
+    assert profiling.skip_reason(dict(row, pose=None), model) == "no_coefficients"
+    turned = dict(row, pose=np.radians([0.0, 60.0, 0.0]).astype(np.float32))
+    assert profiling.profile_record(turned, model, 3, rng).reason == "yaw_out_of_range"
+    shifted = dict(row, landmarks_2d=np.asarray(row["landmarks_2d"]) + 20.0)
+    assert profiling.skip_reason(shifted, model) == "landmarks_disagree"
+    assert profiling.skip_reason(dict(row, face_model="another-model"), model) == "face_model_mismatch"
+    assert all(r in profiling.SKIP_REASONS for r in ("no_coefficients", "yaw_out_of_range", "landmarks_disagree"))
+
+
+def test_rows_fit_the_face_record_schema(model, source):
+    _, row = source
+    rows = profiling.profile_views(dict(row, landmark_definition="upstream", quality=0.8), model, 2, np.random.default_rng(3))
+    table = records.to_table(rows, "face_record")
+    records.check_table(table, "face_record")
+    assert table.num_rows == 2
+    assert table.column("source").to_pylist() == ["profiled", "profiled"]
+    assert table.column("landmark_definition").to_pylist() == ["upstream", "upstream"]
+    assert table.column("parent_record_id").to_pylist() == [row["record_id"]] * 2
+    sheet = profiling.profile_contact_sheet([row], [rows])
+    assert sheet.shape[0] > 128 and sheet.shape[1] > 3 * 128
