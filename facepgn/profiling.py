@@ -7,25 +7,29 @@ photo, rotate it to new poses and re-render; the landmarks of every view are exa
 
 How (per face record, plain numpy/cv2/torch, no Ray):
 
-* **Head proxy.** The face model's mesh (eye and mouth holes closed by ``FaceSkin.close``) is
-  extended with a *shell*: rings of vertices that run from the face mask's outer border over an
-  ellipsoid fitted to the face (sized from the jaw width) to a pole at the back of the head. The
-  shell stands in for the hair, ears, crown and upper neck that the face area does not cover, so
-  that those move with the head instead of staying pasted on the background. Face + shell is a
-  closed surface: no inside of the mask can show.
-* **Texture without UVs.** Each vertex samples the source crop at its own projection in the source
-  view (the source image is the texture; barycentric interpolation of those source coordinates
-  gives per-pixel sampling at the crop's full resolution, so a coarse mesh costs no sharpness).
-  A vertex's own sample is trusted by z-buffer visibility times a foreshortening weight (grazing
-  surface is a stretched smear); where it is not, the vertex takes its left/right partner's sample
-  (the nearest vertex of the x-mirrored mean shape), colour-matched to the own side's lighting;
-  where neither is seen (back of the head, under the chin), source coordinates are propagated over
-  the mesh graph from the nearest textured vertices and sampled from a blurred source (soft
-  streaks instead of sharp ones). The three layers are blended with interpolated weights: no seams.
-* **Compositing.** The rotated, re-centred, re-scaled head (its 68-landmark box matches the
-  input's) is rendered with the project's z-buffer rasteriser and alpha-feathered over a
-  background: the caller's real background patch, or the source crop with the head proxy's region
-  inpainted (``cv2.inpaint``), so the shoulders and scene stay where they were while the head turns.
+* **Head proxy.** The face model's mesh (eye and mouth holes closed by ``FaceSkin.close``; the
+  ears, which a frontal photo sees edge-on, flattened to a membrane) is closed at the back by a
+  *shell*: rings of vertices running from the face mask's outer border over an ellipsoid fitted
+  to the face (sized from the jaw width) to a pole at the back of the head. The shell stands in
+  for the hair and skull that the face area does not cover; its extent along each ring is fitted
+  so its silhouette in the source meets the person's outline (GrabCut, seeded with the face and
+  forehead). Face + shell is closed: no inside of the mask can show. The neck blends from turning
+  with the head (at the jaw) to staying put (at the bottom), as a real neck twists.
+* **Texture without UVs.** Each vertex samples the source crop at its own projection there (the
+  source image is the texture; barycentric interpolation of those source coordinates gives
+  per-pixel sampling at the crop's full resolution, so a coarse mesh costs no sharpness). A
+  vertex's own sample is trusted by z-buffer visibility times a foreshortening weight; where it
+  is not, the vertex takes its left/right partner's sample (the nearest vertex of the x-mirrored
+  mean shape), colour-matched to the own side's lighting; where neither side sees it (back of the
+  head, under the chin) source coordinates are propagated over the mesh graph from the nearest
+  textured vertices on the person, sampled from a blurred source (soft streaks, not sharp ones).
+  The three layers blend with interpolated weights: no seams.
+* **Surroundings.** The rotated, re-centred, re-scaled head (its 68-landmark box matches the
+  input's) is rendered with the project's z-buffer rasteriser over the source crop warped
+  radially about the head, so that the source's head outline lands on the view's and the crop
+  border stays put: hair, shoulders and scene next to the head follow it continuously (300W-LP's
+  triangulated image warp, without its folds). With a ``background`` the scene is replaced and the
+  person's own hair and body (the GrabCut foreground) are kept.
 
 Entry points: :func:`profile_views` (the per-item function a Ray job maps over records; rows out),
 :func:`profile_record` (the same plus the skip reason and timings), :func:`skip_reason`,
@@ -436,9 +440,11 @@ def head_texture(head: HeadMesh, verts_src: np.ndarray, image: np.ndarray, foreg
     # propagated over the rest.
     # (Grazing but seen counts: it is the source's silhouette, whose colour -- hair, an ear -- is
     # the best guess for the unseen side of the head, better than the cheek next to it.)
+    # Only samples of the person seed the fill: a wall seen past a tight hairdo must not become the
+    # back of the head.
     own_q = np.maximum(trust, seen)
     best = np.where((own_q >= trust_p)[:, None], own, partner)
-    known = np.maximum(own_q, trust_p) > 0.5
+    known = (np.maximum(own_q, trust_p) > 0.5) & (head.core | (_sample(foreground, best)[:, 0] > 0.5))
     fill = _propagate(head.adjacency, best, known) if known.any() else best
     # Lighting of the partner's side -> own side: colour ratio where both are seen, spread outward.
     blur = cv2.GaussianBlur(image, (0, 0), max(1.0, w / 64)).astype(np.float32)
@@ -503,31 +509,44 @@ def outline_radii(mask: np.ndarray, centre: np.ndarray, n_angles: int = 180) -> 
     return steps[last] * hit.any(1)
 
 
-def surround_warp(size: int, centre_src: np.ndarray, radii_src: np.ndarray, centre_dst: np.ndarray,
-                  radii_dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Backward maps (map_x, map_y) of a radial warp of the crop around the head: the source's
-    head outline (``radii_src`` about ``centre_src``) goes onto the view's (``radii_dst`` about
-    ``centre_dst``) and the crop border stays put, linearly in between. Why: the hair, neck and
-    scene next to the head follow its new outline continuously (300W-LP's image warp, without
-    folds), instead of a turned head pasted on a still photo."""
+def _smooth_circular(values: np.ndarray, sigma: float) -> np.ndarray:
+    n = len(values)
+    half = min(n // 2, int(np.ceil(3 * sigma)))
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    return np.convolve(np.r_[values[-half:], values, values[:half]], kernel, mode="valid") if half else values
+
+
+def surround_warp(size: int, centre: np.ndarray, radii_src: np.ndarray, radii_dst: np.ndarray,
+                  smooth: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Backward maps (map_x, map_y) of a radial warp of the crop about ``centre``: the source's
+    head outline (``radii_src``, see :func:`outline_radii`) goes onto the view's (``radii_dst``)
+    and the crop border stays put, linearly in between. Why: the hair, neck and scene next to the
+    head follow its new outline continuously (300W-LP's image warp, without its folds), instead of
+    a turned head pasted on a still photo. ``smooth``: circular blur of the radii (angle steps),
+    so a jagged outline does not print radial streaks."""
     n = len(radii_dst)
+    r_src = _smooth_circular(np.asarray(radii_src, np.float64), smooth)
+    r_dst = _smooth_circular(np.asarray(radii_dst, np.float64), smooth)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    dx, dy = xs - centre_dst[0], ys - centre_dst[1]
+    dx, dy = xs - centre[0], ys - centre[1]
     rho = np.hypot(dx, dy)
     phi = np.mod(np.arctan2(dy, dx), 2 * np.pi)
     grid = np.arange(n + 1) * (2 * np.pi / n)
-    r_t = np.interp(phi, grid, np.r_[radii_dst, radii_dst[:1]])
-    r_s = np.interp(phi, grid, np.r_[radii_src, radii_src[:1]])
+    r_t = np.interp(phi, grid, np.r_[r_dst, r_dst[:1]])
+    r_s = np.interp(phi, grid, np.r_[r_src, r_src[:1]])
     ux, uy = np.cos(phi), np.sin(phi)
-    # Distance from the view's head centre to the crop border along the ray.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tx = np.where(ux > 0, (size - 1 - centre_dst[0]) / ux, np.where(ux < 0, -centre_dst[0] / ux, np.inf))
-        ty = np.where(uy > 0, (size - 1 - centre_dst[1]) / uy, np.where(uy < 0, -centre_dst[1] / uy, np.inf))
-    border = np.maximum(np.minimum(tx, ty), r_t + 1.0)
-    u = np.clip((rho - r_t) / (border - r_t), 0.0, 1.0)
-    shift_x = (centre_src[0] - centre_dst[0]) + (r_s - r_t) * ux
-    shift_y = (centre_src[1] - centre_dst[1]) + (r_s - r_t) * uy
-    return (xs + (1 - u) * shift_x).astype(np.float32), (ys + (1 - u) * shift_y).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):  # distance to the crop border along the ray
+        tx = np.where(ux > 1e-9, (size - 1 - centre[0]) / ux, np.where(ux < -1e-9, -centre[0] / ux, np.inf))
+        ty = np.where(uy > 1e-9, (size - 1 - centre[1]) / uy, np.where(uy < -1e-9, -centre[1] / uy, np.inf))
+    border = np.maximum(np.minimum(tx, ty), np.maximum(r_t, r_s) + 1.0)
+    # Where the source head reaches the crop's edge there is next to nothing left to stretch: take
+    # the band from inside its outline (hair) rather than smear the last pixels into a sunburst.
+    r_s = np.where(r_s > r_t, np.minimum(r_s, border - 0.5 * (border - r_t)), r_s)
+    # rho in [r_t, border] maps linearly onto [r_s, border]; inside the head: scaled.
+    src_rho = np.where(rho >= r_t, r_s + (rho - r_t) * (border - r_s) / np.maximum(border - r_t, 1e-6),
+                       rho * r_s / np.maximum(r_t, 1e-6))
+    return (centre[0] + src_rho * ux).astype(np.float32), (centre[1] + src_rho * uy).astype(np.float32)
 
 
 # ---- views -------------------------------------------------------------------------------------
@@ -679,8 +698,8 @@ def render_view(source: SourceFace, face_model: FaceModel, pose: np.ndarray, id_
     w = head.rigid[:, None]
     verts = w * project(source.verts_model, s_new, R_new, t_new) + (1 - w) * source.verts_source
     colour, alpha, raster = render_head(head, source.texture, verts, source.image, source.blurred, source.foreground)
-    centre = project(source.head_centre[None], s_new, R_new, t_new)[0, :2]
-    map_x, map_y = surround_warp(size, source.centre_source, source.outline_source, centre, outline_radii(raster.mask, centre))
+    centre = source.centre_source
+    map_x, map_y = surround_warp(size, centre, source.outline_source, outline_radii(raster.mask, centre))
     base = cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
     if source.background is not None:  # a new scene behind the person (hair and body warped along)
         person = cv2.remap(source.foreground, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[..., None]
@@ -786,8 +805,9 @@ def profile_views(record: Mapping[str, Any], face_model: FaceModel, n_views: int
     * ``n_views`` views, poses drawn from ``rng`` by :func:`sample_view_poses` (|yaw| up to
       ``yaw_max_deg``, ``large_yaw_share`` of them beyond 60 degrees; pitch within
       ``pitch_max_deg``, roll within ``roll_max_deg``); or exactly ``poses`` (n, 3) radians.
-    * ``background``: an RGB uint8 crop of the record's size to render over (the person's body
-      stays); None: the source crop with the head inpainted.
+    * ``background``: an RGB uint8 crop of the record's size, a new scene behind the person (their
+      hair and body, the GrabCut foreground, are kept); None: the source crop's own scene, warped
+      radially so it meets the turned head's outline.
     * Records with source |yaw| beyond ``max_source_yaw_deg`` are skipped (texture too incomplete).
 
     Each row: ``source="profiled"``, ``record_id=f"{parent}/view{k:02d}"``, ``parent_record_id``,

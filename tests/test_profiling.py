@@ -59,9 +59,13 @@ def test_view_landmarks_are_where_the_model_puts_them_and_on_the_rendered_face(m
         near = np.zeros_like(mask)  # the mask grown by a pixel: rounding
         near[1:-1, 1:-1] = mask[1:-1, 1:-1] | mask[:-2, 1:-1] | mask[2:, 1:-1] | mask[1:-1, :-2] | mask[1:-1, 2:]
         assert near[pts[:, 1], pts[:, 0]].all(), "a visible landmark is off the face mesh"
-        # The view's pixels there are the face, not the magenta scene behind it.
+        # The view's pixels there are the face, not the magenta scene behind it (up to a pixel:
+        # points on the silhouette, the jawline or the lips in profile, sit on its feathered edge).
         not_scene = np.abs(image.astype(int) - MAGENTA.astype(int)).sum(-1) > 120
-        assert not_scene[pts[:, 1], pts[:, 0]].mean() > 0.95
+        assert not_scene[pts[:, 1], pts[:, 0]].mean() > 0.9
+        grown = not_scene.copy()
+        grown[1:-1, 1:-1] |= not_scene[:-2, 1:-1] | not_scene[2:, 1:-1] | not_scene[1:-1, :-2] | not_scene[1:-1, 2:]
+        assert grown[pts[:, 1], pts[:, 0]].all()
         assert not_scene[mask].mean() > 0.95
         # Same person, same labels source; a synthetic frame of its own.
         assert view["subject_id"] == row["subject_id"] and view["parent_record_id"] == row["record_id"]
