@@ -639,7 +639,13 @@ class ProfileConfig(StrictModel):
     output: _LOptional[str] = None  # folder or s3:// prefix: data/part-*.parquet, items/, summary.json, errors.csv, contact_sheet.png (CLI --output)
     views: int = 4  # new views per input record (CLI --views)
     seed: int = 0  # each record's views come from a generator seeded by (seed, record_id): reruns write the same views
-    face_model: _LOptional[str] = None  # the face model the records' coefficients belong to; None: facepgn.paths.resolve_asset("face_model")
+    face_model: _LOptional[str] = None  # the face model the records' coefficients belong to (truncated to their counts, with their landmark_definition); None: facepgn.paths.resolve_asset("face_model")
+    yaw_max_deg: float = 90.0  # views' |yaw| up to this (profiling.sample_view_poses)
+    large_yaw_share: float = 0.5  # share of the views beyond 60 degrees of |yaw|
+    pitch_max_deg: float = 40.0  # views' pitch within +-this (truncated normal)
+    roll_max_deg: float = 30.0  # views' roll within +-this
+    max_source_yaw_deg: float = 45.0  # records turned further are skipped (yaw_out_of_range): too much of the face unseen
+    image_format: _LLiteral[".jpg", ".png"] = ".jpg"  # encoding of the views' crops
     contact_sheet: int = 48  # views drawn with their landmarks in contact_sheet.png; 0: none
     executor: _LLiteral["ray", "local"] = "ray"  # local: a plain loop in this process (debugging, baselines)
     num_cpus_per_actor: float = 0.5  # Ray CPUs per actor holding the face model

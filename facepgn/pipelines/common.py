@@ -10,26 +10,37 @@
   ``ActorPoolStrategy``, fractional CPUs, sized from the cluster's CPUs), one item per call; each
   actor builds the job's heavy per-process state (models) once. Or a plain loop (``executor: local``).
 * :func:`contact_sheet_png`: a sample of face records drawn with their 68 landmarks.
+* One-shard-per-item jobs (``label``, ``profile``): :func:`process_item` (an item's worker: its
+  shard, then its done marker), :func:`run_item_job` (the driver: resume, the actor pool, items
+  whose worker died, contact sheet, errors.csv), :func:`item_summary` and :func:`finish_item_job`
+  (summary.json; the one-line error when no item could be read). Their output layout::
+
+      data/part-<item_id>.parquet   the item's face records (the only Parquet files)
+      items/<item_id>.json          the item's done marker (its ItemResult)
+      summary.json, errors.csv, contact_sheet.png
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
 import math
+import resource
 import time
 import traceback
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from facepgn import __version__, storage
-from facepgn.errors import InputError
+from facepgn.errors import FacepgnError, InputError
 
 YAW_BIN_DEG = 10
 
@@ -157,8 +168,11 @@ class StageClock:
         return {k: round(v, 4) for k, v in self.wall.items()}, {k: round(v, 4) for k, v in self.cpu.items()}
 
 
-def stage_throughput(count: float, wall_s: Mapping[str, float], cpu_s: Mapping[str, float], stages: Iterable[str]) -> dict[str, dict]:
-    """Per stage: summed wall and CPU seconds and ``count`` per CPU second (per core)."""
+def stage_throughput(count: float, wall_s: Mapping[str, float], cpu_s: Mapping[str, float], stages: Iterable[str],
+                     inner_s: Mapping[str, float] | None = None, prefix: str = "") -> dict[str, dict]:
+    """Per stage: summed wall and CPU seconds and ``count`` per CPU second (per core). ``inner_s``:
+    a per-item function's own stage seconds (wall, in one-thread actors), reported as
+    ``<prefix>.<name>`` with ``count`` per second of them."""
     out = {}
     for stage in stages:
         cpu, wall = float(cpu_s.get(stage, 0.0)), float(wall_s.get(stage, 0.0))
@@ -167,7 +181,39 @@ def stage_throughput(count: float, wall_s: Mapping[str, float], cpu_s: Mapping[s
             "cpu_s": round(cpu, 3),
             "per_s_per_core": round(count / cpu, 2) if cpu > 0 and count else None,
         }
+    for name, seconds in sorted((inner_s or {}).items()):
+        out[f"{prefix}.{name}"] = {"wall_s": round(seconds, 3), "per_s_per_core": round(count / seconds, 2) if seconds > 0 and count else None}
     return out
+
+
+@dataclass
+class Totals:
+    """Sums over the done markers of the items read (``reasons``: a marker's dict of counts by
+    reason; ``yaw_histogram``) and over this run's results (wall, CPU and the inner seconds)."""
+
+    read: list[dict]
+    reasons: dict[str, int]
+    yaw_histogram: list[int]
+    wall_s: dict[str, float]
+    cpu_s: dict[str, float]
+    inner_s: dict[str, float]
+
+
+def totals(done: Sequence[dict], results: Sequence[dict], reasons_key: str, inner_key: str) -> Totals:
+    read = [m for m in done if m["status"] in ("ok", "partial")]
+    reasons: dict[str, int] = {}
+    yaw = [0] * (90 // YAW_BIN_DEG)
+    for m in read:
+        add_counts(reasons, m[reasons_key])
+        yaw = [a + b for a, b in zip(yaw, m["yaw_histogram"])]
+    wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    inner: dict[str, float] = {}
+    for r in results:
+        add_counts(wall, r["stage_s"])
+        add_counts(cpu, r["stage_cpu_s"])
+        add_counts(inner, r[inner_key])
+    return Totals(read, dict(sorted(reasons.items())), yaw, wall, cpu, inner)
 
 
 # ---- running items -------------------------------------------------------------------------------
@@ -301,3 +347,179 @@ def contact_sheet_png(shards: Sequence[str], limit: int = 48, columns: int = 8) 
     if not tiles:
         return None
     return records.encode_image(render.contact_sheet(tiles[:limit], columns=columns), ".png")
+
+
+# ---- one-shard-per-item jobs ---------------------------------------------------------------------
+
+DATA_DIR = "data"
+MARKERS_DIR = "items"
+LOST_REASON = "the worker processing it crashed or was killed (see the Ray logs); retry with retry_failed=true"
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 64-bit seed from the parts' text (``"a/b/c"``): the same on every machine and rerun."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def shard_path(output: str, item_id: str) -> str:
+    return storage.join(output, DATA_DIR, f"part-{item_id}.parquet")
+
+
+def marker_path(output: str, item_id: str) -> str:
+    return storage.join(output, MARKERS_DIR, f"{item_id}.json")
+
+
+@dataclass
+class ItemResult:
+    """An item's done marker in a one-shard-per-item job; each job adds its own counts."""
+
+    item_id: str
+    path: str
+    status: str = "ok"  # ok | partial (read only in part) | skipped (reason says why)
+    reason: str = ""
+    shard: str = ""  # the item's shard, relative to the output ("" if it wrote none)
+    stage_s: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per stage
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the process while it worked on this item
+    peak_rss_mb: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def process_item(output: str, result: ItemResult, work: Callable[[StageClock], list[dict]], log: logging.Logger) -> dict:
+    """Run ``work(clock) -> face-record rows`` for one item and write its shard (if any rows), then
+    its done marker; never raises for a failing item (status ``skipped`` and the reason instead).
+    A stale shard of an interrupted run is removed first."""
+    from facepgn import records
+
+    clock = StageClock()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    path = shard_path(output, result.item_id)
+    try:
+        storage.remove(path)
+        rows = work(clock)
+        if rows:
+            with clock("write"):
+                storage.atomic_write_bytes(path, parquet_bytes(records.to_table(rows, "face_record")))
+            result.shard = f"{DATA_DIR}/part-{result.item_id}.parquet"
+    except Exception as exc:  # bad input, or a bug / library error: record it, go on
+        result.status, result.reason, result.shard = "skipped", failure_reason(exc, result.path, log), ""
+    result.stage_s, result.stage_cpu_s = clock.rounded()
+    result.seconds = round(time.perf_counter() - start, 4)
+    result.cpu_seconds = round(time.process_time() - cpu_start, 4)
+    result.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    out = result.to_dict()
+    storage.atomic_write_text(marker_path(output, result.item_id), json_text(out))
+    return out
+
+
+@dataclass
+class ItemRun:
+    """What :func:`run_item_job` did: the items listed, the done markers of those that are done
+    (in item order, this run's included), this run's results."""
+
+    items: list[dict]
+    done: list[dict]
+    results: list[dict]
+    already_done: int
+    run_seconds: float
+    started: float  # time.perf_counter() when the job started
+    contact_sheet: bool
+
+
+def run_item_job(cfg, items: list[dict], make_worker: Callable[[], Callable[[dict], dict]], *,
+                 lost: Callable[[dict], ItemResult], note: Callable[[dict], str], log: logging.Logger,
+                 progress: bool = True, started: float | None = None) -> ItemRun:
+    """The driver of a one-shard-per-item job over ``items`` (dicts with ``item_id`` and ``path``).
+
+    ``cfg`` has ``output``, ``overwrite``, ``retry_failed``, ``max_items``, ``executor``,
+    ``num_cpus_per_actor``, ``max_actors`` and ``contact_sheet``. Items with a done marker are
+    skipped (skipped ones too unless ``retry_failed``; all redone with ``overwrite``); the rest run
+    through :func:`run_items`, logging ``note(result)`` per finished item. An item whose worker died
+    gets ``lost(item)`` as its marker. Writes contact_sheet.png (a sample of the records of every
+    done item) and errors.csv."""
+    started = time.perf_counter() if started is None else started
+    output = cfg.output
+    storage.makedirs(output)
+    ids = [it["item_id"] for it in items]
+    markers = {} if cfg.overwrite else read_markers(storage.join(output, MARKERS_DIR), "item_id")
+    markers = {k: v for k, v in markers.items() if k in set(ids)}
+    pending = [it for it in items if it["item_id"] not in markers or (cfg.retry_failed and markers[it["item_id"]]["status"] == "skipped")]
+    already_done = len(items) - len(pending)
+    if cfg.max_items is not None:
+        pending = pending[: max(0, cfg.max_items)]
+    log.info("%d items found, %d already done, %d to process -> %s", len(items), already_done, len(pending), output)
+    run_started = time.perf_counter()
+    results: list[dict] = []
+    for result in run_items(pending, make_worker, executor=cfg.executor, num_cpus=cfg.num_cpus_per_actor, max_actors=cfg.max_actors):
+        results.append(result)
+        markers[result["item_id"]] = result
+        if progress:
+            shown = f"skipped: {result['reason']}" if result["status"] == "skipped" else note(result)
+            log.info("[%d/%d] %s: %s (%.1fs)", len(results), len(pending), result["item_id"], shown, result["seconds"])
+    returned = {r["item_id"] for r in results}
+    for item in pending:  # an actor that died on it (a decoder crash, an OOM kill) returned nothing
+        if item["item_id"] not in returned:
+            marker = lost(item)
+            marker.status, marker.reason = "skipped", LOST_REASON
+            storage.remove(shard_path(output, item["item_id"]))
+            storage.atomic_write_text(marker_path(output, item["item_id"]), json_text(marker.to_dict()))
+            results.append(marker.to_dict())
+            markers[item["item_id"]] = marker.to_dict()
+            log.warning("%s: %s", item["path"], LOST_REASON)
+    run_seconds = time.perf_counter() - run_started
+    done = [markers[i] for i in ids if i in markers]
+    sheet = contact_sheet_png([storage.join(output, m["shard"]) for m in done if m["shard"]], cfg.contact_sheet)
+    if sheet is not None:
+        storage.atomic_write_bytes(storage.join(output, "contact_sheet.png"), sheet)
+    storage.atomic_write_text(storage.join(output, "errors.csv"), errors_csv(done, "item_id"))
+    return ItemRun(items, done, results, already_done, run_seconds, started, sheet is not None)
+
+
+def item_summary(kind: str, cfg, run: ItemRun) -> dict[str, Any]:
+    """The summary.json fields every one-shard-per-item job has: item counts (whole output and this
+    run), skipped and partial items with reasons, shards."""
+    read = [m for m in run.done if m["status"] in ("ok", "partial")]
+    skipped = [m for m in run.done if m["status"] == "skipped"]
+    return {
+        "kind": kind,
+        "input": cfg.input,
+        "output": cfg.output,
+        "items_found": len(run.items),
+        "items_already_done": run.already_done,
+        "items_processed_this_run": len(run.results),
+        "items_pending": len(run.items) - len(run.done),
+        "items_read": len(read),
+        "items_partial": [{"item_id": m["item_id"], "path": m["path"], "reason": m["reason"]} for m in read if m["status"] == "partial"],
+        "items_skipped_count": len(skipped),
+        "items_skipped": [{"item_id": m["item_id"], "path": m["path"], "reason": m["reason"]} for m in skipped],
+        "shards": int(sum(bool(m["shard"]) for m in read)),
+    }
+
+
+def finish_item_job(cfg, run: ItemRun, summary: dict[str, Any], what: str, *optional_versions: str) -> dict[str, Any]:
+    """Add timings, versions, the resolved config and the contact sheet to ``summary``, write it as
+    summary.json, and raise the one-line error when not a single item could be read (``what``
+    names the items, e.g. ``"videos/photos"``)."""
+    results = run.results
+    summary["timings"] = {
+        "total_s": round(time.perf_counter() - run.started, 3),
+        "run_s": round(run.run_seconds, 3),
+        "item_s": round(sum(r["seconds"] for r in results), 3),  # summed over items (wall, per actor)
+        "cpu_s": round(sum(r["cpu_seconds"] for r in results), 3),  # CPU time spent on them
+        "max_worker_rss_mb": max((r["peak_rss_mb"] for r in results), default=None),
+    }
+    summary["contact_sheet"] = "contact_sheet.png" if run.contact_sheet else None
+    summary["versions"] = versions("ray", *optional_versions)
+    summary["config"] = cfg.model_dump(mode="json")
+    storage.atomic_write_text(storage.join(cfg.output, "summary.json"), json_text(summary))
+    if summary["items_read"] == 0 and summary["items_skipped_count"]:
+        first = summary["items_skipped"][0]
+        raise FacepgnError(
+            f"{cfg.input}: none of the {len(run.items)} {what} could be read (e.g. {first['path']}: {first['reason']}); "
+            f"see {storage.join(cfg.output, 'errors.csv')}"
+        )
+    return summary

@@ -37,25 +37,20 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import resource
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
-from facepgn import paths, records, storage
+from facepgn import paths
 from facepgn.config import LabelConfig
 from facepgn.errors import FacepgnError, InputError
 from facepgn.pipelines import common
 
 log = logging.getLogger("facepgn.label")
 
-DATA_DIR = "data"
-MARKERS_DIR = "items"
 STAGES = ("decode", "detect", "label", "write")
-LOST_REASON = "the worker processing it crashed or was killed (see the Ray logs); retry with retry_failed=true"
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -77,14 +72,6 @@ def list_items(cfg: LabelConfig) -> list[dict]:
     return items
 
 
-def shard_path(output: str, item_id: str) -> str:
-    return storage.join(output, DATA_DIR, f"part-{item_id}.parquet")
-
-
-def marker_path(output: str, item_id: str) -> str:
-    return storage.join(output, MARKERS_DIR, f"{item_id}.json")
-
-
 def spread(indices: list[int], max_count: int | None) -> list[int]:
     """At most ``max_count`` of ``indices``, evenly spaced over them (first and last kept)."""
     if max_count is None or len(indices) <= max_count:
@@ -97,31 +84,20 @@ def spread(indices: list[int], max_count: int | None) -> list[int]:
 
 
 @dataclass
-class ItemResult:
-    item_id: str
-    path: str
-    kind: str
-    subject_id: str
-    status: str = "ok"  # ok | partial (video decoding stopped early) | skipped
-    reason: str = ""
+class LabelResult(common.ItemResult):
+    """An item's done marker: what was decoded, detected, kept and rejected, and how long it took."""
+
+    kind: str = ""  # video | photo | other
+    subject_id: str = ""
     frames: int = 0  # decoded (photos: 1)
     faces_detected: int = 0
     faces_kept: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # LabelOutcome.reason -> faces
     yaw_histogram: list[int] = field(default_factory=lambda: [0] * 9)  # kept faces, 10-degree bins of |yaw|
     kept_without_pose: int = 0
-    shard: str = ""  # relative to the output
-    stage_s: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
-    stage_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per stage
     labeller_s: dict[str, float] = field(default_factory=dict)  # LabelOutcome.timings summed
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    peak_rss_mb: float = 0.0
     width: int = 0  # source pixels
     height: int = 0
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 class ItemLabeller:
@@ -152,29 +128,10 @@ class ItemLabeller:
 
     def __call__(self, item: dict) -> dict:
         """Process one item; never raises for bad input (the reason goes into the result and marker)."""
-        result = ItemResult(item_id=item["item_id"], path=item["path"], kind=item["kind"], subject_id=item["subject_id"])
-        clock = common.StageClock()
-        start, cpu_start = time.perf_counter(), time.process_time()
-        try:
-            storage.remove(shard_path(self.output, result.item_id))  # a stale shard of an interrupted run
-            rows = self._process(item, result, clock)
-            if rows:
-                with clock("write"):
-                    storage.atomic_write_bytes(shard_path(self.output, result.item_id), common.parquet_bytes(records.to_table(rows, "face_record")))
-                result.shard = f"{DATA_DIR}/part-{result.item_id}.parquet"
-        except Exception as exc:  # bad input, or a bug / library error: record it, go on
-            result.status = "skipped"
-            result.reason = common.failure_reason(exc, item["path"], log)
-        result.stage_s, result.stage_cpu_s = clock.rounded()
-        result.labeller_s = {k: round(v, 4) for k, v in result.labeller_s.items()}
-        result.seconds = round(time.perf_counter() - start, 4)
-        result.cpu_seconds = round(time.process_time() - cpu_start, 4)
-        result.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
-        out = result.to_dict()
-        storage.atomic_write_text(marker_path(self.output, result.item_id), common.json_text(out))
-        return out
+        result = LabelResult(item["item_id"], item["path"], kind=item["kind"], subject_id=item["subject_id"])
+        return common.process_item(self.output, result, lambda clock: self._process(item, result, clock), log)
 
-    def _process(self, item: dict, result: ItemResult, clock: common.StageClock) -> list[dict]:
+    def _process(self, item: dict, result: LabelResult, clock: common.StageClock) -> list[dict]:
         from facepgn.faces import FaceTracker
         from facepgn.pseudolabel import FaceToLabel
 
@@ -202,7 +159,7 @@ class ItemLabeller:
             for key, det in keyed:  # key: the track (videos) or the face's rank (photos)
                 subject = item["subject_id"] if key == 0 else f"{item['subject_id']}/{suffix}{key}"
                 face = FaceToLabel(image=rgb, box=det.box.copy(), source_path=item["path"], subject_id=subject,
-                                   frame_index=int(frame_index), face_index=order[id(det)])
+                                   frame_index=int(frame_index), face_index=order[id(det)], points=det.points.copy())
                 pending.append((face, to_source))
             if len(pending) >= cfg.label_batch_size:
                 self._label(pending, item["item_id"], result, rows, yaws, clock)
@@ -216,9 +173,10 @@ class ItemLabeller:
             raise InputError(item["path"], f"no face found {where}")
         result.yaw_histogram = common.yaw_histogram(y for y in yaws if y is not None)
         result.kept_without_pose = sum(y is None for y in yaws)
+        result.labeller_s = {k: round(v, 4) for k, v in result.labeller_s.items()}
         return rows
 
-    def _label(self, pending: list, item_id: str, result: ItemResult, rows: list, yaws: list, clock: common.StageClock) -> None:
+    def _label(self, pending: list, item_id: str, result: LabelResult, rows: list, yaws: list, clock: common.StageClock) -> None:
         faces = [face for face, _ in pending]
         with clock("load"):  # the models, once per actor (not part of the label stage's throughput)
             labeller = self.labeller
@@ -237,7 +195,7 @@ class ItemLabeller:
             yaws.append(common.record_yaw_deg(row))
             result.faces_kept += 1
 
-    def _video_frames(self, item: dict, result: ItemResult, clock: common.StageClock) -> Iterator[tuple[int, np.ndarray, float]]:
+    def _video_frames(self, item: dict, result: LabelResult, clock: common.StageClock) -> Iterator[tuple[int, np.ndarray, float]]:
         """(frame index, RGB, decoded -> source pixel factor) of the sampled frames. A decode error
         after some frames ends the stream and marks the item partial; before any, it raises."""
         from facepgn.video import VideoReader, local_video
@@ -262,7 +220,7 @@ class ItemLabeller:
                     return
                 yield frame.index, frame.rgb, reader.scale_to_source
 
-    def _photo(self, item: dict, result: ItemResult, clock: common.StageClock) -> Iterator[tuple[int, np.ndarray, float]]:
+    def _photo(self, item: dict, result: LabelResult, clock: common.StageClock) -> Iterator[tuple[int, np.ndarray, float]]:
         import cv2
 
         from facepgn.labelled import read_image
@@ -326,118 +284,45 @@ def run_label(cfg: LabelConfig, progress: bool = True) -> dict[str, Any]:
 
     Raises a one-line :class:`FacepgnError` when there are no inputs, or when not a single item
     could be read (summary.json and errors.csv are written first)."""
-    cfg = resolve_config(cfg)
-    output = cfg.output
     started = time.perf_counter()
+    cfg = resolve_config(cfg)
     items = list_items(cfg)
     if not items:
         raise InputError(cfg.input, "no videos or photos found (extensions " + ", ".join(cfg.video_extensions + cfg.image_extensions) + ")")
-    storage.makedirs(output)
-    markers = {} if cfg.overwrite else common.read_markers(storage.join(output, MARKERS_DIR), "item_id")
-    ids = [it["item_id"] for it in items]
-    markers = {k: v for k, v in markers.items() if k in set(ids)}
-    pending = [it for it in items if not (it["item_id"] in markers and (markers[it["item_id"]]["status"] != "skipped" or not cfg.retry_failed))]
-    already_done = len(items) - len(pending)
-    if cfg.max_items is not None:
-        pending = pending[: max(0, cfg.max_items)]
-    log.info("label: %d items found (%d videos, %d photos), %d already done, %d to process", len(items),
-             sum(it["kind"] == "video" for it in items), sum(it["kind"] == "photo" for it in items), already_done, len(pending))
-
-    run_started = time.perf_counter()
-    make_worker = functools.partial(ItemLabeller, cfg.model_dump_json(), output)
-    results: list[dict] = []
-    kept = 0
-    for result in common.run_items(pending, make_worker, executor=cfg.executor, num_cpus=cfg.num_cpus_per_actor, max_actors=cfg.max_actors):
-        results.append(result)
-        markers[result["item_id"]] = result
-        kept += result["faces_kept"]
-        if progress:
-            note = f"skipped: {result['reason']}" if result["status"] == "skipped" else (
-                f"{result['faces_kept']}/{result['faces_detected']} faces kept" + (f" ({result['reason']})" if result["reason"] else ""))
-            log.info("[%d/%d] %s: %s (%.1fs; %d faces kept this run)", len(results), len(pending), result["item_id"], note, result["seconds"], kept)
-    returned = {r["item_id"] for r in results}
-    for item in pending:  # an actor that died on it (a decoder crash, an OOM kill) returned nothing
-        if item["item_id"] not in returned:
-            lost = ItemResult(item["item_id"], item["path"], item["kind"], item["subject_id"], status="skipped", reason=LOST_REASON).to_dict()
-            storage.remove(shard_path(output, item["item_id"]))
-            storage.atomic_write_text(marker_path(output, item["item_id"]), common.json_text(lost))
-            results.append(lost)
-            markers[item["item_id"]] = lost
-            log.warning("%s: %s", item["path"], LOST_REASON)
-    run_seconds = time.perf_counter() - run_started
-
-    done = [markers[i] for i in ids if i in markers]
-    sheet = common.contact_sheet_png([storage.join(output, m["shard"]) for m in done if m["shard"]], cfg.contact_sheet)
-    if sheet is not None:
-        storage.atomic_write_bytes(storage.join(output, "contact_sheet.png"), sheet)
-    summary = _summary(cfg, items, done, results, already_done, run_seconds, time.perf_counter() - started, sheet is not None)
-    storage.atomic_write_text(storage.join(output, "summary.json"), common.json_text(summary))
-    storage.atomic_write_text(storage.join(output, "errors.csv"), common.errors_csv(done, "item_id"))
-    if summary["items_read"] == 0 and summary["items_skipped_count"]:
-        first = summary["items_skipped"][0]
-        raise FacepgnError(
-            f"{cfg.input}: none of the {len(items)} videos/photos could be read (e.g. {first['path']}: {first['reason']}); "
-            f"see {storage.join(output, 'errors.csv')}"
-        )
-    return summary
+    log.info("label: %d videos, %d photos", sum(it["kind"] == "video" for it in items), sum(it["kind"] == "photo" for it in items))
+    run = common.run_item_job(
+        cfg, items, functools.partial(ItemLabeller, cfg.model_dump_json(), cfg.output),
+        lost=lambda it: LabelResult(it["item_id"], it["path"], kind=it["kind"], subject_id=it["subject_id"]),
+        note=lambda r: f"{r['faces_kept']}/{r['faces_detected']} faces kept" + (f" ({r['reason']})" if r["reason"] else ""),
+        log=log, progress=progress, started=started,
+    )
+    return common.finish_item_job(cfg, run, _summary(cfg, run), "videos/photos", "decord", "torch")
 
 
-def _summary(cfg: LabelConfig, items, done, results, already_done, run_seconds, total_seconds, has_sheet: bool) -> dict[str, Any]:
-    read = [m for m in done if m["status"] in ("ok", "partial")]
-    skipped = [m for m in done if m["status"] == "skipped"]
-    rejected: dict[str, int] = {}
-    yaw = [0] * 9
-    for m in read:
-        common.add_counts(rejected, m["rejected"])
-        yaw = [a + b for a, b in zip(yaw, m["yaw_histogram"])]
-    wall, cpu, inner = defaultdict(float), defaultdict(float), defaultdict(float)
-    for r in results:
-        common.add_counts(wall, r["stage_s"])
-        common.add_counts(cpu, r["stage_cpu_s"])
-        common.add_counts(inner, r["labeller_s"])
-    faces_run = sum(r["faces_detected"] for r in results)
-    frames_run = sum(r["frames"] for r in results)
-    throughput = common.stage_throughput(faces_run, wall, cpu, STAGES)
-    throughput["decode"]["frames_per_s_per_core"] = round(frames_run / cpu["decode"], 2) if cpu.get("decode") else None
-    for name, seconds in sorted(inner.items()):  # the labeller's own stages (LabelOutcome.timings)
-        throughput[f"label.{name}"] = {"s": round(seconds, 3), "per_s_per_core": round(faces_run / seconds, 2) if seconds > 0 else None}
-    return {
-        "kind": "label",
-        "input": cfg.input,
-        "output": cfg.output,
-        "items_found": len(items),
-        "videos_found": sum(it["kind"] == "video" for it in items),
-        "photos_found": sum(it["kind"] == "photo" for it in items),
-        "items_already_done": already_done,
-        "items_processed_this_run": len(results),
-        "items_pending": len(items) - len(done),
-        "items_read": len(read),
-        "items_partial": [{"item_id": m["item_id"], "path": m["path"], "reason": m["reason"]} for m in read if m["status"] == "partial"],
-        "items_skipped_count": len(skipped),
-        "items_skipped": [{"item_id": m["item_id"], "path": m["path"], "reason": m["reason"]} for m in skipped],
-        "frames": int(sum(m["frames"] for m in read)),
-        "faces_detected": int(sum(m["faces_detected"] for m in read)),
-        "faces_kept": int(sum(m["faces_kept"] for m in read)),
-        "faces_rejected": dict(sorted(rejected.items())),
-        "faces_kept_this_run": int(sum(r["faces_kept"] for r in results)),
-        "shards": int(sum(bool(m["shard"]) for m in read)),
-        "yaw_histogram_deg": common.yaw_histogram_labels(yaw),  # kept faces, |yaw| from the record's pose
-        "kept_without_pose": int(sum(m["kept_without_pose"] for m in read)),
+def _summary(cfg: LabelConfig, run: common.ItemRun) -> dict[str, Any]:
+    summary = common.item_summary("label", cfg, run)
+    t = common.totals(run.done, run.results, "rejected", "labeller_s")
+    faces_run = sum(r["faces_detected"] for r in run.results)
+    frames_run = sum(r["frames"] for r in run.results)
+    stages = common.stage_throughput(faces_run, t.wall_s, t.cpu_s, STAGES, t.inner_s, "label")
+    stages["decode"]["frames_per_s_per_core"] = round(frames_run / t.cpu_s["decode"], 2) if t.cpu_s.get("decode") else None
+    summary.update({
+        "videos_found": sum(it["kind"] == "video" for it in run.items),
+        "photos_found": sum(it["kind"] == "photo" for it in run.items),
+        "frames": int(sum(m["frames"] for m in t.read)),
+        "faces_detected": int(sum(m["faces_detected"] for m in t.read)),
+        "faces_kept": int(sum(m["faces_kept"] for m in t.read)),
+        "faces_rejected": t.reasons,  # by LabelOutcome.reason
+        "faces_kept_this_run": int(sum(r["faces_kept"] for r in run.results)),
+        "yaw_histogram_deg": common.yaw_histogram_labels(t.yaw_histogram),  # kept faces, |yaw| from the record's pose
+        "kept_without_pose": int(sum(m["kept_without_pose"] for m in t.read)),
         "throughput": {
-            "unit": "faces (detected, this run) per CPU second of the stage: per core",
+            "unit": "faces (detected, this run) per CPU second of each stage (per core); label.*: per second of the labeller's own stage timings",
             "faces": faces_run,
             "frames": frames_run,
-            "stages": throughput,
+            "load_models_s": round(t.wall_s.get("load", 0.0), 3),  # once per actor, not in the stages
+            "stages": stages,
+            "faces_per_s": round(faces_run / run.run_seconds, 2) if run.run_seconds > 0 and faces_run else None,  # wall, all actors
         },
-        "timings": {
-            "total_s": round(total_seconds, 3),
-            "run_s": round(run_seconds, 3),
-            "faces_per_s": round(faces_run / run_seconds, 2) if run_seconds > 0 and faces_run else None,
-            "item_s": round(sum(r["seconds"] for r in results), 3),  # summed over items (wall, per actor)
-            "cpu_s": round(sum(r["cpu_seconds"] for r in results), 3),
-            "max_worker_rss_mb": max((r["peak_rss_mb"] for r in results), default=None),
-        },
-        "contact_sheet": "contact_sheet.png" if has_sheet else None,
-        "versions": common.versions("ray", "decord", "torch"),
-        "config": cfg.model_dump(mode="json"),
-    }
+    })
+    return summary

@@ -23,7 +23,6 @@ seeded per (seed, video, track), so a resumed run writes the same shards as an u
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import resource
@@ -98,8 +97,7 @@ class VideoResult:
 
 
 def video_seed(seed: int, video_id: str, track_id: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{video_id}/{track_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+    return common.stable_seed(seed, video_id, track_id)
 
 
 def marker_path(output: str, video_id: str) -> str:
@@ -400,7 +398,7 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, An
     for item in pending:  # a worker that died (segfault in a decoder, OOM kill) returns nothing
         if item.video_id not in returned:
             crashed = VideoResult(item.video_id, item.path, item.subject_id, status="skipped",
-                                  reason="the worker processing it crashed or was killed (see the Ray logs); retry with retry_failed=true").to_dict()
+                                  reason=common.LOST_REASON).to_dict()
             storage.remove(shard_dir(output, item.video_id))
             storage.atomic_write_text(marker_path(output, item.video_id), json.dumps(crashed, indent=1))
             results.append(crashed)
