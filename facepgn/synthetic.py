@@ -6,6 +6,15 @@ holes closed, per-vertex skin albedo (a random skin tone, low-frequency blotches
 lash lines and nostrils, optional hair at the top), Lambertian shading and a random textured
 background, rendered by :mod:`facepgn.render`.
 
+Labelled faces (:func:`synthesize_face`) are made to look less like renders, since a network that
+only saw clean renders fails on real faces: the rest of the head around the face mask (a skull-shaped
+cap with hair or bald skin, long hair, a fringe, locks over the cheeks: :func:`hair_mesh`, z-buffered
+with the face), occluders drawn over it (hands, glasses, microphones: :func:`add_occluders`), real
+background patches cut from photos and videos away from their faces (:mod:`facepgn.backgrounds`,
+with ``FaceSettings.backgrounds``), and camera effects (:func:`camera_effects`). Landmarks that hair
+or an occluder covers are marked not visible. The faces fill the crop like the evaluation's crops
+(``config.SyntheticFacesConfig.face_fill``). Videos and frame pairs keep the plain look.
+
 Everything is deterministic by seed: face ``i`` of a dataset with seed ``s`` comes from
 ``np.random.default_rng([s, i])`` whatever the sharding or number of worker processes.
 
@@ -42,6 +51,7 @@ import cv2
 import numpy as np
 
 from facepgn import records, render, storage
+from facepgn.errors import ConfigError
 from facepgn.facemodel import FaceModel, load_face_model
 from facepgn.geometry import euler_to_matrix, project
 
@@ -283,8 +293,11 @@ def face_skin(model: FaceModel) -> FaceSkin:
     return skin
 
 
-def random_albedo(skin: FaceSkin, rng: np.random.Generator, hair: bool | None = None) -> np.ndarray:
-    """Per-vertex albedo (V_all, 3) in [0, 1] for one identity: tone, blotches, features, hair."""
+def random_albedo(skin: FaceSkin, rng: np.random.Generator, hair: bool | None = None,
+                  colours: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Per-vertex albedo (V_all, 3) in [0, 1] for one identity: tone, blotches, features, hair.
+    ``colours``, when given, receives the identity's ``skin`` tone and ``hair`` colour (for the
+    head, hands and hair drawn around the mesh)."""
     reg = skin.regions
     t = rng.uniform(0, len(_SKIN_TONES) - 1)
     lo = int(np.floor(t))
@@ -307,6 +320,8 @@ def random_albedo(skin: FaceSkin, rng: np.random.Generator, hair: bool | None = 
         albedo[:] = albedo * (1 - w) + colour[None, :] * w
 
     hair_colour = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.85, 1.1)
+    if colours is not None:
+        colours["skin"], colours["hair"] = np.clip(base, 0, 1).astype(np.float32), np.clip(hair_colour, 0, 1).astype(np.float32)
     lip_colour = base * np.array([0.78, 0.52, 0.52]) * rng.uniform(0.8, 1.05)
     if "lips" in reg:
         paint(reg["lips"], lip_colour, rng.uniform(0.6, 0.9))
@@ -453,10 +468,14 @@ def render_face(
     diffuse: float = 0.6,
     vertex_colours: np.ndarray | None = None,
     draw_inside: bool = True,
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> FaceRender:
     """Render one face; ``vertex_colours`` (pre-shaded, [0, 1]) bypasses the lighting (for pairs
     with brightness constancy). ``draw_inside`` draws the inside of the open face mask (seen past
-    its border at steep poses) in a dark flat colour instead of letting the background through."""
+    its border at steep poses) in a dark flat colour instead of letting the background through.
+    ``extra`` (model-frame vertices (E, 3), triangles (T, 3) into them, albedo (E, 3)) is more
+    geometry posed with the face and z-buffered with it (hair: :func:`hair_mesh`); its triangles come
+    after the face's in the raster, and landmarks it covers are not visible."""
     skin = face_skin(model)
     verts_model = skin.close(model_vertices(model, params.id_coeffs, params.exp_coeffs))
     R = euler_to_matrix(np.asarray(params.pose, dtype=np.float64))
@@ -464,7 +483,13 @@ def render_face(
     if vertex_colours is None:
         top = skin.regions["height"] > 0.9
         back = albedo[top].mean(0) * 0.45 if top.any() else albedo.mean(0) * 0.45
-        rendering = render.render(verts, skin.triangles, albedo, height, width, background, light_dir, ambient, diffuse,
+        all_verts, all_tris, all_albedo = verts, skin.triangles, albedo
+        if extra is not None:
+            extra_verts = project(np.asarray(extra[0], np.float64), float(params.scale), R, np.asarray(params.translation, dtype=np.float64))
+            all_verts = np.concatenate([verts, extra_verts])
+            all_tris = np.concatenate([skin.triangles, np.asarray(extra[1]) + len(verts)]).astype(np.int32)
+            all_albedo = np.concatenate([albedo, np.asarray(extra[2], albedo.dtype)])
+        rendering = render.render(all_verts, all_tris, all_albedo, height, width, background, light_dir, ambient, diffuse,
                                   cull_backfaces=not draw_inside, back_colour=back)
     else:
         raster = render.rasterize(verts, skin.triangles, height, width, cull_backfaces=not draw_inside)
@@ -513,12 +538,430 @@ def _camera_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
+def camera_effects(image: np.ndarray, rng: np.random.Generator, grayscale_prob: float = 0.08,
+                   jpeg_quality: tuple[int, int] = (30, 92)) -> np.ndarray:
+    """What cameras and the web do to real face crops, so synthetic ones are not told apart by it:
+    a colour cast and exposure/gamma change, Gaussian or motion blur, down-and-up scaling, sensor
+    noise (some of it chroma), grey-scale now and then, and JPEG re-encoding at a random quality.
+    Geometry is unchanged (blur kernels are centred, resampling keeps pixel centres)."""
+    s = image.shape[0]
+    img = image.astype(np.float32) / 255.0
+    gains = rng.uniform(0.85, 1.15, 3) * rng.uniform(0.8, 1.15)
+    img = np.clip(img * gains, 0, 1) ** rng.uniform(0.8, 1.25)
+    kind = rng.random()
+    if kind < 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.4) * s / 128)
+    elif kind < 0.42:
+        length = max(3, int(round(rng.uniform(3, 9) * s / 128)) | 1)
+        kernel = np.zeros((length, length), np.float32)
+        kernel[length // 2, :] = 1.0
+        rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), float(rng.uniform(0, 180)), 1.0)
+        kernel = cv2.warpAffine(kernel, rot, (length, length))
+        img = cv2.filter2D(img, -1, kernel / max(float(kernel.sum()), 1e-6), borderType=cv2.BORDER_REFLECT_101)
+    if rng.random() < 0.3:
+        small = max(8, int(round(s * rng.uniform(0.3, 0.75))))
+        img = cv2.resize(cv2.resize(img, (small, small), interpolation=cv2.INTER_AREA), (s, s),
+                         interpolation=cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
+    img = img + rng.normal(0, rng.uniform(0.002, 0.025), img.shape).astype(np.float32)
+    if rng.random() < 0.3:  # chroma noise: blotchy, at a lower resolution
+        k = max(4, s // 4)
+        chroma = cv2.resize(rng.normal(0, rng.uniform(0.005, 0.02), (k, k, 3)).astype(np.float32), (s, s))
+        img = img + chroma
+    img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if rng.random() < grayscale_prob:
+        img = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    if rng.random() < 0.7:
+        quality = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return img
+
+
+# ---- realism: head and hair, occluders -------------------------------------------------------
+
+# Head and hair are laid out in the ICT face model's frame (cm; +x subject's left, +y up, +z towards
+# the viewer) relative to the 68 landmarks' bounding-box centre, and scaled by their height, so a
+# face model of other units gets the same proportions. Measured on the ICT mean face: brows at
+# y = 5.9, the mesh ends at y = 12.4 (mid-forehead, where a scalp starts), z from -3 (the mesh's
+# back edge) to 13 (nose tip); the forehead is at z = 10.8 (y = 6) to 8.0 (y = 12).
+_ICT_REF = np.array([0.0, -0.656, 8.363])
+_ICT_FACE_H = 13.822
+_ICT_BROW_Y = 5.9
+
+
+@dataclass(frozen=True)
+class HeadFrame:
+    """ICT-centimetre layout -> a face model's frame: ``point(p) = ref + (p - ICT_REF) * unit``."""
+
+    ref: np.ndarray
+    unit: float  # model units per ICT centimetre
+
+    def point(self, p) -> np.ndarray:
+        return self.ref + (np.asarray(p, np.float64) - _ICT_REF) * self.unit
+
+
+def head_frame(model: FaceModel) -> HeadFrame:
+    """The head layout of ``model`` from its mean shape's 68 landmarks."""
+    lm = np.asarray(model.mean, np.float64)[np.asarray(model.landmark_ids)[model.landmark_mask]]
+    if len(lm) < 3:
+        return HeadFrame(np.zeros(3), 1.0)
+    return HeadFrame((lm.max(0) + lm.min(0)) / 2, float(np.ptp(lm[:, 1])) / _ICT_FACE_H)
+
+
+def _height_map(verts: np.ndarray, triangles: np.ndarray, frame: HeadFrame) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """z of the mesh's front surface at model-frame (x, y) (NaN off the mesh), from an orthographic
+    z-buffer of the closed mesh seen from the front at 3 px per ICT cm."""
+    k = 3.0 / frame.unit
+    lo = verts[:, :2].min(0) - 1.0 / k
+    hi = verts[:, :2].max(0) + 1.0 / k
+    w, h = int(np.ceil((hi[0] - lo[0]) * k)) + 1, int(np.ceil((hi[1] - lo[1]) * k)) + 1
+    img = np.stack([(verts[:, 0] - lo[0]) * k, (hi[1] - verts[:, 1]) * k, verts[:, 2]], 1)
+    depth = render.rasterize(img, triangles, h, w, cull_backfaces=False).depth.astype(np.float64)
+    depth[~np.isfinite(depth)] = np.nan
+
+    def lookup(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        col = np.clip(np.round((np.asarray(x) - lo[0]) * k).astype(int), 0, w - 1)
+        row = np.clip(np.round((hi[1] - np.asarray(y)) * k).astype(int), 0, h - 1)
+        return depth[row, col]
+
+    return lookup
+
+
+def _grid_triangles(rows: int, cols: int, wrap: bool = False) -> np.ndarray:
+    """Two triangles per cell of a rows x cols vertex grid (row-major); ``wrap`` joins the last
+    column to the first."""
+    tris = []
+    last = cols if wrap else cols - 1
+    for r in range(rows - 1):
+        for c in range(last):
+            a, b = r * cols + c, r * cols + (c + 1) % cols
+            d, e = a + cols, b + cols
+            tris += [(a, b, e), (a, e, d)]
+    return np.asarray(tris, np.int64).reshape(-1, 3)
+
+
+def _orient(verts: np.ndarray, tris: np.ndarray, outward_from: np.ndarray | None = None) -> np.ndarray:
+    """Wind triangles to face the viewer (+z) or, with ``outward_from``, away from that point."""
+    a, b, c = verts[tris[:, 0]], verts[tris[:, 1]], verts[tris[:, 2]]
+    n = np.cross(b - a, c - a)
+    facing = n[:, 2] if outward_from is None else np.einsum("tc,tc->t", n, (a + b + c) / 3 - outward_from)
+    out = tris.copy()
+    out[facing < 0] = out[facing < 0][:, [0, 2, 1]]
+    return out
+
+
+def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    t = np.clip((np.asarray(x, np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def hair_mesh(model: FaceModel, verts_model: np.ndarray, rng: np.random.Generator, colours: dict[str, np.ndarray],
+              hair: bool = True, long_hair: bool = False, fringe: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rest of the head around the face mask, as ``render_face(extra=...)`` geometry (model
+    frame): a skull-shaped cap (ellipsoid) that the face mesh hides except above and behind it,
+    covered with hair (or bald skin), with optional long hair falling at the sides and back, a fringe
+    over the forehead and strands over the sides of the face. The fringe and strands lie a few
+    millimetres in front of the skin, so the z-buffer hides the landmarks under them."""
+    frame = head_frame(model)
+    u = frame.unit
+    colour = colours["hair"] if hair else colours["skin"]
+    c = frame.point([0.0, 5.0 + rng.normal(0, 0.3), -1.2 + rng.normal(0, 0.3)])
+    r = np.array([8.3, 11.0, 10.3]) * (rng.uniform(0.98, 1.1, 3) if hair else rng.uniform(0.96, 1.0, 3)) * u
+    # Where the cap ends: above the temples at the front and sides, at the nape behind.
+    y_front = (rng.uniform(1.5, 4.0) if hair else 4.0)
+    y_back = (rng.uniform(-5.0, -2.0) if hair else -3.0)
+    n_theta, n_phi = 40, 12
+    theta = np.linspace(-np.pi, np.pi, n_theta, endpoint=False)
+    back = _smoothstep(np.abs(theta), np.radians(80), np.radians(135))
+    y_cut = frame.ref[1] + (y_front + (y_back - y_front) * back - _ICT_REF[1]) * u
+    phi_min = np.arcsin(np.clip((y_cut - c[1]) / r[1], -0.99, 0.99))
+    t = np.linspace(0.0, 1.0, n_phi)[:, None]
+    phi = phi_min[None, :] + t * (np.pi / 2 - phi_min[None, :])  # (rows, cols), last row the crown
+    bumps = np.zeros_like(phi)
+    for _ in range(3):  # lumpy volume, not a perfect ellipsoid
+        bumps += rng.normal(0, 0.02 if hair else 0.008) * np.sin(rng.integers(1, 4) * theta[None, :] + rng.integers(1, 3) * phi + rng.uniform(0, 6.3))
+    rad = 1.0 + bumps
+    cap = np.stack([c[0] + r[0] * np.sin(theta)[None] * np.cos(phi) * rad,
+                    c[1] + r[1] * np.sin(phi) * rad,
+                    c[2] + r[2] * np.cos(theta)[None] * np.cos(phi) * rad], -1)
+    if long_hair:
+        # Long hair: each column at the sides and back continues down from the cut, widening a little.
+        length = rng.uniform(6.0, 14.0) * u * _smoothstep(np.abs(theta), np.radians(70), np.radians(110))
+        k_rows = 6
+        s = np.linspace(1.0, 0.0, k_rows, endpoint=False)[::-1][:, None]  # 1/k .. 1 below the cut
+        top = cap[0]
+        spread = 1.0 + 0.12 * s
+        ext = np.stack([c[0] + (top[:, 0] - c[0]) * spread, top[:, 1] - s * length, c[2] + (top[:, 2] - c[2]) * spread], -1)
+        cap = np.concatenate([ext[::-1], cap], 0)
+    rows = cap.shape[0]
+    verts = [cap.reshape(-1, 3)]
+    tris = [_orient(verts[0], _grid_triangles(rows, n_theta, wrap=True), outward_from=c)]
+    count = len(verts[0])
+
+    def z_cap(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        q = 1 - ((x - c[0]) / r[0]) ** 2 - ((y - c[1]) / r[1]) ** 2
+        return c[2] + r[2] * np.sqrt(np.clip(q, 0, None))
+
+    surface = None
+    sheets: list[tuple[np.ndarray, np.ndarray]] = []  # (x, y) grids of sheets lying on the face
+    if hair and fringe:
+        # A fringe: its lower edge rises towards the temples, waves, and ends in ragged tips.
+        w = rng.uniform(5.0, 7.5)
+        xs = np.linspace(-w, w, 25)
+        low = _ICT_BROW_Y + rng.uniform(-1.2, 2.5) + rng.uniform(0.0, 2.0) * (xs / w) ** 2
+        low += rng.uniform(0.1, 0.6) * np.sin(xs * rng.uniform(1.5, 4.0) + rng.uniform(0, 6.3))
+        low += rng.uniform(0.0, 0.7) * rng.random(len(xs)) * (np.arange(len(xs)) % 2)
+        ys = low[None, :] + np.linspace(0, 1, 6)[:, None] * (13.5 - low[None, :])
+        sheets.append((np.broadcast_to(xs, ys.shape).copy(), ys))
+    if hair and long_hair:
+        for side in (-1.0, 1.0):
+            if rng.random() < 0.4:
+                # A lock in front of the ear, narrowing to its tip and swaying a little.
+                t = np.linspace(0.0, 1.0, 12)[:, None]
+                width = rng.uniform(1.2, 2.2) * (1.0 - 0.8 * t)
+                centre = rng.uniform(6.6, 7.6) + rng.uniform(0.2, 0.6) * np.sin(t * rng.uniform(2, 5) + rng.uniform(0, 6.3))
+                xs = side * (centre + (np.linspace(-0.5, 0.5, 4)[None, :]) * width)
+                ys = (10.0 + t * (rng.uniform(-6.0, 0.0) - 10.0)) * np.ones((1, 4))
+                sheets.append((xs, ys))
+    for xs, ys in sheets:
+        if surface is None:
+            skin = face_skin(model)
+            surface = _height_map(skin.close(verts_model), skin.triangles, frame)
+        # ICT cm -> model frame, then onto the skin (or the cap where there is no skin) plus an offset.
+        pts = frame.point(np.stack([xs, ys, np.zeros_like(xs)], -1).reshape(-1, 3))
+        z = surface(pts[:, 0], pts[:, 1])
+        z = np.where(np.isfinite(z), z, z_cap(pts[:, 0], pts[:, 1]))
+        pts[:, 2] = np.maximum(z, z_cap(pts[:, 0], pts[:, 1])) + rng.uniform(0.5, 0.8) * u
+        verts.append(pts)
+        tris.append(_orient(pts, _grid_triangles(*xs.shape)) + count)
+        count += len(pts)
+    all_verts = np.concatenate(verts).astype(np.float64)
+    shade = 1.0 + rng.normal(0, 0.06 if hair else 0.02, (len(all_verts), 1))
+    albedo = np.clip(colour[None, :] * shade, 0, 1).astype(np.float32)
+    return all_verts, np.concatenate(tris).astype(np.int32), albedo
+
+
+def _strand_texture(image: np.ndarray, mask: np.ndarray, down: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Streaks along the hair's fall direction ``down`` (image (dx, dy)) over the hair pixels."""
+    if not mask.any():
+        return image
+    s = image.shape[0]
+    length = max(3, int(0.08 * s)) | 1
+    kernel = np.zeros((length, length), np.float32)
+    mid = (length - 1) / 2
+    d = down / max(float(np.linalg.norm(down)), 1e-6)
+    for t in np.linspace(-mid, mid, 2 * length):
+        kernel[int(round(mid + t * d[1])), int(round(mid + t * d[0]))] = 1.0
+    noise = cv2.filter2D(rng.normal(0, 1, (s, s)).astype(np.float32), -1, kernel / kernel.sum())
+    noise /= max(float(noise.std()), 1e-6)
+    out = image.astype(np.float32)
+    gain = np.clip(1.0 + rng.uniform(0.06, 0.14) * noise, 0.6, 1.4)
+    out[mask] *= gain[mask][:, None]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+class _Layer:
+    """Occluders drawn over the image: premultiplied colour and coverage (alpha), anti-aliased."""
+
+    def __init__(self, size: int):
+        self.alpha = np.zeros((size, size), np.float32)
+        self.colour = np.zeros((size, size, 3), np.float32)  # premultiplied by alpha, [0, 255]
+
+    def paint(self, shape: np.ndarray, colour: np.ndarray) -> None:
+        """``shape`` (S, S) coverage in [0, 1]; ``colour`` (3,) or (S, S, 3) in [0, 255]."""
+        a = np.clip(shape, 0, 1).astype(np.float32)
+        col = np.broadcast_to(np.asarray(colour, np.float32), self.colour.shape)
+        self.colour = col * a[..., None] + self.colour * (1 - a[..., None])
+        self.alpha = a + self.alpha * (1 - a)
+
+    def composite(self, image: np.ndarray) -> np.ndarray:
+        out = self.colour + image.astype(np.float32) * (1 - self.alpha[..., None])
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+_SS = 4  # supersampling of occluder shapes
+
+
+def _shape_canvas(size: int) -> np.ndarray:
+    return np.zeros((size * _SS, size * _SS), np.uint8)
+
+
+def _done(canvas: np.ndarray, size: int) -> np.ndarray:
+    return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def _pt(p) -> tuple[int, int]:
+    return int(round(float(p[0]) * _SS + (_SS - 1) / 2)), int(round(float(p[1]) * _SS + (_SS - 1) / 2))
+
+
+def _capsule(canvas: np.ndarray, a, b, width: float) -> None:
+    cv2.line(canvas, _pt(a), _pt(b), 255, max(1, int(round(width * _SS))), cv2.LINE_AA)
+    for p in (a, b):
+        cv2.circle(canvas, _pt(p), max(1, int(round(width * _SS / 2))), 255, -1, cv2.LINE_AA)
+
+
+def _rounded_shading(shape: np.ndarray, scale: float) -> np.ndarray:
+    """0.7 at the edge of a shape rising to 1 inside it: a rounded look for flat-coloured blobs."""
+    inner = cv2.distanceTransform((shape > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
+    return 0.7 + 0.3 * np.clip(inner / max(scale, 1e-6), 0, 1)
+
+
+def _draw_hand(layer: _Layer, lm: np.ndarray, box: float, skin: np.ndarray, rng: np.random.Generator) -> None:
+    """A hand (palm, four fingers, thumb) and forearm reaching in from below: over the chin, the
+    mouth or a cheek."""
+    size = layer.alpha.shape[0]
+    anchor_kind = rng.integers(3)
+    if anchor_kind == 0:
+        anchor = lm[8] + np.array([0.0, 0.08]) * box  # chin resting on the hand
+        angle = np.radians(rng.uniform(-110, -70))
+    elif anchor_kind == 1:
+        anchor = lm[62] + rng.normal(0, 0.04, 2) * box  # hand over the mouth
+        angle = np.radians(rng.uniform(-120, -60))
+    else:
+        side = int(rng.integers(2))
+        anchor = lm[[3, 13][side]] + np.array([[-0.02, 0.0], [0.02, 0.0]][side]) * box
+        angle = np.radians(rng.uniform(-100, -60) if side == 0 else rng.uniform(-120, -80))
+    hand = box * rng.uniform(0.85, 1.15)
+    d = np.array([np.cos(angle), np.sin(angle)])  # from the wrist to the fingers (angle < 0: up)
+    n = np.array([-d[1], d[0]])
+    palm = anchor - d * 0.05 * hand
+    canvas = _shape_canvas(size)
+    cv2.ellipse(canvas, _pt(palm), (int(0.17 * hand * _SS), int(0.21 * hand * _SS)),
+                float(np.degrees(angle)) + 90.0, 0, 360, 255, -1, cv2.LINE_AA)
+    for k, (offset, length) in enumerate(zip((-0.11, -0.04, 0.035, 0.105), (0.17, 0.2, 0.19, 0.15))):
+        base = palm + d * 0.15 * hand + n * offset * hand
+        fan = np.radians(rng.normal(0, 6) + (k - 1.5) * 4)
+        fd = np.array([np.cos(angle + fan), np.sin(angle + fan)])
+        _capsule(canvas, base, base + fd * length * hand * rng.uniform(0.85, 1.1), 0.065 * hand)
+    thumb_side = 1.0 if rng.random() < 0.5 else -1.0
+    tbase = palm + n * thumb_side * 0.14 * hand
+    tdir = np.array([np.cos(angle + thumb_side * 0.9), np.sin(angle + thumb_side * 0.9)])
+    _capsule(canvas, tbase, tbase + tdir * 0.15 * hand, 0.07 * hand)
+    _capsule(canvas, palm, palm - d * 2.0 * size, 0.27 * hand)  # forearm, out of the crop
+    shape = _done(canvas, size)
+    tone = np.clip(skin * rng.uniform(0.85, 1.1) * rng.uniform(0.95, 1.05, 3), 0, 1) * 255
+    shading = _rounded_shading(shape, 0.06 * hand)[..., None]
+    grain = 1.0 + rng.normal(0, 0.03, (size, size, 1)).astype(np.float32)
+    layer.paint(shape, tone[None, None, :] * shading * grain)
+
+
+def _draw_microphone(layer: _Layer, lm: np.ndarray, box: float, rng: np.random.Generator) -> None:
+    """A hand-held or stand microphone: a bar from the bottom of the crop to a ball head below or
+    beside the mouth."""
+    size = layer.alpha.shape[0]
+    head = lm[57] + np.array([rng.uniform(-0.15, 0.15), rng.uniform(0.08, 0.2)]) * box
+    radius = rng.uniform(0.09, 0.13) * box
+    angle = np.radians(rng.uniform(55, 125))  # the bar goes down (y grows)
+    d = np.array([np.cos(angle), np.sin(angle)])
+    canvas = _shape_canvas(size)
+    _capsule(canvas, head, head + d * 2.0 * size, rng.uniform(0.06, 0.09) * box)
+    bar = _done(canvas, size)
+    grey = rng.uniform(15, 70)
+    layer.paint(bar, np.full(3, grey) * _rounded_shading(bar, 0.02 * box)[..., None])
+    canvas = _shape_canvas(size)
+    cv2.circle(canvas, _pt(head), int(radius * _SS), 255, -1, cv2.LINE_AA)
+    ball = _done(canvas, size)
+    foam = rng.random() < 0.3
+    base = rng.uniform(40, 220, 3) if foam else np.full(3, rng.uniform(20, 90))
+    ys, xs = np.mgrid[:size, :size].astype(np.float32)
+    mesh = 1.0 - 0.25 * ((np.sin(xs * 2.2) * np.sin(ys * 2.2)) > 0.3) * (not foam)
+    layer.paint(ball, base[None, None, :] * (_rounded_shading(ball, 0.5 * radius) * mesh)[..., None])
+
+
+def _draw_glasses(layer: _Layer, model: FaceModel, params: FaceParams, face: FaceRender, rng: np.random.Generator) -> None:
+    """Glasses as a 3D wire frame in front of the eyes (lenses, bridge, temples to the ears),
+    posed with the head and hidden where the face is in front of them; sometimes tinted lenses."""
+    size = layer.alpha.shape[0]
+    frame = head_frame(model)
+    u = frame.unit
+    X = model.landmarks(params.id_coeffs, params.exp_coeffs).astype(np.float64)
+    if not model.landmark_mask[36:48].all():
+        return
+    eye_w = float(np.linalg.norm(X[39] - X[36]) + np.linalg.norm(X[45] - X[42])) / 2
+    a = eye_w * rng.uniform(0.75, 0.95)
+    b = a * rng.uniform(0.6, 0.85)
+    power = rng.choice([2.0, 3.0, 4.0])
+    t = np.linspace(0, 2 * np.pi, 33)
+    ring = np.stack([np.sign(np.cos(t)) * np.abs(np.cos(t)) ** (2 / power) * a,
+                     np.sign(np.sin(t)) * np.abs(np.sin(t)) ** (2 / power) * b], -1)
+    z_front = max(X[36:48, 2].max(), X[27, 2]) + rng.uniform(0.6, 1.0) * u
+    lenses = []
+    for ids in (range(36, 42), range(42, 48)):
+        centre = X[list(ids)].mean(0) + np.array([0.0, rng.normal(0, 0.1) * u, 0.0])
+        lenses.append(np.stack([centre[0] + ring[:, 0], centre[1] + ring[:, 1] - 0.1 * u, np.full(len(t), z_front)], -1))
+    inner_r = lenses[0][np.argmax(lenses[0][:, 0] * np.sign(X[42, 0] - X[39, 0]))]
+    inner_l = lenses[1][np.argmin(lenses[1][:, 0] * np.sign(X[42, 0] - X[39, 0]))]
+    bridge = np.stack([inner_r, (inner_r + inner_l) / 2 + np.array([0, 0.2 * u, 0.1 * u]), inner_l])
+    polylines = [lenses[0], lenses[1], bridge]
+    for lens in lenses:
+        outer = lens[np.argmax(np.abs(lens[:, 0] - (X[39, 0] + X[42, 0]) / 2))]
+        ear = frame.point([np.sign(outer[0] - frame.ref[0]) * 8.9, 0.0, 0.5])
+        ear[1] = outer[1]
+        polylines.append(np.linspace(outer, ear, 12))
+    R = euler_to_matrix(np.asarray(params.pose, np.float64))
+    tol = 0.3 * u * float(params.scale)
+    depth = face.rendering.raster.depth
+    thick = max(1.0, float(np.ptp(face.landmarks_3d[:, 0]) * rng.uniform(0.012, 0.03)))
+    canvas = _shape_canvas(size)
+    for line in polylines:
+        p = project(line, float(params.scale), R, np.asarray(params.translation, np.float64))
+        xi = np.clip(np.round(p[:, 0]).astype(int), 0, size - 1)
+        yi = np.clip(np.round(p[:, 1]).astype(int), 0, size - 1)
+        seen = p[:, 2] >= depth[yi, xi] - tol  # -inf depth (no face there) is always behind
+        for k in range(len(p) - 1):
+            if seen[k] and seen[k + 1]:
+                cv2.line(canvas, _pt(p[k]), _pt(p[k + 1]), 255, max(1, int(round(thick * _SS))), cv2.LINE_AA)
+    shape = _done(canvas, size)
+    palette = np.array([[20, 20, 22], [60, 35, 20], [110, 70, 35], [170, 150, 110], [190, 190, 195]], np.float32)
+    layer.paint(shape, palette[rng.integers(len(palette))] * rng.uniform(0.8, 1.1))
+    if rng.random() < 0.25:  # sunglasses: dark lenses where the lens is in front of the face
+        for lens in lenses:
+            p = project(lens, float(params.scale), R, np.asarray(params.translation, np.float64))
+            c = p.mean(0)
+            ci, cj = int(np.clip(round(c[1]), 0, size - 1)), int(np.clip(round(c[0]), 0, size - 1))
+            if c[2] < depth[ci, cj] - tol:
+                continue
+            canvas = _shape_canvas(size)
+            cv2.fillPoly(canvas, [np.array([_pt(q) for q in p], np.int32)], 255, cv2.LINE_AA)
+            layer.paint(_done(canvas, size) * rng.uniform(0.8, 0.95), np.full(3, rng.uniform(5, 40)))
+
+
+def add_occluders(face: FaceRender, model: FaceModel, rng: np.random.Generator, colours: dict[str, np.ndarray],
+                  hand_prob: float = 0.15, glasses_prob: float = 0.2, microphone_prob: float = 0.06) -> np.ndarray:
+    """Draw glasses, a hand and/or a microphone over ``face.image`` (each with its probability, each
+    from its own stream of ``rng``) and mark the landmarks they cover as not visible. Returns the
+    occluder coverage (S, S) in [0, 1] (the landmarks at pixels covered above one half are hidden)."""
+    size = face.image.shape[0]
+    layer = _Layer(size)
+    lm = np.nan_to_num(face.landmarks_3d[:, :2])
+    box = float(max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1]), 1.0))
+    draws = rng.random(3)
+    streams = [np.random.default_rng(rng.integers(2**63)) for _ in range(3)]
+    if draws[0] < glasses_prob:
+        _draw_glasses(layer, model, face.params, face, streams[0])
+    if draws[1] < hand_prob:
+        _draw_hand(layer, lm, box, colours["skin"], streams[1])
+    if draws[2] < microphone_prob:
+        _draw_microphone(layer, lm, box, streams[2])
+    if layer.alpha.max() > 0:
+        face.image = layer.composite(face.image)
+        xi = np.round(lm[:, 0]).astype(int)
+        yi = np.round(lm[:, 1]).astype(int)
+        inside = (xi >= 0) & (xi < size) & (yi >= 0) & (yi < size)
+        covered = np.zeros(len(lm), bool)
+        covered[inside] = layer.alpha[yi[inside], xi[inside]] > 0.5
+        face.landmarks_visible = face.landmarks_visible & ~covered
+    return layer.alpha
+
+
 # ---- labelled faces ------------------------------------------------------------------------
 
 
 @dataclass
 class FaceSettings:
-    """What the labelled-face generator samples (mirrors ``config.SyntheticFacesConfig``)."""
+    """What the labelled-face generator samples (mirrors ``config.SyntheticFacesConfig``, see there
+    for what each field means; :meth:`from_config` copies one)."""
 
     size: int = 128
     num_id: int = 40
@@ -528,28 +971,98 @@ class FaceSettings:
     yaw_max_deg: float = 90.0
     pitch_max_deg: float = 40.0
     roll_max_deg: float = 30.0
-    face_fill: tuple[float, float] = (0.45, 0.65)  # landmark box side / crop side
+    face_fill: tuple[float, float] = (0.62, 0.80)  # landmark box side / crop side (AFLW2000-3D roi crops: 0.707)
     centre_jitter: float = 0.05  # of the crop side
     image_format: str = ".jpg"
     face_model: str | None = None
+    landmarks: str = "auto"  # facemodel.LANDMARK_DEFINITIONS
+    backgrounds: tuple[str, ...] = ()  # photos/videos for facepgn.backgrounds; empty: procedural
+    background_bank_size: int = 512
+    background_cache: str | None = None
+    hair_prob: float = 0.85
+    long_hair_prob: float = 0.35
+    fringe_prob: float = 0.3
+    hand_prob: float = 0.12
+    glasses_prob: float = 0.2
+    microphone_prob: float = 0.05
+    camera_effects: bool = True
+    grayscale_prob: float = 0.08
+    jpeg_quality: tuple[int, int] = (30, 92)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "FaceSettings":
+        """The settings of a ``config.SyntheticFacesConfig`` (every field of this class it has)."""
+        from dataclasses import fields
+
+        values = {}
+        for f in fields(cls):
+            if hasattr(cfg, f.name):
+                value = getattr(cfg, f.name)
+                values[f.name] = tuple(value) if isinstance(value, (list, tuple)) else value
+        return cls(**values)
 
 
 def face_model_for(settings: FaceSettings) -> FaceModel:
-    """The face model truncated to the settings' modes (cached by :func:`load_face_model`)."""
-    key = (settings.face_model, settings.num_id, settings.num_exp)
+    """The face model truncated to the settings' modes, with the settings' landmark definition
+    applied after truncating (as ``FaceModel.with_landmarks`` asks); cached per process."""
+    landmarks = getattr(settings, "landmarks", "auto")
+    key = (settings.face_model, settings.num_id, settings.num_exp, landmarks)
     model = _TRUNCATED.get(key)
     if model is None:
         model = load_face_model(settings.face_model).truncated(settings.num_id, settings.num_exp)
+        try:
+            model = model.with_landmarks(landmarks)
+        except ValueError as exc:
+            raise ConfigError(f"landmarks={landmarks!r}: {exc}") from None
         _TRUNCATED[key] = model
     return model
+
+
+def landmark_definition_name(model: FaceModel, definition: str) -> str:
+    """The definition ``definition`` resolves to for ``model`` (``auto`` -> calibrated or upstream),
+    as written in the records' ``landmark_definition`` column."""
+    from facepgn.facemodel import calibrated_landmark_ids
+
+    if definition == "auto":
+        return "calibrated" if calibrated_landmark_ids(model) is not None else "upstream"
+    return definition
 
 
 _TRUNCATED: dict[tuple, FaceModel] = {}
 
 
+_BANKS: dict[tuple, np.ndarray] = {}
+
+
+def _background_bank(settings: FaceSettings) -> np.ndarray | None:
+    """The real-background bank of the settings (None: procedural backgrounds); built and cached
+    on disk by the first caller (:func:`generate_faces` does it before starting workers), then
+    kept per process."""
+    if not settings.backgrounds:
+        return None
+    key = (tuple(settings.backgrounds), settings.size, settings.background_bank_size, settings.background_cache)
+    bank = _BANKS.get(key)
+    if bank is None:
+        from facepgn import backgrounds
+
+        bank = backgrounds.load_background_bank(list(settings.backgrounds), settings.size, settings.background_bank_size,
+                                                seed=0, cache_dir=settings.background_cache)
+        _BANKS[key] = bank
+    return bank
+
+
+def _image_direction(R: np.ndarray, model_dir) -> np.ndarray:
+    """A model-frame direction as an image-plane (dx, dy) direction."""
+    return (np.diag([1.0, -1.0, 1.0]) @ R @ np.asarray(model_dir, np.float64))[:2]
+
+
 @_one_thread
 def synthesize_face(index: int, seed: int, settings: FaceSettings, model: FaceModel | None = None) -> tuple[FaceRender, dict[str, Any]]:
-    """Face ``index`` of the dataset with ``seed``: its rendering and its FACE_RECORD_SCHEMA row."""
+    """Face ``index`` of the dataset with ``seed``: its rendering and its FACE_RECORD_SCHEMA row.
+
+    The identity, pose, light and (procedural) background come from ``default_rng([seed, index])``;
+    the head and hair, the occluders, the real background and the camera each from a stream of their
+    own (``[seed, index, k]``), so switching one of them off leaves the rest of the face as it was."""
     model = model or face_model_for(settings)
     rng = np.random.default_rng([seed, index])
     s = settings.size
@@ -563,11 +1076,34 @@ def synthesize_face(index: int, seed: int, settings: FaceSettings, model: FaceMo
     box = rng.uniform(*settings.face_fill) * s
     centre = (s / 2 + rng.uniform(-1, 1) * settings.centre_jitter * s, s / 2 + rng.uniform(-1, 1) * settings.centre_jitter * s)
     params.scale, params.translation = place_face(model, params.id_coeffs, params.exp_coeffs, params.pose, box, centre)
-    albedo = random_albedo(face_skin(model), rng)
+    hair_rng = np.random.default_rng([seed, index, 5])
+    has_hair = bool(hair_rng.random() < settings.hair_prob)
+    long_hair = has_hair and bool(hair_rng.random() < settings.long_hair_prob)
+    fringe = has_hair and bool(hair_rng.random() < settings.fringe_prob)
+    colours: dict[str, np.ndarray] = {}
+    skin = face_skin(model)
+    albedo = random_albedo(skin, rng, hair=has_hair, colours=colours)
     light, ambient, diffuse = _random_light(rng)
     background = random_background(rng, s, s)
-    face = render_face(model, params, albedo, s, s, background, light, ambient, diffuse)
-    face.image = _camera_effects(face.image, rng)
+    bank = _background_bank(settings)
+    if bank is not None:
+        from facepgn import backgrounds
+
+        background = backgrounds.random_background(bank, np.random.default_rng([seed, index, 8]), s)
+    verts_model = model_vertices(model, params.id_coeffs, params.exp_coeffs)
+    head = hair_mesh(model, verts_model, hair_rng, colours, hair=has_hair, long_hair=long_hair, fringe=fringe)
+    face = render_face(model, params, albedo, s, s, background, light, ambient, diffuse, extra=head)
+    if has_hair:
+        hair_pixels = face.rendering.raster.triangle_ids >= len(skin.triangles)
+        down = _image_direction(euler_to_matrix(np.asarray(params.pose, np.float64)), [0.0, -1.0, 0.0])
+        face.image = _strand_texture(face.image, hair_pixels, down, np.random.default_rng([seed, index, 9]))
+    add_occluders(face, model, np.random.default_rng([seed, index, 6]), colours, settings.hand_prob,
+                  settings.glasses_prob, settings.microphone_prob)
+    if settings.camera_effects:
+        face.image = camera_effects(face.image, np.random.default_rng([seed, index, 7]), settings.grayscale_prob,
+                                    tuple(settings.jpeg_quality))
+    else:
+        face.image = _camera_effects(face.image, rng)
     row = face_record(face, index, seed, settings, model)
     return face, row
 
@@ -593,6 +1129,7 @@ def face_record(face: FaceRender, index: int, seed: int, settings: FaceSettings,
         "face_model": model.name,
         "crop_to_frame": records.crop_transform(0, 0, s, s).reshape(-1),
         "source_path": f"synthetic:seed={seed}",
+        "landmark_definition": landmark_definition_name(model, getattr(settings, "landmarks", "auto")),
     }
 
 
@@ -661,6 +1198,7 @@ def generate_faces(
     """
     settings = settings or FaceSettings()
     storage.makedirs(out_dir)
+    _background_bank(settings)  # build (and cache) a real-background bank once, before any worker needs it
     tasks = []
     skipped = []
     for shard, start in enumerate(range(0, n, rows_per_shard)):
@@ -947,7 +1485,9 @@ def render_pair(seed: int, size: int = 128, max_rotation_deg: float = 6.0, max_s
                 model: FaceModel | None = None) -> FramePair:
     """A frame pair of one identity: frame B is frame A moved by a small random rotation, shift,
     scale change and expression change; returns both images, the exact flow and its validity."""
-    settings = settings or FaceSettings(size=size)
+    # Pairs stand in for preprocess crops of real videos (detector box + margin), where faces fill
+    # less of the crop than in the evaluation's crops: keep their own fill range.
+    settings = settings or FaceSettings(size=size, face_fill=(0.45, 0.65))
     model = model or face_model_for(settings)
     rng = np.random.default_rng([seed, 7])
     id_coeffs = sample_identity(rng, model.num_id, settings.id_std)

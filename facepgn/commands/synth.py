@@ -90,12 +90,7 @@ def run_faces(args: argparse.Namespace) -> int:
 
     cfg = load_config(SyntheticFacesConfig, args.config,
                       _overrides(args, {"n": "n", "out": "output", "size": "size", "seed": "seed", "workers": "workers"}))
-    settings = synthetic.FaceSettings(
-        size=cfg.size, num_id=cfg.num_id, num_exp=cfg.num_exp, id_std=cfg.id_std, expression_prob=cfg.expression_prob,
-        yaw_max_deg=cfg.yaw_max_deg, pitch_max_deg=cfg.pitch_max_deg, roll_max_deg=cfg.roll_max_deg,
-        face_fill=tuple(cfg.face_fill), centre_jitter=cfg.centre_jitter, image_format=cfg.image_format,
-        face_model=cfg.face_model,
-    )
+    settings = synthetic.FaceSettings.from_config(cfg)
     synthetic.face_model_for(settings)  # a missing/bad face model fails here, in one line
     workers = _workers(cfg.workers)
     t0 = time.time()
