@@ -64,8 +64,8 @@ def test_label_videos_and_photos_with_bad_items_and_resume(ray_session, shared, 
     out = tmp_path / "out"
     cfg = dict(input=str(inputs), output=str(out), **SMALL)
 
-    # an interrupted run (3 items), then the rest
-    first = run_label(LabelConfig(max_items=3, **cfg))
+    # an interrupted run (3 items; in this process), then the rest on Ray
+    first = run_label(LabelConfig(max_items=3, executor="local", **cfg))
     assert first["items_processed_this_run"] == 3 and first["items_pending"] == len(VIDEOS) + len(PHOTOS) + 4 - 3
     summary = run_label(LabelConfig(**cfg))
     assert summary["items_found"] == 11 and summary["items_already_done"] == 3

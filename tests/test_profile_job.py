@@ -88,12 +88,12 @@ def test_profile_label_output_with_bad_records_and_shards(ray_session, labelled,
         (r["record_id"], r["pose"], r["landmarks_3d"]) for r in views if r["record_id"] in {a["record_id"] for a in again}]
 
 
-def test_s3_input_and_output(ray_session, s3_bucket, labelled):
+def test_s3_input_and_output(s3_bucket, labelled):  # (Ray workers on S3: test_label_job's S3 test)
     fs, _ = storage.get_fs(s3_bucket)
     shard = sorted((labelled / "data").iterdir())[0]
     fs.put_file(str(shard), f"{s3_bucket[5:]}/labels/data/{shard.name}")
     out = f"{s3_bucket}/profiled"
-    cfg = ProfileConfig(input=f"{s3_bucket}/labels", output=out, **{**FAST, "views": 1})
+    cfg = ProfileConfig(input=f"{s3_bucket}/labels", output=out, executor="local", **{**FAST, "views": 1})
     summary = run_profile(cfg)
     n = pq.read_metadata(shard).num_rows
     assert summary["items_read"] == 1 and summary["views_written"] == n
