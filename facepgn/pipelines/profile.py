@@ -119,9 +119,11 @@ class ShardProfiler:
                         outcome = None
                     else:
                         rng = np.random.default_rng(record_seed(cfg.seed, record["record_id"]))
-                        outcome = profile_record(record, model, cfg.views, rng, None, cfg.yaw_max_deg, cfg.pitch_max_deg,
-                                                 cfg.roll_max_deg, cfg.max_source_yaw_deg, cfg.large_yaw_share,
-                                                 image_format=cfg.image_format)
+                        outcome = profile_record(
+                            record, model, cfg.views, rng, background=None, yaw_max_deg=cfg.yaw_max_deg,
+                            pitch_max_deg=cfg.pitch_max_deg, roll_max_deg=cfg.roll_max_deg,
+                            max_source_yaw_deg=cfg.max_source_yaw_deg, large_yaw_share=cfg.large_yaw_share,
+                            image_format=cfg.image_format)
                 reason = "face_model_mismatch" if outcome is None else outcome.reason
                 if reason is not None:
                     result.skipped_records[reason] = result.skipped_records.get(reason, 0) + 1
