@@ -213,11 +213,13 @@ def head_mesh(model: FaceModel) -> HeadMesh:
     tris.append(np.stack([last, np.roll(last, -1), np.full(n, pole)], 1))
     shell_tris = np.concatenate(tris)
     verts = np.concatenate([closed, shell], 0)
-    # Wind the shell outward (away from the ellipsoid centre), like the face (towards +z).
-    p = verts[shell_tris]
-    normal = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
-    flip = np.einsum("fc,fc->f", normal, p.mean(1) - centre) < 0
-    shell_tris[flip] = shell_tris[flip][:, [0, 2, 1]]
+    # The strips are built with one winding; flip them all if the face walks the border edges
+    # (a -> next a) the same way the first strip does, so every edge is walked once each way.
+    face_tris = np.asarray(skin.triangles, np.int64)
+    face_edges = set(map(tuple, np.concatenate([face_tris[:, [0, 1]], face_tris[:, [1, 2]], face_tris[:, [2, 0]]]).tolist()))
+    same = sum((int(a), int(b)) in face_edges for a, b in zip(boundary, np.roll(boundary, -1)))
+    if same > n // 2:
+        shell_tris = shell_tris[:, [0, 2, 1]]
     triangles = np.concatenate([np.asarray(skin.triangles, np.int64), shell_tris]).astype(np.int32)
     mirrored = verts * np.array([-1.0, 1.0, 1.0]) + np.array([2 * centre[0], 0.0, 0.0])
     _, mirror = cKDTree(verts).query(mirrored)
@@ -358,6 +360,22 @@ def head_foreground(image: np.ndarray, sure: np.ndarray, likely: np.ndarray, ite
     return cv2.GaussianBlur(fg.astype(np.float32), (0, 0), 0.7)
 
 
+def _body_prior(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """Where the neck and shoulders probably are: below the chin, widening from the jaw's width to
+    the whole crop at the bottom (GrabCut's likely foreground, so that a new background keeps the
+    person's clothes)."""
+    prior = np.zeros((size, size), bool)
+    lm = landmarks[np.all(np.isfinite(landmarks[:, :2]), 1)]
+    if len(lm) < 3:
+        return prior
+    top = int(np.clip(np.ceil(lm[:, 1].max()), 0, size))
+    left, right = float(lm[:, 0].min()), float(lm[:, 0].max())
+    for y in range(top, size):
+        t = (y - top) / max(size - 1 - top, 1)
+        prior[y, max(0, int(round(left * (1 - t)))): int(round(right + (size - 1 - right) * t)) + 1] = True
+    return prior
+
+
 def fit_shell_extent(head: HeadMesh, verts_src: np.ndarray, centre_src: np.ndarray, foreground: np.ndarray,
                      limits: tuple[float, float] = (0.75, 1.3)) -> np.ndarray:
     """Per-path scale (N,) of the head ellipsoid that puts the shell's silhouette in the source on
@@ -399,7 +417,8 @@ class HeadTexture:
     """Per-vertex texture of the head proxy in source-crop coordinates (see the module docstring).
 
     ``own``/``partner``/``fill`` (V, 2): where each vertex's own projection, its mirror partner's
-    and the propagated fill sample the source; ``weights`` (V, 3) blend them (rows sum to 1);
+    and the propagated fill sample the source; ``weights`` (V, 4) blend own, partner, own from the
+    blurred source (stretched) and fill (rows sum to 1);
     ``gain`` (V, 3) matches the partner's colour to the own side's lighting; ``opaque`` (V,) 1 on
     the face mesh (foreground whatever the segmentation says), 0 on the shell.
     """
@@ -431,11 +450,13 @@ def head_texture(head: HeadMesh, verts_src: np.ndarray, image: np.ndarray, foreg
     # own samples whatever the segmentation says (GrabCut loses blonde hair on a beige wall).
     on_person = np.where(head.is_shell, _smoothstep(_sample(foreground, own)[:, 0], 0.3, 0.7), 1.0)
     trust = visible * _smoothstep(nz, *grazing) * on_person
-    seen = visible * _smoothstep(nz, -0.02, 0.08) * on_person  # front-facing at all: stretched, but the right place
+    seen = visible * _smoothstep(nz, -0.1, 0.12) * on_person  # front-facing at all: stretched, but the right place
     partner = own[head.mirror]
     trust_p = trust[head.mirror]
     rest = (1 - trust) * (1 - trust_p)
-    weights = np.stack([trust + rest * seen, (1 - trust) * trust_p, rest * (1 - seen)], 1)
+    # own sharp, partner sharp, own stretched (from the blurred source: a stretched strip is blurry
+    # anyway, and sharp it prints streaks), fill (blurred)
+    weights = np.stack([trust, (1 - trust) * trust_p, rest * seen, rest * (1 - seen)], 1)
     # Fill: the better of own/partner where either is good (and, on the shell, on the person),
     # propagated over the rest.
     # (Grazing but seen counts: it is the source's silhouette, whose colour -- hair, an ear -- is
@@ -477,16 +498,19 @@ def render_head(head: HeadMesh, texture: HeadTexture, verts: np.ndarray, image: 
     attrs = np.concatenate([texture.own, texture.partner, texture.fill, texture.weights, texture.gain,
                             texture.opaque[:, None]], 1)
     pix = render.interpolate(raster, head.triangles, attrs)
-    wts = pix[..., 6:9] / np.maximum(pix[..., 6:9].sum(-1, keepdims=True), 1e-6)
-    for j, (src, layer) in enumerate(((image, 0), (image, 2), (blurred, 4))):
+    wts = pix[..., 6:10] / np.maximum(pix[..., 6:10].sum(-1, keepdims=True), 1e-6)
+    for j, (src, layer) in enumerate(((image, 0), (image, 2), (blurred, 0), (blurred, 4))):
+        if not (wts[..., j][mask] > 1e-3).any():
+            continue
         mx, my = pix[..., layer].astype(np.float32), pix[..., layer + 1].astype(np.float32)
         rgb = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         if j == 1:
-            rgb = rgb * pix[..., 9:12]
-        fg = cv2.remap(foreground, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) if j < 2 else 1.0
+            rgb = rgb * pix[..., 10:13]
+        # The fill covers what the source never saw (the back of the head): opaque.
+        fg = cv2.remap(foreground, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) if j < 3 else 1.0
         colour += rgb * wts[..., j: j + 1]
         alpha += fg * wts[..., j]
-    alpha = np.maximum(alpha, np.clip(pix[..., 12], 0.0, 1.0)) * mask
+    alpha = np.maximum(alpha, np.clip(pix[..., 13], 0.0, 1.0)) * mask
     if feather_px > 0:  # soften the silhouette on its inner side only
         edge = np.clip(cv2.GaussianBlur(mask.astype(np.float32), (0, 0), feather_px) * 2.0, 0.0, 1.0)
         alpha *= edge
@@ -670,7 +694,8 @@ def prepare_source(record: Mapping[str, Any], face_model: FaceModel, image: np.n
     core_tris = head.core[head.triangles].all(1)
     sure = raster.mask & core_tris[np.maximum(raster.triangle_ids, 0)]
     sure = cv2.erode(sure.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    foreground = head_foreground(image, sure, raster.mask)
+    lm_src = project(geo.landmarks, scale, R, trans)
+    foreground = head_foreground(image, sure, raster.mask | _body_prior(lm_src, size))
     centre_src = project(geo.centre[None], scale, R, trans)[0]
     extent = fit_shell_extent(head, verts_src, centre_src, foreground)
     verts = geo.vertices(head, extent)
@@ -865,14 +890,13 @@ def fit_photo_record(image: np.ndarray, landmarks_2d: np.ndarray, face_model: Fa
     pseudo-labeller (:mod:`facepgn.pseudolabel`) makes the real ones."""
     import torch
 
+    from facepgn.faces import frame_to_crop, square_crop
+
     pts = np.asarray(landmarks_2d, np.float64)
     side_lm, centre = _box(pts)
-    side = side_lm / fill
-    x0, y0 = centre[0] - side / 2, centre[1] - side / 2
-    m = np.array([[size / side, 0, -x0 * size / side], [0, size / side, -y0 * size / side]])
-    crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
-    target = torch.tensor(pts @ m[:, :2].T + m[:, 2], dtype=torch.float32)
+    box = np.array([centre[0] - side_lm / 2, centre[1] - side_lm / 2, side_lm, side_lm])
+    crop, crop_to_frame = square_crop(image, box, (1 / fill - 1) / 2, size)
+    target = torch.tensor(frame_to_crop(pts, crop_to_frame), dtype=torch.float32)
     mask = torch.tensor(face_model.landmark_mask)
     with single_threaded():
         lm_ids = torch.tensor(np.maximum(face_model.landmark_ids, 0), dtype=torch.long)
@@ -923,7 +947,7 @@ def fit_photo_record(image: np.ndarray, landmarks_2d: np.ndarray, face_model: Fa
         "id_coeffs": ids_np,
         "exp_coeffs": exps_np,
         "face_model": face_model.name,
-        "crop_to_frame": records.invert_affine(m.astype(np.float32)).reshape(-1),
+        "crop_to_frame": np.asarray(crop_to_frame, np.float32).reshape(-1),
         "source_path": source_path,
         "fit_residual": residual,
     }

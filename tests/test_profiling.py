@@ -147,3 +147,38 @@ def test_rows_fit_the_face_record_schema(model, source):
     assert table.column("parent_record_id").to_pylist() == [row["record_id"]] * 2
     sheet = profiling.profile_contact_sheet([row], [rows])
     assert sheet.shape[0] > 128 and sheet.shape[1] > 3 * 128
+
+
+def test_head_proxy_is_closed_and_consistently_wound(model):
+    head = profiling.head_mesh(model)
+    tris = head.triangles.astype(np.int64)
+    directed = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
+    # Closed (no inside of the mask can show) and every edge walked once each way (outward normals).
+    undirected, counts = np.unique(np.sort(directed, 1), axis=0, return_counts=True)
+    assert np.all(counts == 2)
+    assert len(np.unique(directed, axis=0)) == len(directed)
+    assert head.num_vertices == head.num_closed + head.num_rings * len(head.boundary) + 1
+    # Mirror partners are an involution on the symmetric mean shape (up to a few ties).
+    assert np.mean(head.mirror[head.mirror] == np.arange(head.num_vertices)) > 0.95
+
+
+def test_a_fitted_real_photo_profiles(shared):
+    import cv2
+
+    from facepgn import faces
+    from facepgn.facemodel import load_face_model
+
+    model = load_face_model(None).truncated(20, 10).with_landmarks("upstream")
+    rgb = cv2.cvtColor(cv2.imread(str(shared / "media" / "faces-wild" / "batchface" / "obama.jpg")), cv2.COLOR_BGR2RGB)
+    detection = faces.FaceDetector().detect(rgb)[0]
+    points = faces.LandmarkModel().predict(rgb, detection.box)
+    record = profiling.fit_photo_record(rgb, points, model, "faces-wild/obama", size=96, steps=150)
+    record["landmark_definition"] = "upstream"
+    assert record["fit_residual"] < 0.05 and abs(np.degrees(record["pose"][1])) < 20
+    out = profiling.profile_record(record, model, 3, np.random.default_rng(0))
+    assert out.reason is None and len(out.rows) == 3
+    records.check_table(records.to_table([record] + out.rows, "face_record"), "face_record")
+    for row in out.rows:
+        image = records.decode_image(row["image"])
+        assert image.shape == (96, 96, 3) and row["subject_id"] == "faces-wild/obama"
+        assert 0 < np.asarray(row["landmarks_visible"]).sum() <= 68
