@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 from typing import Sequence
@@ -42,6 +43,7 @@ _FRAMES_PER_VIDEO = 4
 _FACE_GROW = (0.5, 0.7, 0.5, 0.4)  # detector box grown by these fractions of its size: left, top (hair), right, bottom (chin)
 _MIN_STD = 6.0  # flat patches (letterbox bars, blown-out sky) are dropped
 _MEMO: dict[str, np.ndarray] = {}
+log = logging.getLogger(__name__)
 
 
 def list_sources(paths: Sequence[str]) -> list[str]:
@@ -149,6 +151,7 @@ def _build(paths: Sequence[str], size: int, n: int, seed: int, detector=None, av
     rng = np.random.default_rng(seed)
     patches: list[np.ndarray] = []
     origins: list[str] = []
+    bad: dict[str, InputError] = {}
     for _round in range(4):  # later rounds revisit sources (other frames, other places) if short
         order = rng.permutation(len(sources))
         quota = max(1, int(np.ceil((n - len(patches)) / len(sources))))
@@ -156,7 +159,14 @@ def _build(paths: Sequence[str], size: int, n: int, seed: int, detector=None, av
             if len(patches) >= n:
                 break
             path = sources[k]
-            frames = _frames(path, rng, _FRAMES_PER_VIDEO if path.lower().endswith(VIDEO_EXTENSIONS) else 1)
+            if path in bad:
+                continue
+            try:
+                frames = _frames(path, rng, _FRAMES_PER_VIDEO if path.lower().endswith(VIDEO_EXTENSIONS) else 1)
+            except InputError as exc:  # one unreadable file in a folder of hundreds: skip it, say so
+                bad[path] = exc
+                log.warning("background bank: skipping %s", exc)
+                continue
             per_frame = max(1, int(np.ceil(quota / len(frames))))
             for rgb in frames:
                 boxes = _face_boxes(detector, rgb) if avoid_faces else np.zeros((0, 4))
@@ -167,6 +177,8 @@ def _build(paths: Sequence[str], size: int, n: int, seed: int, detector=None, av
         if len(patches) >= n:
             break
     if not patches:
+        if len(bad) == len(sources):
+            raise next(iter(bad.values()))
         raise InputError(str(paths[0]) if paths else "backgrounds", "no face-free background patch could be cut")
     while len(patches) < n:  # few, small sources: reuse (random_background mirrors and zooms anyway)
         i = int(rng.integers(len(patches)))

@@ -53,3 +53,12 @@ def test_bad_background_sources_are_one_line_errors(tmp_path):
     bad.write_bytes(b"not an npz")
     with pytest.raises(InputError, match=r"bank.npz: not a background bank"):
         backgrounds.load_background_bank([str(bad)], 32)
+
+
+def test_an_unreadable_file_among_good_ones_is_skipped(sources, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    bank = backgrounds.build_background_bank([sources[0], str(broken)], 32, 4, seed=0)
+    assert bank.shape == (4, 32, 32, 3)
+    with pytest.raises(InputError, match=r"broken.jpg: image cannot be decoded"):
+        backgrounds.build_background_bank([str(broken)], 32, 2)
