@@ -433,7 +433,8 @@ class HeadTexture:
 
 
 def head_texture(head: HeadMesh, verts_src: np.ndarray, image: np.ndarray, foreground: np.ndarray,
-                 raster: render.Raster | None = None, grazing: tuple[float, float] = (0.12, 0.45)) -> HeadTexture:
+                 raster: render.Raster | None = None, grazing: tuple[float, float] = (0.12, 0.45),
+                 fill_smoothing: int = 20) -> HeadTexture:
     """Texture the head proxy from the source crop (``verts_src``: its image-space vertices there).
 
     ``grazing`` (lo, hi): surface whose normal's z (towards the camera) is below ``lo`` is too
@@ -467,6 +468,13 @@ def head_texture(head: HeadMesh, verts_src: np.ndarray, image: np.ndarray, foreg
     best = np.where((own_q >= trust_p)[:, None], own, partner)
     known = (np.maximum(own_q, trust_p) > 0.5) & (head.core | (_sample(foreground, best)[:, 0] > 0.5))
     fill = _propagate(head.adjacency, best, known) if known.any() else best
+    # Smooth where the fronts met (known vertices fixed): no hard edges between stretched patches;
+    # few passes, so coordinates stay local (a full harmonic fill would average round the head and
+    # sample the middle of the face).
+    deg = np.maximum(np.asarray(head.adjacency.sum(1)).ravel(), 1)[:, None]
+    free = ~known
+    for _ in range(fill_smoothing):
+        fill[free] = ((head.adjacency @ fill) / deg)[free]
     # Lighting of the partner's side -> own side: colour ratio where both are seen, spread outward.
     blur = cv2.GaussianBlur(image, (0, 0), max(1.0, w / 64)).astype(np.float32)
     ratio = (_sample(blur, own) + 8.0) / (_sample(blur, partner) + 8.0)
@@ -483,9 +491,10 @@ def head_texture(head: HeadMesh, verts_src: np.ndarray, image: np.ndarray, foreg
 
 
 def render_head(head: HeadMesh, texture: HeadTexture, verts: np.ndarray, image: np.ndarray, blurred: np.ndarray,
-                foreground: np.ndarray, feather_px: float = 0.7) -> tuple[np.ndarray, np.ndarray, render.Raster]:
-    """The textured head proxy at image-space ``verts``: colour (H, W, 3) float32, opacity (H, W)
-    and the raster. Opacity is 1 on the face mesh and on what the source never saw (the back of
+                foreground: np.ndarray, feather_px: float = 0.7) -> tuple[np.ndarray, np.ndarray, np.ndarray, render.Raster]:
+    """The textured head proxy at image-space ``verts``: colour (H, W, 3) float32, opacity (H, W),
+    how much of each pixel's texture the source saw sharply (own or partner sample, (H, W)) and
+    the raster. Opacity is 1 on the face mesh and on what the source never saw (the back of
     the head), the source foreground where the shell's texture comes from, feathered at the
     silhouette."""
     h, w = image.shape[:2]
@@ -494,7 +503,7 @@ def render_head(head: HeadMesh, texture: HeadTexture, verts: np.ndarray, image: 
     colour = np.zeros((h, w, 3), np.float32)
     alpha = np.zeros((h, w), np.float32)
     if not mask.any():
-        return colour, alpha, raster
+        return colour, alpha, np.zeros((h, w), np.float32), raster
     attrs = np.concatenate([texture.own, texture.partner, texture.fill, texture.weights, texture.gain,
                             texture.opaque[:, None]], 1)
     pix = render.interpolate(raster, head.triangles, attrs)
@@ -514,7 +523,7 @@ def render_head(head: HeadMesh, texture: HeadTexture, verts: np.ndarray, image: 
     if feather_px > 0:  # soften the silhouette on its inner side only
         edge = np.clip(cv2.GaussianBlur(mask.astype(np.float32), (0, 0), feather_px) * 2.0, 0.0, 1.0)
         alpha *= edge
-    return colour, alpha, raster
+    return colour, alpha, (wts[..., 0] + wts[..., 1]) * mask, raster
 
 
 def outline_radii(mask: np.ndarray, centre: np.ndarray, n_angles: int = 180) -> np.ndarray:
@@ -715,14 +724,16 @@ def prepare_source(record: Mapping[str, Any], face_model: FaceModel, image: np.n
 def render_view(source: SourceFace, face_model: FaceModel, pose: np.ndarray, id_coeffs: np.ndarray,
                 exp_coeffs: np.ndarray) -> dict[str, Any]:
     """One new view: the head turned to ``pose`` (pitch, yaw, roll radians), re-centred and
-    re-scaled so its 68-landmark box matches the source's. Returns the image and exact labels."""
+    re-scaled so its 68-landmark box matches the source's. Returns the image, exact labels, the
+    face mesh's pixels (``face_mask``) and ``texture_seen``: the share of them textured by what
+    the source saw sharply (own or mirrored samples; the rest is stretched or invented)."""
     head = head_mesh(face_model)
     size = source.image.shape[0]
     s_new, t_new = place_face(face_model, id_coeffs, exp_coeffs, pose, source.box_side, source.box_centre)
     R_new = euler_to_matrix(np.asarray(pose, np.float64))
     w = head.rigid[:, None]
     verts = w * project(source.verts_model, s_new, R_new, t_new) + (1 - w) * source.verts_source
-    colour, alpha, raster = render_head(head, source.texture, verts, source.image, source.blurred, source.foreground)
+    colour, alpha, sharp, raster = render_head(head, source.texture, verts, source.image, source.blurred, source.foreground)
     centre = source.centre_source
     map_x, map_y = surround_warp(size, centre, source.outline_source, outline_radii(raster.mask, centre))
     base = cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
@@ -740,7 +751,8 @@ def render_view(source: SourceFace, face_model: FaceModel, pose: np.ndarray, id_
     extent = float(np.ptp(verts[: face_model.num_vertices, :2], axis=0).max())
     visible[mask] = render.vertex_visibility(lm[mask], face_raster, tolerance=max(1.0, 0.015 * extent))
     return {"image": image, "landmarks_3d": lm, "landmarks_visible": visible, "scale": float(s_new),
-            "translation": np.asarray(t_new, np.float64), "face_mask": face_raster.mask}
+            "translation": np.asarray(t_new, np.float64), "face_mask": face_raster.mask,
+            "texture_seen": float(sharp[face_raster.mask].mean()) if face_raster.mask.any() else 0.0}
 
 
 def profile_record(record: Mapping[str, Any], face_model: FaceModel, n_views: int, rng: np.random.Generator,
@@ -776,9 +788,11 @@ def profile_record(record: Mapping[str, Any], face_model: FaceModel, n_views: in
         parent = str(record["record_id"])
         crop = records.crop_transform(0, 0, size, size).reshape(-1)
         rows: list[dict[str, Any]] = []
+        seen: list[float] = []
         t_views = time.perf_counter()
         for k, view_pose in enumerate(poses):
             view = render_view(source, face_model, view_pose, ids, exps)
+            seen.append(view["texture_seen"])
             lm = np.nan_to_num(view["landmarks_3d"], nan=0.0)
             rows.append({
                 "record_id": f"{parent}/view{k:02d}",
@@ -811,6 +825,7 @@ def profile_record(record: Mapping[str, Any], face_model: FaceModel, n_views: in
         "source_yaw_deg": float(np.degrees(source_pose[1])),
         "source_visible_fraction": float(source.texture.source_visible[: head.num_closed].mean()),
         "ms_per_view": 1000 * timings["views"] / max(len(rows), 1),
+        "texture_seen_mean": float(np.mean(seen)) if seen else 0.0,
     }
     return ProfileOutcome(rows, None, figures, timings)
 
