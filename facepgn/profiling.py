@@ -675,7 +675,7 @@ class SourceFace:
     blurred: np.ndarray
     foreground: np.ndarray  # (S, S) float32
     background: np.ndarray | None  # (S, S, 3) uint8 new scene, or None to keep the source's
-    head_centre: np.ndarray  # (3,) model frame, what the head turns about
+    head_centre: np.ndarray  # (3,) model frame: the head ellipsoid's centre
     centre_source: np.ndarray  # (2,) the head centre in the source crop
     outline_source: np.ndarray  # (A,) the head proxy's outline there (outline_radii)
     verts_model: np.ndarray  # (V, 3) head proxy, model frame
