@@ -404,6 +404,8 @@ class ValidationSettings(StrictModel):
     max_records: int = _TField(512, ge=1)  # validation faces used (the first ones)
     batch_size: int = _TField(32, ge=1)
     overlay_images: int = _TField(4, ge=0)  # faces drawn with the predicted mesh + landmarks to TensorBoard
+    every_steps: int = _TField(0, ge=0)  # also validate every N steps (at a checkpoint step); 0: after epochs only
+    keep_best: bool = True  # write <output_dir>/best_model.pt whenever the validation NME improves (checkpoint selection)
 
 
 class RayRunSettings(StrictModel):

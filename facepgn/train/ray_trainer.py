@@ -804,6 +804,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tb.scalars({"val/nme": out["val_nme"], "val/nme_pgn": out["val_nme_pgn"]}, step)
         return out
 
+    best_path = storage.join(cfg.output_dir, "best_model.pt")
+    best_meta = storage.join(cfg.output_dir, "best_model.json")
+    best = {"val_nme": float("inf")}
+    if storage.exists(best_meta):  # a resumed run keeps the best of its earlier part
+        best = json.loads(storage.read_bytes(best_meta))
+
+    def keep_best(val: dict[str, Any]) -> None:
+        """Checkpoint selection on the validation faces: the best weights so far as a model file."""
+        if rank != 0 or not cfg.validation.keep_best or "val_nme" not in val or not val["val_nme"] < best["val_nme"]:
+            return
+        best.update(val_nme=float(val["val_nme"]), val_nme_pgn=float(val.get("val_nme_pgn", float("nan"))), step=step)
+        save_model_file(core, best_path)
+        storage.atomic_write_text(best_meta, json.dumps(best) + "\n")
+        print(f"facepgn train: best validation NME so far {100 * best['val_nme']:.2f}% at step {step} -> {best_path}", flush=True)
+
     def report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
         write_audit()
         metrics = {**metrics, "step": step, "epoch": epoch, **last_val}
@@ -874,6 +889,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if step >= cfg.steps:
                 finished_epoch = False
                 break
+            if cfg.validation.every_steps and step % cfg.validation.every_steps == 0:
+                last_val = validate()  # every rank at the same step: validation is collective
+                keep_best(last_val)
             if not epoch_reports_only and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
                 report(last_metrics, with_checkpoint=True)
         if steps_this_epoch == 0:
@@ -881,12 +899,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if finished_epoch:
             epoch += 1
             last_val = validate()
+            keep_best(last_val)
             report(last_metrics, with_checkpoint=True)
         # an epoch cut short by the step limit is finished below
 
     # the end: validation of the final weights (unless an epoch just ended), checkpoint, model file
     if not finished_epoch:
         last_val = validate()
+        keep_best(last_val)
         report(last_metrics, with_checkpoint=True)
     if rank == 0:
         save_model_file(core, storage.join(cfg.output_dir, MODEL_FILE))
