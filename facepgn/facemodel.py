@@ -41,6 +41,14 @@ ICT_JAW_LEFT_IDS = np.array([3661, 4390, 3022, 2484, 4036, 2253, 3490, 3496], dt
 LANDMARK_DEFINITIONS = ("auto", "upstream", "jaw-substitutes", "calibrated")
 
 
+def resolve_landmark_definition(model: "FaceModel", definition: str) -> str:
+    """The definition ``definition`` names for ``model`` (``auto`` -> ``calibrated`` where the model
+    has calibrated ids, else ``upstream``): what records write in ``landmark_definition``."""
+    if definition == "auto":
+        return "calibrated" if calibrated_landmark_ids(model) is not None else "upstream"
+    return definition
+
+
 def calibrated_landmark_ids(model: "FaceModel") -> np.ndarray | None:
     """The calibrated 68 vertex ids shipped for ``model.name`` (None when there is none)."""
     from importlib import resources
@@ -290,8 +298,7 @@ class FaceModel:
         ``truncated`` keeps is chosen by landmark motion and must not depend on the definition."""
         if definition not in LANDMARK_DEFINITIONS:
             raise ValueError(f"unknown landmark definition {definition!r} (known: {', '.join(LANDMARK_DEFINITIONS)})")
-        if definition == "auto":
-            definition = "calibrated" if calibrated_landmark_ids(self) is not None else "upstream"
+        definition = resolve_landmark_definition(self, definition)
         if definition == "upstream":
             return self
         if definition == "jaw-substitutes":

@@ -296,12 +296,11 @@ class FaceLabeller:
         threads: int = 1,
     ):
         from facepgn import faces, teachers
-        from facepgn.facemodel import load_face_model
+        from facepgn.facemodel import load_face_model, resolve_landmark_definition
 
         full = load_face_model(face_model)
         self.model = full.truncated(num_id, num_exp).with_landmarks(landmarks)
-        self.definition = landmarks if landmarks != "auto" else (
-            "calibrated" if not np.array_equal(self.model.landmark_ids, full.landmark_ids) else "upstream")
+        self.definition = resolve_landmark_definition(full, landmarks)
         self.vertex_ids = _correspondence_for(face_model)
         self.map68 = mesh_to_68(self.model, self.vertex_ids)
         self.weights = np.ones(teachers.NUM_MESH_POINTS)

@@ -52,7 +52,7 @@ import numpy as np
 
 from facepgn import records, render, storage
 from facepgn.errors import ConfigError
-from facepgn.facemodel import FaceModel, load_face_model
+from facepgn.facemodel import FaceModel, load_face_model, resolve_landmark_definition
 from facepgn.geometry import euler_to_matrix, project
 
 # iBUG 68 landmark index groups.
@@ -1018,16 +1018,6 @@ def face_model_for(settings: FaceSettings) -> FaceModel:
     return model
 
 
-def landmark_definition_name(model: FaceModel, definition: str) -> str:
-    """The definition ``definition`` resolves to for ``model`` (``auto`` -> calibrated or upstream),
-    as written in the records' ``landmark_definition`` column."""
-    from facepgn.facemodel import calibrated_landmark_ids
-
-    if definition == "auto":
-        return "calibrated" if calibrated_landmark_ids(model) is not None else "upstream"
-    return definition
-
-
 _TRUNCATED: dict[tuple, FaceModel] = {}
 
 
@@ -1129,7 +1119,7 @@ def face_record(face: FaceRender, index: int, seed: int, settings: FaceSettings,
         "face_model": model.name,
         "crop_to_frame": records.crop_transform(0, 0, s, s).reshape(-1),
         "source_path": f"synthetic:seed={seed}",
-        "landmark_definition": landmark_definition_name(model, getattr(settings, "landmarks", "auto")),
+        "landmark_definition": resolve_landmark_definition(model, getattr(settings, "landmarks", "auto")),
     }
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from facepgn import records, synthetic
 from facepgn.cli import main
+from facepgn.facemodel import resolve_landmark_definition
 from facepgn.geometry import euler_to_matrix, fit_pose, project, rotation_angle_between
 
 
@@ -43,7 +44,7 @@ def test_face_records_validate_and_cover_yaw_buckets(synthetic_faces_dir):
         assert ((lm3[:, :2] > -5) & (lm3[:, :2] < 133)).all()
         assert vis.sum() >= 20  # even a profile shows about half (occluders hide a few more)
         assert len(r["id_coeffs"]) == 40 and len(r["exp_coeffs"]) == 20 and r["face_model"] == model.name
-        assert r["landmark_definition"] == synthetic.landmark_definition_name(model, "auto")
+        assert r["landmark_definition"] == resolve_landmark_definition(model, "auto")
         assert 0.62 * 128 - 1 <= np.ptp(lm3[:, :2], axis=0).max() <= 0.80 * 128 + 1  # the evaluation crops' fill
         # Labels are the face model posed by the stored parameters...
         R = euler_to_matrix(np.asarray(r["pose"], np.float64))

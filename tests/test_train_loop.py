@@ -201,3 +201,22 @@ def test_fp16_step_with_grad_scaler_on_cuda(faces_table, pairs_table):
     for _ in range(3):
         metrics = train_step(model, opt, batch, LossWeights(), amp_dtype=amp_dtype, scaler=scaler, grad_clip=5.0)
     assert np.isfinite(metrics["loss"])
+
+
+def test_records_in_another_landmark_definition_are_refused(synthetic_faces_dir, tmp_path):
+    """Labels of other vertices than the model's landmark definition: a one-line error naming the
+    data, before training, in the plain loop and in the Ray trainer's preflight (footer statistics)."""
+    from facepgn.config import DistributedTrainConfig, TrainConfig
+    from facepgn.errors import InputError
+    from facepgn.train import loop, ray_trainer
+    from facepgn.train.data import read_records
+
+    table = read_records([synthetic_faces_dir], "face_record")
+    definitions = set(table.column("landmark_definition").to_pylist())
+    assert definitions == {"calibrated"}  # synthetic faces name theirs (ModelConfig's default, auto)
+    cfg = {"data": {"labelled": [synthetic_faces_dir], "pair_batch_size": 0, "labelled_batch_size": 4},
+           "model": {"input_size": 64, "landmarks": "upstream"}, "steps": 1, "output_dir": str(tmp_path / "out")}
+    with pytest.raises(InputError, match="definition calibrated but the model uses 'upstream'"):
+        loop.train(TrainConfig.model_validate(cfg))
+    with pytest.raises(InputError, match="definition calibrated but the model uses 'upstream'"):
+        ray_trainer.preflight(DistributedTrainConfig.model_validate({**cfg, "ray": {"storage_path": str(tmp_path / "ray")}}))

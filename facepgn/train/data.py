@@ -21,7 +21,7 @@ A training step takes ``{"faces": ..., "pairs": ...}`` (either may be missing): 
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -329,6 +329,22 @@ def read_records(paths: Sequence[str], kind: str) -> pa.Table:
             records.check_table(table, kind, path)
             tables.append(records.upgrade_table(table, kind))
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def check_landmark_definitions(definitions: Iterable[str | None], expected: str, source: str) -> None:
+    """Records labelled in another landmark definition than the model's would teach it other
+    vertices than the ones it fits: a one-line error before training (null: unknown, accepted)."""
+    other = sorted({d for d in definitions if d} - {expected})
+    if other:
+        raise InputError(source, f"face records label landmarks in definition {', '.join(other)} but the model uses "
+                                 f"{expected!r}; set model.landmarks to match or relabel them")
+
+
+def model_landmark_definition(model_cfg: Any) -> str:
+    """The resolved landmark definition a ``ModelConfig`` builds its model with."""
+    from facepgn.facemodel import load_face_model, resolve_landmark_definition
+
+    return resolve_landmark_definition(load_face_model(model_cfg.face_model), model_cfg.landmarks)
 
 
 def random_batches(table: pa.Table, batch_size: int, seed: int = 0) -> Iterator[pa.Table]:

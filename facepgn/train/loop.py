@@ -131,6 +131,9 @@ def mixed_batches(
     """Endless mixed batches (labelled faces and/or frame pairs) from ``cfg.data`` (CPU tensors)."""
     d, m = cfg.data, cfg.model
     labelled = train_data.read_records(d.labelled, "face_record") if d.labelled else None
+    if labelled is not None and "landmark_definition" in labelled.column_names:
+        train_data.check_landmark_definitions(labelled.column("landmark_definition").unique().to_pylist(),
+                                              train_data.model_landmark_definition(cfg.model), str(d.labelled[0]))
     pairs = train_data.read_records(d.pairs, "frame_pair") if d.pairs and d.pair_batch_size > 0 else None
     if labelled is None and pairs is None:
         raise FacepgnError("training data: set data.labelled and/or data.pairs")

@@ -120,8 +120,12 @@ def _total_bytes(files: Sequence[str]) -> int:
     return sum(storage.size(f) for f in files)
 
 
-def _count_rows(files: Sequence[str], kind: str) -> int:
-    """Rows from the Parquet footers; also checks the schema (one-line error naming the file)."""
+def _count_rows(files: Sequence[str], kind: str, landmark_definition: str | None = None) -> int:
+    """Rows from the Parquet footers; also checks the schema (one-line error naming the file) and,
+    for face records, the labels' landmark definition against ``landmark_definition`` (from the
+    footer's column statistics: no data is read)."""
+    from facepgn.train import data as train_data
+
     import pyarrow.parquet as pq
 
     from facepgn import records
@@ -140,6 +144,14 @@ def _count_rows(files: Sequence[str], kind: str) -> int:
         if missing:
             raise InputError(path, f"not a {kind} shard (missing columns {missing[:4]})")
         total += meta.metadata.num_rows
+        if landmark_definition and "landmark_definition" in names:
+            col = meta.schema_arrow.names.index("landmark_definition")
+            found = set()
+            for g in range(meta.metadata.num_row_groups):
+                stats = meta.metadata.row_group(g).column(col).statistics
+                if stats is not None and stats.has_min_max:
+                    found.update({stats.min, stats.max})
+            train_data.check_landmark_definitions(found, landmark_definition, path)
     return total
 
 
@@ -157,6 +169,8 @@ def check_writable(path: str, what: str) -> None:
 
 def preflight(cfg: DistributedTrainConfig, *, require_validation: bool = False) -> TrainPlan:
     """Everything that can be checked before a worker starts; raises a one-line error otherwise."""
+    from facepgn.train import data as train_data
+
     cfg = resolve_paths(cfg)
     plan = TrainPlan(config=cfg)
     want_labelled = cfg.data.labelled_batch_size > 0 and bool(cfg.data.labelled)
@@ -168,7 +182,7 @@ def preflight(cfg: DistributedTrainConfig, *, require_validation: bool = False) 
         )
     if want_labelled:
         plan.labelled_files = _parquet_files(cfg.data.labelled, "face-record")
-        plan.labelled_rows = _count_rows(plan.labelled_files, "face_record")
+        plan.labelled_rows = _count_rows(plan.labelled_files, "face_record", train_data.model_landmark_definition(cfg.model))
         plan.labelled_bytes = _total_bytes(plan.labelled_files)
     if want_pairs:
         plan.pair_files = _parquet_files(cfg.data.pairs, "frame-pair")
