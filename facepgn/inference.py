@@ -50,14 +50,15 @@ KIND_FOOTER = 1
 # --------------------------------------------------------------------------------------------
 
 
-def load_inference_model(path: str, map_location: str = "cpu"):
+def load_inference_model(path: str | None, map_location: str = "cpu"):
     """A ``FaceReconstructor`` in eval mode from a model file (``facepgn.model.save_model_file``) or a
-    training checkpoint that holds the model (``facepgn.train``), local or ``s3://``."""
+    training checkpoint that holds the model (``facepgn.train``), local or ``s3://``; None: the
+    pretrained model shipped with facepgn."""
     import torch
 
     from facepgn import model as model_lib
 
-    path = str(path)
+    path = model_lib.resolve_model_file(path)
     fs, stripped = storage.get_fs(path)
     if fs.isdir(stripped):  # a run folder or a Ray Train checkpoint directory
         for name in ("model.pt", "checkpoint.pt"):

@@ -277,6 +277,8 @@ def model_from_payload(payload: dict[str, Any], source: str = "model file") -> F
 
     cfg = build_config(ModelConfig, payload["config"], source)
     state = payload["state_dict"]
+    # float16 files (the shipped model) come back as float32: the face arrays and the weights
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     arrays = {name[3:]: state[name].numpy() for name in FACE_BUFFERS}
     model = FaceReconstructor(cfg, arrays, face_model_name=payload.get("face_model_name", ""))
     try:
@@ -314,6 +316,62 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
         raise InputError(path, f"not a readable {what} ({exc.__class__.__name__})") from None
+
+
+def half_precision(payload: dict[str, Any]) -> dict[str, Any]:
+    """A model-file payload with its float tensors stored as float16 (half the size; loading turns
+    them back into float32). Integer buffers (triangles, landmark ids) stay exact."""
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}
+    return {**payload, "state_dict": state}
+
+
+# ---- the pretrained model shipped with the package ---------------------------------------------
+
+PRETRAINED_FILE = "facepgn-pretrained.pt"
+PRETRAINED_SHA_FILE = "facepgn-pretrained.sha256"  # "sha256  size  name", written with the model file
+
+
+def pretrained_model_file(folder: str | os.PathLike | None = None) -> str:
+    """The path of the pretrained model shipped in ``facepgn/data`` (MODEL_CARD.md; ``folder``: a
+    release folder written by :func:`write_pretrained`), verified against its recorded sha256 (a
+    truncated install or a Git LFS pointer fails here, by name)."""
+    import hashlib
+    from importlib import resources
+    from pathlib import Path
+
+    from facepgn.errors import FacepgnError
+
+    root = Path(folder) if folder is not None else resources.files("facepgn.data")
+    path, sha = root.joinpath(PRETRAINED_FILE), root.joinpath(PRETRAINED_SHA_FILE)
+    if not path.is_file() or not sha.is_file():
+        raise FacepgnError(f"{path}: this facepgn has no pretrained model; give --model MODEL_FILE")
+    digest, size, _ = sha.read_text().split()
+    data = path.read_bytes()
+    if len(data) != int(size) or hashlib.sha256(data).hexdigest() != digest:
+        raise InputError(str(path), f"pretrained model does not match its recorded sha256 ({PRETRAINED_SHA_FILE}); reinstall facepgn")
+    return str(path)
+
+
+def resolve_model_file(path: str | os.PathLike | None) -> str:
+    """``path``, or the shipped pretrained model when it is None (what --model defaults to)."""
+    return str(path) if path else pretrained_model_file()
+
+
+def write_pretrained(model_file: str, folder: str | os.PathLike) -> dict[str, Any]:
+    """Write ``model_file`` as the shipped pretrained model (float16) and its sha256 into ``folder``."""
+    import hashlib
+    import io
+    from pathlib import Path
+
+    payload = half_precision(read_torch_file(model_file))
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    folder = Path(folder)
+    (folder / PRETRAINED_FILE).write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    (folder / PRETRAINED_SHA_FILE).write_text(f"{digest}  {len(data)}  {PRETRAINED_FILE}\n")
+    return {"path": str(folder / PRETRAINED_FILE), "sha256": digest, "bytes": len(data)}
 
 
 def load_model_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> FaceReconstructor:

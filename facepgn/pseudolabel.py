@@ -320,7 +320,7 @@ class FaceLabeller:
         from facepgn import teachers
 
         outcomes: list[LabelOutcome | None] = [None] * len(faces)
-        pending, targets, agreements = [], [], []
+        pending, targets = [], []
         for i, face in enumerate(faces):
             timings: dict[str, float] = {}
             side = float(max(face.box[2], face.box[3]))

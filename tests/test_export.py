@@ -76,3 +76,32 @@ def test_onnx_runtime_in_the_pipeline_gives_the_torch_rows(shared, model_file, t
         tables[runtime] = inference.read_rows(cfg.output).to_pydict()
     assert tables["torch"]["frame_index"] == tables["onnx"]["frame_index"]
     np.testing.assert_allclose(np.asarray(tables["onnx"]["landmarks_3d"]), np.asarray(tables["torch"]["landmarks_3d"]), atol=1e-2)
+
+
+def test_pretrained_release_is_float16_verified_and_loads(trained_model_file, tmp_path):
+    """The shipped-model format: float16 weights (integer buffers exact), a recorded sha256 that
+    loading checks, and outputs within float16 rounding of the float32 model."""
+    import torch
+
+    from facepgn.errors import InputError
+    from facepgn.model import load_model_file, pretrained_model_file, write_pretrained
+
+    info = write_pretrained(trained_model_file, tmp_path)
+    path = pretrained_model_file(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    dtypes = {v.dtype for v in payload["state_dict"].values()}
+    assert torch.float32 not in dtypes and torch.float16 in dtypes
+    import os
+
+    assert info["bytes"] < 0.65 * os.path.getsize(trained_model_file)  # about half of the float32 file
+    full, half = load_model_file(trained_model_file), load_model_file(path)
+    assert torch.equal(full.state_dict()["fm_triangles"], half.state_dict()["fm_triangles"])
+    x = torch.rand(2, 3, full.input_size, full.input_size)
+    with torch.no_grad():
+        a, b = full(x), half(x)
+    assert (a["landmarks_3d"] - b["landmarks_3d"]).abs().max() < 0.5  # crop pixels
+    data = bytearray((tmp_path / "facepgn-pretrained.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "facepgn-pretrained.pt").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="does not match its recorded sha256"):
+        pretrained_model_file(tmp_path)

@@ -28,8 +28,8 @@ def register(subparsers) -> None:
 
     aflw = sub.add_parser("aflw2000", help="run a model file over AFLW2000-3D images (jpg + mat)")
     aflw.add_argument("--model", default=None,
-                      help="model file (facepgn.model.save_model_file), local or s3://; without it, "
-                      "--set peer_landmarks=true scores only the shared 2D landmark network")
+                      help="model file (facepgn.model.save_model_file), local or s3:// (default: the pretrained model)")
+    aflw.add_argument("--peer-only", action="store_true", help="score only the shared 2D landmark network, no model")
     aflw.add_argument("--data", required=True, help="folder laid out like AFLW2000-3D (imageNNNNN.jpg + .mat)")
     aflw.add_argument("--out", required=True, help="output folder (local or s3://)")
     aflw.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -79,18 +79,15 @@ def run_aflw2000(args: argparse.Namespace) -> int:
 
     from facepgn import evaluation
     from facepgn.config import EvaluateConfig, load_config
-    from facepgn.errors import FacepgnError
-    from facepgn.model import load_model_file
+    from facepgn.model import load_model_file, resolve_model_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     cfg = load_config(EvaluateConfig, args.config, args.overrides)
     start = time.time()
-    if args.model is None:
-        if not cfg.peer_landmarks:
-            raise FacepgnError("evaluate aflw2000: give --model MODEL_FILE (or --set peer_landmarks=true for the peer only)")
+    if args.peer_only:
         predict, image_size = evaluation.peer_landmark_predictor(), 128
     else:
-        model = load_model_file(args.model, map_location=args.device)
+        model = load_model_file(resolve_model_file(args.model), map_location=args.device)
         predict, image_size = evaluation.model_predictor(model, device=args.device), model.input_size
         if cfg.peer_landmarks:
             predict = evaluation.with_peer_landmarks(predict)
@@ -105,7 +102,7 @@ def run_aflw2000(args: argparse.Namespace) -> int:
         arrays_dir=cfg.arrays_dir,
         skip_bad=cfg.skip_bad,
         limit=cfg.limit,
-        title=f"AFLW2000-3D: {args.model or 'peer 2D landmark network'}",
+        title=f"AFLW2000-3D: {'peer 2D landmark network' if args.peer_only else args.model or 'the pretrained model'}",
     )
     _write_summary(args.out, args, result.metrics, cfg.model_dump(mode="json"), time.time() - start)
     _print_headline(result.metrics)

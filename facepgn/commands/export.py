@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("format", choices=["onnx"], help="export format")
-    parser.add_argument("--model", "-m", required=True, help="model file or training checkpoint")
+    parser.add_argument("--model", "-m", default=None, help="model file or training checkpoint (default: the pretrained model)")
     parser.add_argument("--out", "-o", required=True, help="output .onnx path (local or s3://)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime-vs-torch check")
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = inference.load_inference_model(args.model)
     names = inference.export_onnx(model, args.out, opset=args.opset)
-    print(f"facepgn export: {args.model} -> {args.out} (outputs: {', '.join(names)})")
+    print(f"facepgn export: {args.model or 'the pretrained model'} -> {args.out} (outputs: {', '.join(names)})")
     if args.check:
         diffs = inference.compare_onnx(model, args.out)
         worst = max(diffs[k] for k in inference.ONNX_CHECKED_OUTPUTS if k in diffs)

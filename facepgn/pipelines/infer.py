@@ -147,10 +147,13 @@ def _ray_get(ref):
 
 
 def _resolve(cfg: InferConfig) -> InferConfig:
-    for name in ("model", "input", "output"):
+    """Required paths set; no model means the pretrained one shipped with facepgn."""
+    from facepgn.model import resolve_model_file
+
+    for name in ("input", "output"):
         if not getattr(cfg, name):
             raise FacepgnError(f"inference config: {name} is not set (--{name} or --set {name}=...)")
-    return cfg
+    return cfg.model_copy(update={"model": resolve_model_file(cfg.model)})
 
 
 def plan_videos(cfg: InferConfig) -> tuple[list[Any], list[str]]:
