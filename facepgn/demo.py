@@ -65,7 +65,8 @@ class DemoLayout:
         self.ray = join("ray")
         self.tune = join("tune")
         self.infer = join("infer")
-        self.evaluate = join("eval")
+        self.evaluate = join("eval")  # the shipped pretrained model (the demo's own when there is none)
+        self.evaluate_trained = join("eval-trained")  # the model the demo trained, beside it
         self.report = join("REPORT.md")
         self.summary = join("summary.json")
         self.timings_plot = join("timings.png")
@@ -252,6 +253,22 @@ class Demo:
     def model_file(self) -> str:
         return os.path.join(self.paths.train, "model.pt")
 
+    def shipped_model(self) -> str | None:
+        """The pretrained model shipped with facepgn, or None in a build without one."""
+        from facepgn.errors import FacepgnError
+        from facepgn.model import pretrained_model_file
+
+        try:
+            return pretrained_model_file()
+        except FacepgnError:
+            return None
+
+    def inference_model(self) -> tuple[str, str]:
+        """(model file, what it is) for inference and the evaluation report: the shipped model (what
+        a user gets without training) if this facepgn has one, else the model the demo trained."""
+        shipped = self.shipped_model()
+        return (shipped, "pretrained (shipped)") if shipped else (self.model_file(), "trained by this demo")
+
     def stage_tune(self, result: StageResult) -> None:
         data = self._train_data_overrides("train.")
         if not data:
@@ -267,9 +284,11 @@ class Demo:
             result.summary = _read_json(os.path.join(self.paths.tune, "summary.json"))
 
     def stage_infer(self, result: StageResult) -> None:
-        if not self._needs(result, self.model_file(), "trained model"):
+        model, which = self.inference_model()
+        if not self._needs(result, model, "trained model"):
             return
-        argv = ["infer", *_config_file("infer"), "--set", _kv("model", self.model_file()),
+        result.outputs["model"] = f"{model} ({which})"
+        argv = ["infer", *_config_file("infer"), "--set", _kv("model", model),
                 _kv("input", self.real_videos()), _kv("output", self.paths.infer),
                 _kv("max_frames", self.cfg.infer_frames), _kv("stride", self.cfg.infer_stride), _kv("overlay", True)]
         if self._command(result, "infer", argv):
@@ -281,15 +300,26 @@ class Demo:
             result.summary = _read_json(os.path.join(self.paths.infer, "summary.json"))
 
     def stage_evaluate(self, result: StageResult) -> None:
-        if not self._needs(result, self.model_file(), "trained model"):
+        """The report's model (shipped, else the demo's) in eval/; with a shipped model, the demo's
+        own short training is scored too, in eval-trained/."""
+        model, which = self.inference_model()
+        if not self._needs(result, model, "trained model"):
             return
         data = self.cfg.aflw2000 or str(shared_path("media/aflw2000-3d"))
-        argv = ["evaluate", "aflw2000", "--model", self.model_file(), "--data", data, "--out", self.paths.evaluate,
-                *_config_file("evaluate"), "--set", _kv("limit", self.cfg.eval_images)]
-        if self._command(result, "evaluate", argv):
-            result.outputs["report"] = os.path.join(self.paths.evaluate, "report.md")
-            result.outputs["CED plot"] = os.path.join(self.paths.evaluate, "ced.png")
-            result.summary = _read_json(os.path.join(self.paths.evaluate, "metrics.json"))
+        runs = [(model, which, self.paths.evaluate)]
+        if model != self.model_file() and storage.exists(self.model_file()):
+            runs.append((self.model_file(), "trained by this demo", self.paths.evaluate_trained))
+        for path, label, out in runs:
+            argv = ["evaluate", "aflw2000", "--model", path, "--data", data, "--out", out,
+                    *_config_file("evaluate"), "--set", _kv("limit", self.cfg.eval_images)]
+            if not self._command(result, "evaluate", argv):
+                return
+            result.outputs[f"report ({label})"] = os.path.join(out, "report.md")
+        result.outputs["CED plot"] = os.path.join(self.paths.evaluate, "ced.png")
+        result.summary = _read_json(os.path.join(self.paths.evaluate, "metrics.json"))
+        result.summary["model"] = which
+        if len(runs) > 1:
+            result.summary["trained_by_demo"] = _read_json(os.path.join(self.paths.evaluate_trained, "metrics.json"))
 
     # ---- report --------------------------------------------------------------------------------
 
@@ -628,7 +658,12 @@ def render_report(demo: Demo, total: float) -> str:
         lines.append("")
     if "evaluate" in r and r["evaluate"].status.startswith("done"):
         report = os.path.join(demo.paths.evaluate, "report.md")
-        lines += ["## AFLW2000-3D evaluation", ""]
+        which = (r["evaluate"].summary or {}).get("model", "trained by this demo")
+        lines += ["## AFLW2000-3D evaluation", "", f"Model: {which}.", ""]
+        trained = (r["evaluate"].summary or {}).get("trained_by_demo")
+        if trained:
+            lines += [f"The model this demo trained scores {_headline(trained)} on the same images "
+                      f"([report]({_rel(demo, demo.paths.evaluate_trained)}/report.md)); the shipped one:", ""]
         if storage.exists(report):
             body = storage.read_text(report).strip().splitlines()
             body = [l for l in body if not l.startswith("# ")]
@@ -638,6 +673,12 @@ def render_report(demo: Demo, total: float) -> str:
                       for l in body]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    """'NME x.xx%' (68 points, 2D, mean of the yaw-bucket means) of an evaluation's metrics.json."""
+    value = _get(metrics, "landmarks", "mesh_landmarks", "nme_2d_68", "mean", default=None)
+    return f"NME {100 * value:.2f}%" if isinstance(value, (int, float)) else "(no NME)"
 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
