@@ -1,4 +1,6 @@
-"""``facepgn export onnx``: the model's networks as ONNX, checked against torch."""
+"""``facepgn export onnx``: the model's networks as ONNX, checked against torch.
+``facepgn export release``: a model file as the float16 release file + sha256 (what ships in
+``facepgn/data`` as the pretrained model; MODEL_CARD.md)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "on the ONNX outputs. The export is checked against torch on random crops."
         ),
     )
-    parser.add_argument("format", choices=["onnx"], help="export format")
+    parser.add_argument("format", choices=["onnx", "release"],
+                        help="onnx: the networks for onnxruntime; release: float16 model file + sha256 into --out (a folder)")
     parser.add_argument("--model", "-m", default=None, help="model file or training checkpoint (default: the pretrained model)")
-    parser.add_argument("--out", "-o", required=True, help="output .onnx path (local or s3://)")
+    parser.add_argument("--out", "-o", required=True, help="output .onnx path (local or s3://); release: a local folder")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime-vs-torch check")
     parser.add_argument("--atol", type=float, default=1e-3, help="largest allowed difference in the check (crop pixels)")
@@ -28,6 +31,15 @@ def run(args: argparse.Namespace) -> int:
     from facepgn import inference
     from facepgn.errors import FacepgnError
 
+    if args.format == "release":
+        import os
+
+        from facepgn.model import resolve_model_file, write_pretrained
+
+        os.makedirs(args.out, exist_ok=True)
+        info = write_pretrained(resolve_model_file(args.model), args.out)
+        print(f"facepgn export: {args.model} -> {info['path']} ({info['bytes'] / 1e6:.1f} MB float16, sha256 {info['sha256']})")
+        return 0
     model = inference.load_inference_model(args.model)
     names = inference.export_onnx(model, args.out, opset=args.opset)
     print(f"facepgn export: {args.model or 'the pretrained model'} -> {args.out} (outputs: {', '.join(names)})")
