@@ -255,11 +255,15 @@ def face_record(
     image_size: int = DEFAULT_IMAGE_SIZE,
     margin: float = DEFAULT_MARGIN,
     box: tuple[float, float, float] | None = None,
+    crop_to_frame: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """A ``face_record`` row: the square crop around the landmarks, landmarks in crop pixels
-    (3D z centred), the pose in canonical angles (:func:`canonical_pose`), coefficients as published."""
-    x0, y0, side = box if box is not None else landmark_box(face.landmarks, margin)
-    crop_to_frame = records.crop_transform(x0, y0, side, image_size)
+    """A ``face_record`` row: the square crop around the landmarks (or the given ``crop_to_frame``
+    affine, e.g. a 3DDFA roi box), landmarks in crop pixels (3D z centred), the pose in canonical
+    angles (:func:`canonical_pose`), coefficients as published."""
+    if crop_to_frame is None:
+        x0, y0, side = box if box is not None else landmark_box(face.landmarks, margin)
+        crop_to_frame = records.crop_transform(x0, y0, side, image_size)
+    crop_to_frame = np.asarray(crop_to_frame, np.float32).reshape(2, 3)
     crop = crop_with_affine(face.image, crop_to_frame, image_size)
     lm = to_crop(face.landmarks, crop_to_frame)
     lm3d = None
@@ -316,8 +320,13 @@ def convert_folder(
     shard_size: int = 500,
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    box: str = "landmarks",
 ) -> dict[str, Any]:
     """Read every image + ``.mat`` pair under ``folder`` into face-record Parquet shards in ``out_dir``.
+
+    ``box``: ``landmarks`` (square crops around the ground truth, ``margin``) or ``roi`` (AFLW2000-3D's
+    standard 3DDFA roi boxes, as ``facepgn evaluate aflw2000`` crops; faces not in the standard
+    arrays are a one-line error).
 
     Shards (``part-NNNNN.parquet``) hold fixed slices of the sorted file list and are written
     atomically; a rerun skips shards that already exist. A bad pair is recorded in ``summary.json``
@@ -327,6 +336,12 @@ def convert_folder(
     images = list_labelled_images(folder)
     if limit is not None:
         images = images[:limit]
+    roi_crops: dict[str, np.ndarray] = {}
+    if box == "roi":
+        from facepgn.evaluation import plan_aflw2000
+
+        plan = plan_aflw2000(folder, image_size=image_size, box="roi", limit=limit)
+        roi_crops = dict(zip(plan.image_paths, plan.crop_to_frame))
     storage.makedirs(out_dir)
     result = ConvertResult()
     total = len(images)
@@ -342,7 +357,8 @@ def convert_folder(
         rows = []
         for image_path in chunk:
             try:
-                rows.append(face_record(read_face(image_path, source=source), image_size, margin))
+                rows.append(face_record(read_face(image_path, source=source), image_size, margin,
+                                        crop_to_frame=roi_crops.get(image_path) if box == "roi" else None))
             except InputError as exc:
                 result.errors.append({"path": exc.path, "reason": exc.cause})
                 log.warning("skipping %s", exc)
@@ -365,8 +381,8 @@ def convert_folder(
         "shards_skipped_existing": result.skipped_shards,
         "errors": result.errors,
         "seconds": round(time.time() - start, 3),
-        "config": {"source": source, "image_size": image_size, "margin": margin, "shard_size": shard_size,
-                   "limit": limit},
+        "config": {"source": source, "image_size": image_size, "margin": margin, "box": box,
+                   "shard_size": shard_size, "limit": limit},
         "versions": _versions(),
     }
     storage.atomic_write_text(storage.join(out_dir, "summary.json"), json.dumps(summary, indent=2))

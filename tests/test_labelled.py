@@ -242,3 +242,23 @@ def test_records_feed_the_training_batches(tmp_path, aflw_dir, lp_image):
     assert batch["has_3d"].tolist() == [0.0, 1.0, 1.0]  # sorted: 300W-LP sample first (2D only)
     assert batch["has_coeffs"].sum() == 0
     np.testing.assert_allclose(batch["landmarks_2d"][1].numpy(), np.asarray(table.column("landmarks_2d")[1].as_py()).reshape(68, 2), atol=1e-4)
+
+
+def test_convert_with_the_evaluation_roi_crops(shared, tmp_path):
+    """box=roi: validation records cut exactly as `facepgn evaluate aflw2000` crops (3DDFA roi boxes)."""
+    from facepgn import evaluation
+    from facepgn.train.data import read_records
+
+    data = shared / "media" / "aflw2000-3d"
+    labelled.convert_folder(str(data), str(tmp_path / "roi"), box="roi", limit=6)
+    table = read_records([str(tmp_path / "roi")], "face_record")
+    plan = evaluation.plan_aflw2000(str(data), image_size=128, box="roi", limit=6)
+    assert table.num_rows == 6
+    for i, row in enumerate(table.to_pylist()):
+        affine = np.asarray(row["crop_to_frame"]).reshape(2, 3)
+        np.testing.assert_allclose(affine, plan.crop_to_frame[i], rtol=1e-5, atol=1e-3)
+        crop = records.decode_image(row["image"])
+        expected = evaluation.crop_batch([labelled.read_image(plan.image_paths[i])], [plan.crop_to_frame[i]], 128)[0]
+        assert np.abs(crop.astype(int) - expected.astype(int)).mean() < 3  # JPEG
+        back = records.apply_affine(affine, np.asarray(row["landmarks_2d"]).reshape(68, 2))
+        np.testing.assert_allclose(back, plan.gt[i][:, :2], atol=0.05)

@@ -37,7 +37,7 @@ def run_convert(args: argparse.Namespace) -> int:
     cfg = load_config(LabelledConfig, args.config, args.overrides)
     summary = labelled.convert_folder(
         args.data, args.out, source=cfg.source, image_size=cfg.image_size, margin=cfg.margin,
-        shard_size=cfg.shard_size, limit=cfg.limit,
+        shard_size=cfg.shard_size, limit=cfg.limit, box=cfg.box,
     )
     print(
         f"{summary['records_written']} records in {len(summary['shards'])} shard(s) "
