@@ -220,3 +220,29 @@ def test_records_in_another_landmark_definition_are_refused(synthetic_faces_dir,
         loop.train(TrainConfig.model_validate(cfg))
     with pytest.raises(InputError, match="definition calibrated but the model uses 'upstream'"):
         ray_trainer.preflight(DistributedTrainConfig.model_validate({**cfg, "ray": {"storage_path": str(tmp_path / "ray")}}))
+
+
+def test_init_from_starts_with_the_given_weights(trained_model_file, synthetic_faces_dir, tmp_path):
+    """init_from: a fresh run starts from another model's network weights (lr 0: they stay);
+    weights of another architecture are a one-line error."""
+    import torch
+
+    from facepgn.config import TrainConfig
+    from facepgn.errors import InputError
+    from facepgn.inference import load_inference_model
+    from facepgn.train import loop
+
+    source = load_inference_model(trained_model_file)
+    base = {"data": {"labelled": [synthetic_faces_dir], "pair_batch_size": 0, "labelled_batch_size": 4, "augment": False},
+            "model": source.cfg.model_dump(), "steps": 1, "optim": {"lr": 0.0, "weight_decay": 0.0, "warmup_steps": 0},
+            "init_from": trained_model_file, "tensorboard": False}
+    loop.train(TrainConfig.model_validate({**base, "output_dir": str(tmp_path / "a")}))
+    trained = load_inference_model(str(tmp_path / "a" / "model.pt"))
+    params = dict(trained.named_parameters())  # (batch-norm running statistics move with the step)
+    for k, v in source.named_parameters():
+        assert torch.equal(v, params[k]), k
+    fresh = dict(loop.build_model(source.cfg).named_parameters())
+    assert not all(torch.equal(v, fresh[k]) for k, v in source.named_parameters())
+    other = {**base["model"], "pgn_width": 0.5 if base["model"]["pgn_width"] != 0.5 else 1.0}
+    with pytest.raises(InputError, match="init_from weights do not fit"):
+        loop.train(TrainConfig.model_validate({**base, "model": other, "output_dir": str(tmp_path / "b")}))

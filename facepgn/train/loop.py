@@ -117,6 +117,18 @@ def load_checkpoint(path: str, model, optimizer=None, scheduler=None, scaler=Non
     return int(payload["step"])
 
 
+def init_weights(model: torch.nn.Module, path: str) -> None:
+    """Start from the network weights of a model file or checkpoint (``TrainConfig.init_from``);
+    a one-line error when they do not fit this model."""
+    from facepgn.inference import load_inference_model
+
+    source = load_inference_model(path)
+    try:
+        unwrap(model).load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise InputError(path, f"init_from weights do not fit this model config ({str(exc).splitlines()[0][:160]})") from None
+
+
 def model_from_checkpoint(path: str) -> FaceReconstructor:
     """The model stored in a checkpoint (eval mode)."""
     return model_from_payload(read_checkpoint(path)["model"], str(path)).eval()
@@ -203,6 +215,9 @@ def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, on_metri
     if cfg.resume and storage.exists(ckpt_path):
         start = load_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, map_location=device)
         log.info("resumed from %s at step %d", ckpt_path, start)
+    elif cfg.init_from:
+        init_weights(model, cfg.init_from)
+        log.info("weights from %s", cfg.init_from)
     if batches is None:
         batches = mixed_batches(cfg, unwrap(model).face_model_name, seed=cfg.seed + start)
     writer = _tensorboard(storage.join(out_dir, "tensorboard")) if cfg.tensorboard else None

@@ -220,6 +220,8 @@ def preflight(cfg: DistributedTrainConfig, *, require_validation: bool = False) 
     if cfg.fault.at_step is not None and cfg.fault.rank >= workers:
         raise ConfigError(f"config: fault.rank {cfg.fault.rank} but only {workers} workers")
 
+    if cfg.init_from and not storage.exists(cfg.init_from):
+        raise InputError(cfg.init_from, "init_from: model file not found")
     check_writable(cfg.ray.storage_path, "ray.storage_path")
     check_writable(cfg.output_dir, "output_dir")
     plan.run_exists = bool(storage.list_files(plan.run_path))
@@ -767,6 +769,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         step, epoch = restore_state(checkpoint, model, optimizer, scheduler, scaler, device)
         if rank == 0:
             print(f"facepgn train: resumed from step {step} (epoch {epoch})", flush=True)
+    elif cfg.init_from:
+        from facepgn.train.loop import init_weights
+
+        init_weights(model, cfg.init_from)
+        if rank == 0:
+            print(f"facepgn train: weights from {cfg.init_from}", flush=True)
     model = ray.train.torch.prepare_model(model)
     core = unwrap(model)
     if rank == 0:
