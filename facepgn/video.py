@@ -1,4 +1,5 @@
-"""Video inputs: listing a corpus (folder, glob, ``s3://`` prefix or manifest) and streaming frames.
+"""Video and photo inputs: listing a corpus (folder, glob, ``s3://`` prefix or manifest) of videos,
+photos or both (:func:`list_videos`, :func:`list_media`), streaming a video's frames, reading a photo.
 
 Decoding is chunked (``decord``, a batch of sampled frames at a time), so memory does not grow with
 the length of a video. Frames come out as RGB ``uint8`` (H, W, 3); grayscale videos decode to three
@@ -24,6 +25,7 @@ from facepgn import storage
 from facepgn.errors import FacepgnError, InputError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 
 
@@ -34,6 +36,21 @@ class VideoItem:
     path: str
     video_id: str
     subject_id: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MediaItem:
+    """One input item of a job over videos and photos: where it is, the id its outputs are named
+    by, whose face it shows, and what it is (``video``, ``photo``, or ``other``: a manifest entry
+    whose extension is neither)."""
+
+    path: str
+    item_id: str
+    subject_id: str
+    kind: str
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +188,72 @@ def list_videos(source: str, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> li
     return _unique_ids(sorted(items, key=lambda it: it.path))
 
 
+def _extensions(extensions: Sequence[str]) -> tuple[str, ...]:
+    return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+
+
+def media_kind(path: str, video_extensions: Sequence[str] = VIDEO_EXTENSIONS,
+               image_extensions: Sequence[str] = IMAGE_EXTENSIONS) -> str:
+    """``video``, ``photo`` or ``other``, from the file extension (case-insensitive)."""
+    ext = os.path.splitext(str(path))[1].lower()
+    return "video" if ext in _extensions(video_extensions) else "photo" if ext in _extensions(image_extensions) else "other"
+
+
+def list_media(source: str, video_extensions: Sequence[str] = VIDEO_EXTENSIONS,
+               image_extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[MediaItem]:
+    """Videos and photos together, from the same inputs as :func:`list_videos` (a folder, glob,
+    single file, ``s3://`` prefix, or .csv/.jsonl manifest with ``path`` and optional
+    ``subject_id``/``video_id``), sorted by path, each classified by :func:`media_kind`. Ids are
+    unique across both kinds (``a.mp4`` and ``a.jpg`` get a path hash each)."""
+    videos, photos = _extensions(video_extensions), _extensions(image_extensions)
+    return [MediaItem(it.path, it.video_id, it.subject_id, media_kind(it.path, videos, photos))
+            for it in list_videos(source, videos + photos)]
+
+
+# ---- photos ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Photo:
+    """A decoded photo: ``rgb`` at full resolution, ``small`` downscaled so its longer side is at
+    most ``max_side`` (``rgb`` itself when already small enough), and ``to_source`` the factor
+    from ``small``'s pixels to ``rgb``'s (1.0 unless downscaled)."""
+
+    rgb: np.ndarray
+    small: np.ndarray
+    to_source: float
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the full-resolution photo."""
+        return int(self.rgb.shape[1]), int(self.rgb.shape[0])
+
+
+def downscale(rgb: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    """``rgb`` resized (area filter) so its longer side is at most ``max_side``, and the factor from
+    the result's pixels back to ``rgb``'s; the image itself and 1.0 when it is small enough."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return rgb, 1.0
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return small, w / small.shape[1]
+
+
+def read_photo(path: str, max_side: int | None = None) -> Photo:
+    """A JPEG/PNG (local or ``s3://``, EXIF orientation applied) at full resolution plus a copy
+    downscaled to ``max_side`` (detection, overlays); a one-line :class:`InputError` for a missing,
+    empty or unreadable file (``facepgn.labelled.read_image``, as the label job reads photos)."""
+    from facepgn.labelled import read_image
+
+    rgb = read_image(path)
+    small, to_source = downscale(rgb, max_side)
+    return Photo(rgb=rgb, small=small, to_source=to_source)
+
+
 # ---- decoding --------------------------------------------------------------------------------
 
 
@@ -296,11 +379,18 @@ def probe_video(path: str) -> VideoInfo:
 
 __all__ = [
     "VIDEO_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
     "VideoItem",
+    "MediaItem",
+    "Photo",
     "VideoInfo",
     "Frame",
     "VideoReader",
     "list_videos",
+    "list_media",
+    "media_kind",
+    "read_photo",
+    "downscale",
     "read_manifest",
     "video_id_for",
     "sample_indices",

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -59,17 +58,11 @@ STAGES = ("decode", "detect", "label", "write")
 def list_items(cfg: LabelConfig) -> list[dict]:
     """The input videos and photos (folder, glob, ``s3://`` prefix or .csv/.jsonl manifest with
     ``path`` and optional ``subject_id``), sorted by path: dicts with item_id, path, subject_id and
-    kind (``video``, ``photo``, or ``other`` for a manifest entry of another type)."""
-    from facepgn.video import list_videos
+    kind (``video``, ``photo``, or ``other`` for a manifest entry of another type), as
+    :func:`facepgn.video.list_media` lists them (``facepgn infer`` lists its inputs the same way)."""
+    from facepgn.video import list_media
 
-    videos = tuple(e.lower() for e in cfg.video_extensions)
-    photos = tuple(e.lower() for e in cfg.image_extensions)
-    items = []
-    for it in list_videos(cfg.input, videos + photos):
-        ext = os.path.splitext(it.path)[1].lower()
-        kind = "video" if ext in videos else "photo" if ext in photos else "other"
-        items.append({"item_id": it.video_id, "path": it.path, "subject_id": it.subject_id, "kind": kind})
-    return items
+    return [it.to_dict() for it in list_media(cfg.input, cfg.video_extensions, cfg.image_extensions)]
 
 
 def spread(indices: list[int], max_count: int | None) -> list[int]:
