@@ -521,17 +521,22 @@ class SmoothingConfig(StrictModel):
 
 
 class InferConfig(StrictModel):
-    """Batch inference over videos (facepgn.pipelines.infer)."""
+    """Batch inference over videos and photos (facepgn.pipelines.infer)."""
 
     model: Optional[str] = None  # model file (facepgn.model) or training checkpoint
-    input: Optional[str] = None  # folder, s3:// prefix, single video, or a manifest (.txt/.csv)
+    input: Optional[str] = None  # folder, glob, s3:// prefix, single file, or a .csv/.jsonl manifest of videos and/or photos
     output: Optional[str] = None  # folder or s3:// prefix: rows/, overlays/, meshes/, summary.json
     runtime: Literal["torch", "onnx"] = "torch"  # onnx: onnxruntime for the networks (CPU: faster)
+    video_extensions: list[str] = [".mp4", ".avi", ".mkv", ".mov", ".webm"]  # listed as videos
+    image_extensions: list[str] = [".jpg", ".jpeg", ".png"]  # listed as photos
     stride: int = 1  # process every Nth frame
     max_frames: Optional[int] = None  # per video, before the stride (previews, tests)
     chunk_frames: int = 32  # frames decoded at a time per video (bounds memory)
     detector: FaceDetectorConfig = FaceDetectorConfig(detect_width=320)
     tracker: FaceTrackerConfig = FaceTrackerConfig()
+    photo_max_side: Optional[int] = 1280  # photos: detection and the overlay image use the photo downscaled to this longer side; crops come from the full-resolution photo
+    photo_detect_width: int = 640  # photos: the detector's width (a photo is one frame: detect finer than videos' detector.detect_width)
+    photo_max_faces: Optional[int] = None  # faces per photo, highest detector score first; None: all the detector returns (detector.top_k)
     crop_margin: float = 0.3  # context around the detector box; keep equal to the training crops'
     batch_size: int = 32  # faces per model call
     min_actors: int = 1  # model actor pool size
@@ -542,13 +547,13 @@ class InferConfig(StrictModel):
     block_mb: float = 1.0  # Ray Data block size: crops stream to the model in blocks of about this size
     num_gpus: Optional[float] = None  # per model actor; None: 1 when the cluster has GPUs, else 0
     torch_threads: int = 1  # intra-op threads per actor (CPU)
-    overlay: bool = False  # write overlays/<video_id>.mp4
+    overlay: bool = False  # write overlays/<video_id>.mp4 (photos: overlays/<item_id>.jpg, .png for PNG photos)
     overlay_style: Literal["mesh", "landmarks"] = "mesh"
     meshes: Optional[str] = None  # "every:30" or "frames:0,10,20": export meshes of those frames
     mesh_format: Literal["obj", "ply"] = "obj"
-    smoothing: SmoothingConfig = SmoothingConfig()
-    resume: bool = True  # skip videos whose done marker exists (False: redo everything)
-    max_videos: Optional[int] = None  # process at most this many videos not yet done
+    smoothing: SmoothingConfig = SmoothingConfig()  # videos only (a photo has no time axis)
+    resume: bool = True  # skip items (videos, photos) whose done marker exists (False: redo everything)
+    max_videos: Optional[int] = None  # process at most this many items (videos and photos) not yet done
     executor: Literal["ray", "local"] = "ray"  # local: a plain loop in this process (debugging, baseline)
     finalize_on: Literal["driver", "tasks"] = "driver"  # per-video outputs: driver threads | Ray tasks (big overlay jobs)
     finalize_threads: int = 2  # driver threads writing rows/overlays/meshes

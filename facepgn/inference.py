@@ -1,23 +1,27 @@
-"""Batch inference over videos, as plain per-item functions (no Ray here).
+"""Batch inference over videos and photos, as plain per-item functions (no Ray here).
 
 The Ray Data graph (``facepgn.pipelines.infer``) and the plain-loop baseline (same module, and
 ``bench/bench_infer.py``) call exactly these functions:
 
-1. :func:`iter_face_batches` — one video: chunked decode (``facepgn.video``), YuNet detection and
-   tracking, square crops (``facepgn.faces``). Yields column batches (one row per face per sampled
-   frame) and, last, one *footer* row with the video's totals or the reason it failed.
+1. :func:`iter_item_batches` — one input item, by kind: :func:`iter_face_batches` for a video
+   (chunked decode (``facepgn.video``), YuNet detection and tracking, square crops
+   (``facepgn.faces``); one row per face per sampled frame), :func:`iter_photo_batches` for a
+   photo (decoded once, detected on a downscaled copy, cropped from the full-resolution image;
+   one row per face, each face its own track, frame 0, time 0). Either yields column batches and,
+   last, one *footer* row with the item's totals or the reason it failed.
 2. :class:`FaceModelRunner` — the model on a batch of crops, torch eager or onnxruntime (the
    networks in ONNX, the closed-form pose fit in torch: SVD/eigh have no ONNX operator).
    :func:`frame_outputs` maps its crop-pixel outputs back to the original frame.
-3. :func:`finalize_video` — one video's rows: temporal smoothing per track
-   (``facepgn.smoothing``), the Parquet file (``records.FACE_TRACK_SCHEMA``), meshes of selected
-   frames, the overlay video, and last the done marker. Every file is written atomically, so a
-   rerun skips finished videos and redoes the rest.
+3. :func:`finalize_video` — one item's rows: temporal smoothing per track (videos only;
+   ``facepgn.smoothing``), the Parquet file (``records.FACE_TRACK_SCHEMA``), meshes of selected
+   frames, the overlay (a video, or an image for a photo), and last the done marker. Every file is
+   written atomically, so a rerun skips finished items and redoes the rest.
 
-Output layout (a folder or an ``s3://`` prefix)::
+Output layout (a folder or an ``s3://`` prefix); ``<video_id>`` is the item id of a video or photo::
 
-    rows/<video_id>.parquet      one row per face per sampled frame (kind "inference_row")
+    rows/<video_id>.parquet      one row per face per sampled frame (kind "inference_row"); photos: per face
     overlays/<video_id>.mp4      --overlay: the sampled frames with the mesh or landmarks drawn
+    overlays/<video_id>.jpg|png  --overlay, a photo: the photo (at most photo_max_side) with the same drawing
     meshes/<video_id>/f<frame>_t<track>.obj|.ply   --meshes every:N | frames:a,b
     done/<video_id>.json         per-video marker + stats (written last)
     errors/<video_id>.json       why a video failed (removed once it succeeds)
@@ -354,7 +358,7 @@ def iter_face_batches(video_path: str, video_id: str, cfg: InferConfig, image_si
     emitted = 0
     timings = {"decode_s": 0.0, "detect_s": 0.0, "crop_s": 0.0}
     timings_cpu = 0.0
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"kind": "video"}
     error = ""
     try:
         if detector is None:
@@ -365,7 +369,7 @@ def iter_face_batches(video_path: str, video_id: str, cfg: InferConfig, image_si
         with video.local_video(video_path) as local:
             reader = video.VideoReader(local, display_path=video_path)
             meta = reader.info
-            info = {"num_frames": meta.num_frames, "fps": meta.fps, "width": meta.width, "height": meta.height}
+            info.update(num_frames=meta.num_frames, fps=meta.fps, width=meta.width, height=meta.height)
             indices = sampled_indices(meta.num_frames, cfg.stride, cfg.max_frames)
             info["sampled_frames"] = len(indices)
             frames_iter = reader.frames(indices, chunk_size=cfg.chunk_frames)
@@ -414,20 +418,118 @@ def iter_face_batches(video_path: str, video_id: str, cfg: InferConfig, image_si
     except InputError as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - a batch job records a bad video and goes on
-        error = f"{video_path}: {exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        error = _unexpected(video_path, exc)
     info.update(timings)
     info["decode_cpu_s"] = timings_cpu
-    footer_rows = _empty_face_batch()
-    footer_rows["video_id"].append(video_id)
-    footer_rows["source_path"].append(video_path)
-    footer_rows["frame_index"].append(-1)
-    footer_rows["time"].append(0.0)
-    footer_rows["track_id"].append(-1)
-    footer_rows["box"].append(np.zeros(4, np.float32))
-    footer_rows["det_score"].append(0.0)
-    footer_rows["crop"].append(np.zeros((image_size, image_size, 3), np.uint8))
-    footer_rows["crop_to_frame"].append(np.zeros((2, 3), np.float32))
-    yield _stack_batch(footer_rows, image_size, KIND_FOOTER, {"total_rows": emitted + 1, "error": error, "info": info})
+    yield _footer(video_path, video_id, image_size, emitted, error, info)
+
+
+def _footer(path: str, item_id: str, image_size: int, emitted: int, error: str, info: dict) -> dict[str, np.ndarray]:
+    """The last row of an item's stream: ``total_rows`` (the ``emitted`` face rows and itself),
+    ``error`` ("" or the one-line reason the item failed) and ``info``."""
+    rows = _empty_face_batch()
+    rows["video_id"].append(item_id)
+    rows["source_path"].append(path)
+    rows["frame_index"].append(-1)
+    rows["time"].append(0.0)
+    rows["track_id"].append(-1)
+    rows["box"].append(np.zeros(4, np.float32))
+    rows["det_score"].append(0.0)
+    rows["crop"].append(np.zeros((image_size, image_size, 3), np.uint8))
+    rows["crop_to_frame"].append(np.zeros((2, 3), np.float32))
+    return _stack_batch(rows, image_size, KIND_FOOTER, {"total_rows": emitted + 1, "error": error, "info": info})
+
+
+def _unexpected(path: str, exc: Exception) -> str:
+    """One line for a failure that is not bad input (a library error): path, exception, message."""
+    text = str(exc).strip()
+    return f"{path}: {exc.__class__.__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+def photo_detector(cfg: InferConfig):
+    """YuNet as configured for photos: ``cfg.detector`` at ``cfg.photo_detect_width``."""
+    from facepgn import faces
+
+    d = cfg.detector
+    return faces.FaceDetector(d.model_path, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold,
+                              top_k=d.top_k, detect_width=cfg.photo_detect_width)
+
+
+def detect_photo(photo, detector, max_faces: int | None = None) -> list:
+    """The faces of a :class:`facepgn.video.Photo`, highest score first (at most ``max_faces``),
+    detected on its downscaled copy; boxes and points in full-resolution pixels."""
+    from facepgn.faces import Detection
+
+    dets = detector.detect(photo.small)
+    if max_faces is not None:
+        dets = dets[: max(0, int(max_faces))]
+    k = np.float32(photo.to_source)
+    return [Detection(box=(d.box * k).astype(np.float32), points=(d.points * k).astype(np.float32), score=d.score) for d in dets]
+
+
+def iter_photo_batches(photo_path: str, item_id: str, cfg: InferConfig, image_size: int, detector=None) -> Iterator[dict[str, np.ndarray]]:
+    """Stage 1 for one photo: decode once (full resolution, and a copy downscaled to
+    ``cfg.photo_max_side`` for detection), YuNet (at ``cfg.photo_detect_width``), one square crop
+    per face cut from the full-resolution photo (so ``crop_to_frame`` and every coordinate are in
+    the photo's own pixels). Yields one batch of face rows (frame 0, time 0, ``track_id`` the face's
+    rank by detector score: each face is its own track), then the footer. A photo that cannot be
+    read yields only the footer, with the one-line reason; a photo without a face, 0 rows."""
+    import cv2
+
+    from facepgn import faces, video
+
+    cv2.setNumThreads(1)
+    info: dict[str, Any] = {"kind": "photo", "num_frames": 1, "fps": 0.0, "sampled_frames": 1}
+    timings = {"decode_s": 0.0, "detect_s": 0.0, "crop_s": 0.0}
+    c0 = _time.thread_time()
+    error = ""
+    batch = None
+    try:
+        t0 = _time.perf_counter()
+        photo = video.read_photo(photo_path, cfg.photo_max_side)
+        t1 = _time.perf_counter()
+        info.update(width=photo.size[0], height=photo.size[1], detect_size=[int(photo.small.shape[1]), int(photo.small.shape[0])])
+        dets = detect_photo(photo, detector if detector is not None else photo_detector(cfg), cfg.photo_max_faces)
+        t2 = _time.perf_counter()
+        rows = _empty_face_batch()
+        for rank, det in enumerate(dets):
+            crop, crop_to_frame = faces.square_crop(photo.rgb, det.box, cfg.crop_margin, image_size)
+            rows["video_id"].append(item_id)
+            rows["source_path"].append(photo_path)
+            rows["frame_index"].append(0)
+            rows["time"].append(0.0)
+            rows["track_id"].append(rank)
+            rows["box"].append(det.box)
+            rows["det_score"].append(det.score)
+            rows["crop"].append(crop)
+            rows["crop_to_frame"].append(crop_to_frame)
+        del photo  # only the crops leave this function, whatever the photo's size
+        timings.update(decode_s=t1 - t0, detect_s=t2 - t1, crop_s=_time.perf_counter() - t2)
+        info["faces"] = len(dets)
+        if dets:
+            batch = _stack_batch(rows, image_size, KIND_FACE)
+    except InputError as exc:
+        error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a batch job records a bad photo and goes on
+        error = _unexpected(photo_path, exc)
+    info.update(timings)
+    info["decode_cpu_s"] = _time.thread_time() - c0
+    emitted = 0
+    if batch is not None:
+        emitted = len(batch["frame_index"])
+        yield batch
+    yield _footer(photo_path, item_id, image_size, emitted, error, info)
+
+
+def iter_item_batches(path: str, item_id: str, kind: str, cfg: InferConfig, image_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Stage 1 for one input item of any kind (``video``, ``photo``; anything else yields only a
+    footer saying why it was not read)."""
+    if kind == "video":
+        yield from iter_face_batches(path, item_id, cfg, image_size)
+    elif kind == "photo":
+        yield from iter_photo_batches(path, item_id, cfg, image_size)
+    else:
+        yield _footer(path, item_id, image_size, 0, f"{path}: not a video or photo (unknown file extension)", {"kind": kind})
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,6 +634,11 @@ class OutputLayout:
 
     def overlay(self, video_id: str) -> str:
         return storage.join(self.root, "overlays", f"{video_id}.mp4")
+
+    def overlay_image(self, item_id: str, source_path: str) -> str:
+        """A photo's overlay: PNG for a PNG photo, else JPEG."""
+        ext = ".png" if str(source_path).lower().endswith(".png") else ".jpg"
+        return storage.join(self.root, "overlays", f"{item_id}{ext}")
 
     def mesh(self, video_id: str, frame: int, track: int, fmt: str) -> str:
         return storage.join(self.root, "meshes", video_id, f"f{frame:06d}_t{track}.{fmt}")
@@ -709,7 +816,7 @@ def write_overlay(video_path: str, rows: dict[str, np.ndarray], cfg: InferConfig
 
     by_frame: dict[int, list[dict]] = {}
     for i in range(len(rows["frame_index"])):
-        by_frame.setdefault(int(rows["frame_index"][i]), []).append({k: rows[k][i] for k in ("landmarks_2d", "box", "track_id", "id_coeffs", "exp_coeffs", "scale", "rotation", "translation")})
+        by_frame.setdefault(int(rows["frame_index"][i]), []).append({k: rows[k][i] for k in _OVERLAY_KEYS})
     written = 0
     with video.local_video(video_path) as local, tempfile.TemporaryDirectory(prefix="facepgn-overlay-") as tmp:
         reader = video.VideoReader(local, display_path=video_path)
@@ -728,6 +835,33 @@ def write_overlay(video_path: str, rows: dict[str, np.ndarray], cfg: InferConfig
             writer.release()
         storage.atomic_write_file(out_path, dest)
     return written
+
+
+_OVERLAY_KEYS = ("landmarks_2d", "box", "track_id", "id_coeffs", "exp_coeffs", "scale", "rotation", "translation")
+
+
+def write_photo_overlay(photo_path: str, rows: dict[str, np.ndarray], cfg: InferConfig, dest: str, face_model=None) -> int:
+    """Re-read the photo (downscaled to ``cfg.photo_max_side``, as it was for detection), draw its
+    faces (the rows' photo-pixel coordinates scaled to the image drawn on), and write it to
+    ``dest`` (JPEG or PNG by its extension) atomically. Returns 1 (the overlay's frame count)."""
+    from facepgn import video
+
+    photo = video.read_photo(photo_path, cfg.photo_max_side)
+    k = 1.0 / photo.to_source  # photo pixels -> pixels of the image drawn on
+    drawn_rows = []
+    for i in range(len(rows["frame_index"])):
+        row = {key: rows[key][i] for key in _OVERLAY_KEYS}
+        row["landmarks_2d"] = np.asarray(row["landmarks_2d"], np.float32) * np.float32(k)
+        row["box"] = np.asarray(row["box"], np.float32) * np.float32(k)
+        row["scale"] = np.float32(row["scale"]) * np.float32(k)  # the posed mesh scales with s and t
+        row["translation"] = np.asarray(row["translation"], np.float32) * np.float32(k)
+        drawn_rows.append(row)
+    small = photo.small
+    del photo
+    drawn = draw_overlay_frame(small, drawn_rows, cfg.overlay_style, face_model)
+    fmt = ".png" if dest.lower().endswith(".png") else ".jpg"
+    storage.atomic_write_bytes(dest, records.encode_image(np.ascontiguousarray(drawn), fmt, quality=90))
+    return 1
 
 
 def collect_rows(batches: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], dict]:
@@ -752,21 +886,23 @@ def collect_rows(batches: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.nda
 
 
 def finalize_video(video_id: str, batches: list[dict[str, np.ndarray]], cfg: InferConfig, face_model=None, face_model_name: str = "") -> dict:
-    """Stage 3 for one video: smoothing, rows Parquet, meshes, overlay, then the done marker.
+    """Stage 3 for one item (video or photo): smoothing (videos only: a photo has no time axis),
+    rows Parquet, meshes, overlay (a video, or an image for a photo), then the done marker.
 
-    Returns the video's stats (also the done marker's content). A video whose footer carries an
+    Returns the item's stats (also the done marker's content). An item whose footer carries an
     error gets ``errors/<video_id>.json`` instead and no other output.
     """
     layout = OutputLayout(cfg.output)
     rows, footer = collect_rows(batches)
     info = footer.get("info", {})
+    kind = str(info.get("kind", "video"))
     source_path = str(rows["source_path"][0]) if len(rows.get("frame_index", [])) else ""
     if not source_path:
         for b in batches:
             if len(b["source_path"]):
                 source_path = str(b["source_path"][0])
                 break
-    stats: dict[str, Any] = {"video_id": video_id, "source_path": source_path, "info": info}
+    stats: dict[str, Any] = {"video_id": video_id, "kind": kind, "source_path": source_path, "info": info}
     if footer.get("error"):
         stats["error"] = footer["error"]
         storage.atomic_write_text(layout.error(video_id), json.dumps(stats, indent=2))
@@ -774,7 +910,8 @@ def finalize_video(video_id: str, batches: list[dict[str, np.ndarray]], cfg: Inf
     t0 = _time.perf_counter()
     c0 = _time.thread_time()
     n = len(rows.get("frame_index", []))
-    if n and cfg.smoothing.enabled:
+    smoothed = bool(cfg.smoothing.enabled) and kind == "video"
+    if n and smoothed:
         rows = smooth_rows(rows, cfg.smoothing)
     else:
         rows["smoothed"] = np.zeros(n, bool)
@@ -792,9 +929,12 @@ def finalize_video(video_id: str, batches: list[dict[str, np.ndarray]], cfg: Inf
                 storage.atomic_write_bytes(layout.mesh(video_id, int(rows["frame_index"][i]), int(rows["track_id"][i]), cfg.mesh_format), data)
                 meshes += 1
     t3 = _time.perf_counter()
-    overlay_frames = None
+    overlay_frames = overlay = None
     if cfg.overlay:
-        overlay_frames = write_overlay(source_path, rows, cfg, layout.overlay(video_id), face_model)
+        overlay = layout.overlay_image(video_id, source_path) if kind == "photo" else layout.overlay(video_id)
+        writer = write_photo_overlay if kind == "photo" else write_overlay
+        overlay_frames = writer(source_path, rows, cfg, overlay, face_model)
+        overlay = "overlays/" + storage.basename(overlay)
     t4 = _time.perf_counter()
     tracks = np.unique(rows["track_id"]) if n else np.zeros(0)
     stats.update(
@@ -803,7 +943,8 @@ def finalize_video(video_id: str, batches: list[dict[str, np.ndarray]], cfg: Inf
         frames_with_faces=int(np.unique(rows["frame_index"]).size) if n else 0,
         meshes=meshes,
         overlay_frames=overlay_frames,
-        smoothed=bool(cfg.smoothing.enabled),
+        overlay=overlay,  # relative to the output
+        smoothed=smoothed,
         timings={**{k: info.get(k, 0.0) for k in ("decode_s", "detect_s", "crop_s")}, "model_s": float(np.sum(rows.get("model_s", 0.0))),
                  "decode_cpu_s": float(info.get("decode_cpu_s", 0.0)), "model_cpu_s": float(np.sum(rows.get("model_cpu_s", 0.0))),
                  "finalize_cpu_s": _time.thread_time() - c0,

@@ -1,4 +1,4 @@
-"""``facepgn infer``: batch inference over videos (folder, glob, s3:// prefix or manifest) on Ray Data."""
+"""``facepgn infer``: batch inference over videos and photos (folder, glob, s3:// prefix or manifest) on Ray Data."""
 
 from __future__ import annotations
 
@@ -11,20 +11,22 @@ from facepgn.cli import add_config_args
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "infer",
-        help="videos -> per-face 3D reconstructions (Parquet rows, overlays, meshes) on Ray Data",
+        help="videos and photos -> per-face 3D reconstructions (Parquet rows, overlays, meshes) on Ray Data",
         description=(
-            "Detect and track faces in videos and run the model on every sampled frame. Writes "
-            "rows/<video>.parquet (one row per face per frame: pose, 68 landmarks in 2D and 3D in frame "
-            "pixels, coefficients, quality), optional overlays/ and meshes/, and summary.json. Reruns "
-            "skip videos already done; bad videos are recorded in errors/ and summary.json."
+            "Detect and track faces in videos and run the model on every sampled frame; detect the faces of "
+            "photos (jpg/png, in the same input) and run it on each. Writes rows/<item>.parquet (one row per "
+            "face per frame, or per face of a photo: pose, 68 landmarks in 2D and 3D in frame/photo pixels, "
+            "coefficients, quality), optional overlays/ (an .mp4 per video, an image per photo) and meshes/, "
+            "and summary.json. Reruns skip items already done; bad videos and photos are recorded in errors/ "
+            "and summary.json with a one-line reason."
         ),
     )
     parser.add_argument("--model", "-m", default=None, help="model file (facepgn.model) or training checkpoint")
-    parser.add_argument("--input", "-i", default=None, help="video, folder, glob, s3:// prefix, or .csv/.jsonl manifest")
+    parser.add_argument("--input", "-i", default=None, help="video, photo, folder, glob, s3:// prefix, or .csv/.jsonl manifest (videos and photos may be mixed)")
     parser.add_argument("--output", "-o", default=None, help="output folder or s3:// prefix")
-    parser.add_argument("--overlay", action="store_true", default=None, help="write overlays/<video>.mp4")
+    parser.add_argument("--overlay", action="store_true", default=None, help="write overlays/<video>.mp4 (photos: overlays/<photo>.jpg or .png)")
     parser.add_argument("--meshes", default=None, metavar="SPEC", help="export meshes: every:N or frames:A,B,...")
-    parser.add_argument("--smooth", action="store_true", default=None, help="temporal smoothing along each track")
+    parser.add_argument("--smooth", action="store_true", default=None, help="temporal smoothing along each track (videos; photos are never smoothed)")
     parser.add_argument("--stride", type=int, default=None, help="process every Nth frame")
     parser.add_argument("--runtime", choices=["torch", "onnx"], default=None, help="model runtime (onnx: onnxruntime, faster on CPU)")
     parser.add_argument("--local", action="store_true", help="run as a plain loop in this process, without Ray")
@@ -58,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
     summary = run_inference(cfg)
     counts = summary["counts"]
     print(
-        f"facepgn infer: {counts['videos_done_this_run']} videos done, {counts['videos_skipped_already_done']} skipped "
-        f"(already done), {counts['videos_failed']} failed, {counts['rows_this_run']} rows -> {cfg.output}"
+        f"facepgn infer: {counts['videos_done_this_run']} videos and {counts['photos_done_this_run']} photos done, "
+        f"{counts['items_skipped_already_done']} skipped (already done), {counts['items_failed']} failed, "
+        f"{counts['rows_this_run']} rows -> {cfg.output}"
     )
     for err in summary["errors"]:
         print(f"  failed: {err['reason']}")
-    return 1 if counts["videos_failed"] and not counts["videos_done_total"] else 0
+    return 1 if counts["items_failed"] and not counts["items_done_total"] else 0

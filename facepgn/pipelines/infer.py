@@ -1,18 +1,24 @@
-"""Batch inference over videos on Ray Data (``facepgn infer``), and the same work as a plain loop.
+"""Batch inference over videos and photos on Ray Data (``facepgn infer``), and the same work as a
+plain loop.
+
+Inputs: videos and photos together (``facepgn.video.list_media``, the listing the label job uses:
+a folder, glob, ``s3://`` prefix or manifest; each item is a video or a photo by its extension).
 
 Graph (streaming; each arrow is a stream of small column batches)::
 
-    videos not done yet (from_items, one block per video)
-      -> map_batches(decode_detect_crop)   tasks, fractional CPUs: chunked decode, YuNet, tracker, crops
+    items not done yet (from_items, one block per video or photo)
+      -> map_batches(decode_detect_crop)   tasks, fractional CPUs: facepgn.inference.iter_item_batches
+                                           (a video: chunked decode, YuNet, tracker, crops; a photo:
+                                           decode, YuNet on a downscaled copy, full-resolution crops)
       -> map_batches(FaceModelActor)       actor pool (ActorPoolStrategy): the model, GPU if any
-      -> driver: groups rows by video; when a video's footer and all its rows have arrived
+      -> driver: groups rows by item; when an item's footer and all its rows have arrived
          (the footer says how many), it is finalised (driver threads, or Ray tasks with
-         ``finalize_on: tasks``): smoothing, rows Parquet, meshes, overlay, done marker
+         ``finalize_on: tasks``): smoothing (videos), rows Parquet, meshes, overlay, done marker
          (facepgn.inference.finalize_video).
 
-Memory stays bounded: a decode task holds one chunk of one video; the driver holds only the
-(small, crop-free) rows of videos in flight. Videos already done are skipped; a bad video is
-recorded in ``errors/`` and ``summary.json`` and the others complete.
+Memory stays bounded: a decode task holds one chunk of one video, or one photo; the driver holds
+only the (small, crop-free) rows of items in flight. Items already done are skipped; a bad video or
+photo is recorded in ``errors/`` and ``summary.json`` with a one-line reason and the others complete.
 """
 
 from __future__ import annotations
@@ -31,10 +37,10 @@ from facepgn.errors import FacepgnError
 
 
 def decode_detect_crop(batch: dict[str, np.ndarray], cfg_json: str, image_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data generator UDF: one batch of videos (path, video_id) -> face-crop batches + footers."""
+    """Ray Data generator UDF: one batch of items (path, video_id, kind) -> face-crop batches + footers."""
     cfg = InferConfig.model_validate_json(cfg_json)
-    for path, video_id in zip(batch["path"], batch["video_id"]):
-        yield from inference.iter_face_batches(str(path), str(video_id), cfg, image_size)
+    for path, video_id, kind in zip(batch["path"], batch["video_id"], batch["kind"]):
+        yield from inference.iter_item_batches(str(path), str(video_id), str(kind), cfg, image_size)
 
 
 class FaceModelActor:
@@ -156,15 +162,16 @@ def _resolve(cfg: InferConfig) -> InferConfig:
     return cfg.model_copy(update={"model": resolve_model_file(cfg.model)})
 
 
-def plan_videos(cfg: InferConfig) -> tuple[list[Any], list[str]]:
-    """(videos to process, ids skipped because their done marker exists)."""
+def plan_items(cfg: InferConfig) -> tuple[list[Any], list[Any]]:
+    """(items to process, items skipped because their done marker exists): ``facepgn.video.MediaItem``
+    (path, item_id, subject_id, kind) of the input's videos and photos."""
     from facepgn import video
 
-    items = video.list_videos(cfg.input)
+    items = video.list_media(cfg.input, cfg.video_extensions, cfg.image_extensions)
     layout = inference.OutputLayout(cfg.output)
     done = layout.done_ids() if cfg.resume else set()
-    todo = [it for it in items if it.video_id not in done]
-    skipped = [it.video_id for it in items if it.video_id in done]
+    todo = [it for it in items if it.item_id not in done]
+    skipped = [it for it in items if it.item_id in done]
     if cfg.max_videos is not None:
         todo = todo[: cfg.max_videos]
     return todo, skipped
@@ -179,8 +186,9 @@ def run_inference(cfg: InferConfig, progress: Callable[[str], None] | None = pri
     started = time.time()
     log = progress or (lambda _msg: None)
     storage.makedirs(cfg.output)
-    todo, skipped = plan_videos(cfg)
-    log(f"facepgn infer: {len(todo)} videos to process, {len(skipped)} already done ({cfg.output})")
+    todo, skipped = plan_items(cfg)
+    photos = sum(it.kind == "photo" for it in todo)
+    log(f"facepgn infer: {len(todo)} items to process ({len(todo) - photos} videos, {photos} photos), {len(skipped)} already done ({cfg.output})")
     model = inference.load_inference_model(cfg.model)
     face_model = inference.face_model_of(model)
     image_size = int(model.input_size)
@@ -192,9 +200,9 @@ def run_inference(cfg: InferConfig, progress: Callable[[str], None] | None = pri
             results = list(_run_local(cfg, todo, face_model, face_model_name, image_size, log))
         else:
             results = list(_run_ray(cfg, todo, face_model, face_model_name, image_size, log))
-    summary = write_summary(cfg, results, skipped, time.time() - started)
+    summary = write_summary(cfg, results, skipped, time.time() - started, {it.item_id: it.kind for it in todo})
     log(
-        f"facepgn infer: {summary['counts']['videos_done_this_run']} done, {summary['counts']['videos_failed']} failed, "
+        f"facepgn infer: {summary['counts']['items_done_this_run']} done, {summary['counts']['items_failed']} failed, "
         f"{summary['counts']['rows_this_run']} rows in {summary['timings']['wall_s']:.1f} s"
     )
     return summary
@@ -207,7 +215,7 @@ def _run_local(cfg: InferConfig, todo, face_model, face_model_name: str, image_s
         outs = []
         pending: list[dict[str, np.ndarray]] = []
         pending_rows = 0
-        for batch in inference.iter_face_batches(item.path, item.video_id, cfg, image_size):
+        for batch in inference.iter_item_batches(item.path, item.item_id, item.kind, cfg, image_size):
             pending.append(batch)
             pending_rows += len(batch["kind"])
             if pending_rows >= cfg.batch_size:
@@ -215,7 +223,7 @@ def _run_local(cfg: InferConfig, todo, face_model, face_model_name: str, image_s
                 pending, pending_rows = [], 0
         if pending:
             outs.append(inference.infer_batch(runner, _concat(pending)))
-        stats = inference.finalize_video(item.video_id, outs, cfg, face_model, face_model_name)
+        stats = inference.finalize_video(item.item_id, outs, cfg, face_model, face_model_name)
         log(_video_line(stats, n, len(todo)))
         yield stats
 
@@ -227,6 +235,8 @@ def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def _video_line(stats: dict, n: int, total: int) -> str:
     if stats.get("error"):
         return f"  [{n}/{total}] {stats['video_id']}: FAILED {stats['error']}"
+    if stats.get("kind") == "photo":
+        return f"  [{n}/{total}] {stats['video_id']}: photo, {stats['rows']} faces"
     return f"  [{n}/{total}] {stats['video_id']}: {stats['rows']} rows, {stats['tracks']} tracks"
 
 
@@ -270,7 +280,7 @@ def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: 
         left = cpus - (0.0 if num_gpus > 0 else max_actors * cfg.actor_num_cpus)
         decode_tasks = max(1, int(left / max(cfg.decode_num_cpus, 1e-3) + 1e-6))
     decode_tasks = min(decode_tasks, len(todo))
-    items = [{"path": it.path, "video_id": it.video_id} for it in todo]
+    items = [{"path": it.path, "video_id": it.item_id, "kind": it.kind} for it in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         decode_detect_crop,
@@ -310,9 +320,15 @@ def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: 
         yield stats
 
 
-def write_summary(cfg: InferConfig, results: list[dict], skipped: list[str], wall_s: float) -> dict:
-    """summary.json: counts, errors with reasons, stage timings, versions, the resolved config."""
+def write_summary(cfg: InferConfig, results: list[dict], skipped: list[Any], wall_s: float,
+                  kinds: dict[str, str] | None = None) -> dict:
+    """summary.json: counts (all items, and videos and photos apart), errors with reasons, stage
+    timings, versions, the resolved config. ``skipped``: the items (``MediaItem``) skipped as
+    already done; ``kinds``: item id -> kind of this run's items (for results that lack one)."""
     layout = inference.OutputLayout(cfg.output)
+    kinds = dict(kinds or {})
+    for r in results:
+        r.setdefault("kind", kinds.get(r["video_id"], "video"))
     ok = [r for r in results if not r.get("error")]
     failed = [r for r in results if r.get("error")]
     stage_totals: dict[str, float] = {}
@@ -320,24 +336,34 @@ def write_summary(cfg: InferConfig, results: list[dict], skipped: list[str], wal
         for k, v in (r.get("timings") or {}).items():
             stage_totals[k] = stage_totals.get(k, 0.0) + float(v or 0.0)
     frames = sum(int((r.get("info") or {}).get("sampled_frames", 0)) for r in ok)
+    done = layout.done_ids()
+    listed = {**{it.item_id: it.kind for it in skipped}, **{r["video_id"]: r["kind"] for r in results}}
+    counts: dict[str, int] = {
+        "items_done_this_run": len(ok),
+        "items_skipped_already_done": len(skipped),
+        "items_failed": len(failed),
+        "items_done_total": len(done),  # done markers in the output (also of items not in this input)
+    }
+    for kind, name in (("video", "videos"), ("photo", "photos")):
+        counts[f"{name}_done_this_run"] = sum(r["kind"] == kind for r in ok)
+        counts[f"{name}_skipped_already_done"] = sum(it.kind == kind for it in skipped)
+        counts[f"{name}_failed"] = sum(r["kind"] == kind for r in failed)
+        counts[f"{name}_done_total"] = sum(listed.get(i) == kind for i in done)  # of this input's items
+    counts.update({
+        "rows_this_run": sum(int(r.get("rows", 0)) for r in ok),
+        "sampled_frames_this_run": frames,  # a photo counts as one frame
+        "tracks_this_run": sum(int(r.get("tracks", 0)) for r in ok),
+        "meshes_this_run": sum(int(r.get("meshes", 0)) for r in ok),
+    })
     summary = {
         "kind": "facepgn.infer.summary/1",
-        "counts": {
-            "videos_done_this_run": len(ok),
-            "videos_skipped_already_done": len(skipped),
-            "videos_failed": len(failed),
-            "videos_done_total": len(layout.done_ids()),
-            "rows_this_run": sum(int(r.get("rows", 0)) for r in ok),
-            "sampled_frames_this_run": frames,
-            "tracks_this_run": sum(int(r.get("tracks", 0)) for r in ok),
-            "meshes_this_run": sum(int(r.get("meshes", 0)) for r in ok),
-        },
-        "errors": [{"video_id": r["video_id"], "path": r.get("source_path", ""), "reason": r["error"]} for r in failed],
-        "videos": {r["video_id"]: {k: r.get(k) for k in ("rows", "tracks", "frames_with_faces", "meshes", "overlay_frames")} for r in ok},
+        "counts": counts,
+        "errors": [{"video_id": r["video_id"], "kind": r["kind"], "path": r.get("source_path", ""), "reason": r["error"]} for r in failed],
+        "items": {r["video_id"]: {k: r.get(k) for k in ("kind", "rows", "tracks", "frames_with_faces", "meshes", "overlay", "overlay_frames")} for r in ok},
         "timings": {
             "wall_s": wall_s,
             "frames_per_s": frames / wall_s if wall_s > 0 else None,
-            "stage_s": stage_totals,  # wall seconds per stage, summed over videos (includes waiting for a core)
+            "stage_s": stage_totals,  # wall seconds per stage, summed over items (includes waiting for a core)
             "cpu_s": sum(stage_totals.get(k, 0.0) for k in ("decode_cpu_s", "model_cpu_s", "finalize_cpu_s")),  # CPU seconds of the stages
         },
         "schema": "inference_row/1",
