@@ -585,6 +585,11 @@ class EvaluateConfig(StrictModel):
     skip_bad: bool = False  # record and skip bad image/.mat pairs instead of failing
     limit: Optional[int] = None  # first N images only (previews, tests)
     peer_landmarks: bool = False  # also score the shared 68-point 2D landmark network as a peer
+    detector_boxes: bool = True  # also score crops from the YuNet detector, cut as facepgn infer cuts a detected face
+    grid_per_bucket: int = _TField(6, ge=0)  # report pictures: faces per |yaw| bucket in grid.png (0: no grid)
+    grid_columns: int = _TField(6, ge=1)  # face tiles per grid row
+    best_worst: int = _TField(4, ge=0)  # best and worst faces by NME in best_worst.png (0: none)
+    grid_tile: int = _TField(160, ge=48, le=1024)  # pixels per face tile
 
 
 # == demo (facepgn.demo) ==
