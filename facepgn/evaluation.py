@@ -14,6 +14,14 @@ Protocol (as in cleardusk/3DDFA ``benchmark_aflw2000.py``, reproduced exactly fo
 
 All NME values are fractions of the face size (the report shows them in percent). Pose errors are
 in degrees, with differences wrapped into [-180, 180).
+
+:func:`evaluate_aflw2000` scores two crop conventions in one run: the standard 3DDFA roi boxes (the
+published protocol, ``metrics["landmarks"]``) and, with ``detector_boxes``, what a user's pipeline
+feeds the model: YuNet on the whole image as ``facepgn infer`` runs it on a photo
+(``facepgn.inference.photo_detector`` / ``detect_photo``), the detection nearest the labelled face,
+cropped exactly as ``facepgn infer`` crops a detected face (``facepgn.faces.square_crop`` with
+``InferConfig``'s margin; ``metrics["detector_boxes"]``). An image where no detection matches
+the labelled face is counted as missed, per bucket; the detector NME is over the detected images.
 """
 
 from __future__ import annotations
@@ -298,6 +306,25 @@ class EvaluationResult:
     per_image: dict[str, np.ndarray]  # name -> (N,) values; "name" and "yaw_deg" included
     names: list[str] = field(default_factory=list)
     report_paths: dict[str, str] = field(default_factory=dict)
+    # what the report's pictures are drawn from (evaluate_aflw2000; empty for precomputed arrays)
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)  # roi pass, (N, 68, D) image pixels
+    gt: np.ndarray | None = None  # (N, 68, D) image pixels
+    detector: "DetectorPass | None" = None
+    image_source: Callable[[int], np.ndarray] | None = None  # i -> RGB image of face i
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (file next to report.md, caption)
+
+
+@dataclass
+class DetectorPass:
+    """The detector-box pass of :func:`evaluate_aflw2000`, one row per scored image (NaN where missed)."""
+
+    detected: np.ndarray  # (N,) bool
+    reasons: list[str]  # "" or why the labelled face has no crop
+    boxes: np.ndarray  # (N, 4) x, y, w, h of the matched detection
+    scores: np.ndarray  # (N,)
+    crop_to_frame: np.ndarray  # (N, 2, 3) the model crop's crop->frame affine
+    predictions: dict[str, np.ndarray]  # name -> (N, 68, D) image pixels
+    seconds_detect: float = 0.0
 
 
 def evaluate_landmarks(
@@ -350,29 +377,81 @@ def _pct(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100.0 * x:.2f}"
 
 
+DETECTOR_KEY = "detector_boxes"  # metrics.json key and per_image column prefix of the detector-box pass
+
+
+def _nme_table(landmarks: Mapping[str, Any], counts: Mapping[str, int]) -> list[str]:
+    header = ["landmarks", "metric", *counts.keys(), "mean", "all"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for set_name, entry in landmarks.items():
+        for key, values in entry.items():
+            cells = [set_name, key] + [_pct(values[b]) for b in counts] + [f"**{_pct(values['mean'])}**", _pct(values["all"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _pose_lines(p: Mapping[str, float] | None) -> list[str]:
+    if not p:
+        return []
+    return ["", "Pose MAE (degrees, wrapped):", "", "| yaw | pitch | roll | mean |", "|---|---|---|---|",
+            f"| {p['yaw']:.2f} | {p['pitch']:.2f} | {p['roll']:.2f} | {p['mean']:.2f} |"]
+
+
+def _scale_note(m: Mapping[str, Any]) -> str:
+    r = m.get("crop_side_over_face")
+    return "" if r is None else f"; crop side {r:.2f}x the face's landmark extent (median)"
+
+
+def _detector_lines(det: Mapping[str, Any]) -> list[str]:
+    n, found, missed = det["num_images"], det["num_detected"], det["num_missed"]
+    lines = ["", "## Detector boxes (what a user's pipeline crops)", "", f"Crop boxes: {det['box']}{_scale_note(det)}.", ""]
+    by_bucket = ", ".join(f"{k}: {v}" for k, v in det["missed_bucket_counts"].items())
+    lines += [f"Labelled face detected in {found} of {n} images ({100.0 * found / max(n, 1):.1f}%); "
+              f"missed in {missed} ({by_bucket}). The NME below is over the {found} detected images only "
+              "(a missed face has no prediction in this pass; the CED plot counts it as a failure).", ""]
+    if found:
+        lines += _nme_table(det["landmarks"], det["bucket_counts"])
+        same = det.get("roi_same_images") or {}
+        if same:
+            parts = [f"{name} {_pct(v['mean'])}% ("
+                     + ", ".join(f"{b} {_pct(v[b])}" for b in det["bucket_counts"]) + ")" for name, v in same.items()]
+            lines += ["", f"For comparison, nme_2d_68 of the roi boxes on the same {found} images: " + "; ".join(parts) + "."]
+        lines += _pose_lines(det.get("pose_mae_deg"))
+    if det.get("missed"):
+        shown = det["missed"][:20]
+        lines += ["", "Missed:", ""] + [f"- {e['name']} (yaw {e['yaw_deg']:.0f}): {e['reason']}" for e in shown]
+        if len(det["missed"]) > len(shown):
+            lines.append(f"- ... and {len(det['missed']) - len(shown)} more (per_image.csv: {DETECTOR_KEY}.detected = 0)")
+    return lines
+
+
 def report_markdown(result: EvaluationResult, title: str = "Evaluation", plot: str | None = None) -> str:
-    """The metrics as Markdown: an NME table (percent of face size) per landmark set, pose MAE, and
-    the cumulative error plot ``plot`` (a path relative to the report) when given."""
+    """The metrics as Markdown: an NME table (percent of face size) per landmark set and crop
+    convention (the 3DDFA roi boxes; the detector boxes when that pass ran), pose MAE, the
+    cumulative error plot ``plot`` (a path relative to the report) and ``result.figures``."""
     m = result.metrics
     counts = m["bucket_counts"]
+    det = m.get(DETECTOR_KEY)
     lines = [f"# {title}", "", f"{m['num_images']} images; |yaw| buckets: "
              + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ".", ""]
     lines += ["NME in % of sqrt(w*h) of the ground-truth 2D landmark box (3DDFA protocol); "
               "'mean' is the mean of the three bucket means (the headline), 'all' the plain mean.", ""]
-    header = ["landmarks", "metric", *counts.keys(), "mean", "all"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for set_name, entry in m["landmarks"].items():
-        for key, values in entry.items():
-            cells = [set_name, key] + [_pct(values[b]) for b in counts] + [f"**{_pct(values['mean'])}**", _pct(values["all"])]
-            lines.append("| " + " | ".join(cells) + " |")
-    if m.get("pose_mae_deg"):
-        p = m["pose_mae_deg"]
-        lines += ["", "Pose MAE (degrees, wrapped):", "", "| yaw | pitch | roll | mean |", "|---|---|---|---|",
-                  f"| {p['yaw']:.2f} | {p['pitch']:.2f} | {p['roll']:.2f} | {p['mean']:.2f} |"]
+    if det:
+        lines += ["## 3DDFA roi boxes (the published protocol)", "", f"Crop boxes: {m.get('box')}{_scale_note(m)}.", ""]
+    lines += _nme_table(m["landmarks"], counts)
+    lines += _pose_lines(m.get("pose_mae_deg"))
+    if det:
+        lines += _detector_lines(det)
     if plot:
+        if det:
+            lines += ["", "## Cumulative error distribution"]
         lines += ["", f"![cumulative error distribution]({plot})"]
-    if m.get("box"):
-        lines += ["", f"Crop boxes: {m['box']}."]
+    if result.figures:
+        lines += ["", "## Predictions on the images"]
+    for name, caption in result.figures:
+        lines += ["", caption, "", f"![{storage.basename(name).rsplit('.', 1)[0]}]({name})"]
+    if m.get("box") and not det:
+        lines += ["", f"Crop boxes: {m['box']}{_scale_note(m)}."]
     if m.get("errors"):
         lines += ["", f"{len(m['errors'])} input(s) skipped:", ""] + [f"- {e['path']}: {e['reason']}" for e in m["errors"]]
     empty = [b for b, c in counts.items() if c == 0]
@@ -382,37 +461,224 @@ def report_markdown(result: EvaluationResult, title: str = "Evaluation", plot: s
 
 
 def ced_plot_png(result: EvaluationResult, title: str = "Cumulative error distribution", max_nme: float | None = None) -> bytes:
-    """PNG bytes: the fraction of images with NME <= x, for each landmark set's 2D/3D 68-point NME."""
+    """PNG bytes: the fraction of images with NME <= x, for each landmark set's 2D/3D 68-point NME;
+    solid for the roi boxes, dashed (same colour) for the detector boxes, whose missed faces count
+    as failures (the curve levels off at the detected fraction)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    curves = {k.replace(".nme_", " ").replace("_68", " 68pt"): 100.0 * v
-              for k, v in result.per_image.items() if k.endswith("_68") and ".nme_" in k}
+    prefix = DETECTOR_KEY + "."
+    keys = [k for k in result.per_image if k.endswith("_68") and ".nme_" in k and not k.startswith(prefix)]
+    curves = []  # (label, finite values in %, number of images, line style, colour)
+    for i, key in enumerate(keys):
+        label = key.replace(".nme_", " ").replace("_68", " 68pt")
+        values = 100.0 * np.asarray(result.per_image[key], dtype=np.float64)
+        if prefix + key in result.per_image:
+            curves.append((f"{label}, roi boxes (mean {values.mean():.2f}%)", values, values.size, "-", f"C{i}"))
+            det = 100.0 * np.asarray(result.per_image[prefix + key], dtype=np.float64)
+            found = det[np.isfinite(det)]
+            mean = f"{found.mean():.2f}%" if found.size else "n/a"
+            curves.append((f"{label}, detector boxes ({found.size}/{det.size} detected, mean {mean})", found, det.size, "--", f"C{i}"))
+        else:
+            curves.append((f"{label} (all images: {values.mean():.2f}%)", values, values.size, "-", f"C{i}"))
     if max_nme is None:
-        top = max((np.percentile(v, 95) for v in curves.values()), default=10.0)
+        top = max((np.percentile(v, 95) for _, v, _, _, _ in curves if v.size), default=10.0)
         max_nme = float(max(10.0, math.ceil(top)))
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
-    for label, values in curves.items():
-        xs = np.sort(values)
-        ys = np.arange(1, xs.size + 1) / xs.size
-        xs = np.concatenate([[0.0], xs])
-        ys = np.concatenate([[0.0], ys])
-        mean = values.mean()
-        ax.step(xs, ys, where="post", label=f"{label} (all images: {mean:.2f}%)")
+    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=100)
+    for label, values, total, style, colour in curves:
+        xs = np.concatenate([[0.0], np.sort(values)])
+        ys = np.arange(0, values.size + 1) / max(total, 1)
+        ax.step(xs, ys, where="post", label=label, linestyle=style, color=colour)
     ax.set_xlim(0, max_nme)
     ax.set_ylim(0, 1.0)
     ax.set_xlabel("NME (% of face size)")
     ax.set_ylabel("fraction of images")
-    ax.set_title(f"{title} ({result.metrics['num_images']} images)")
+    ax.set_title(f"{title} ({result.metrics['num_images']} images)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+# ---- pictures of predictions -------------------------------------------------------------------
+
+GT_COLOUR = (255, 60, 60)  # ground truth: red (RGB)
+PRED_COLOUR = (40, 255, 40)  # prediction: green
+BOX_COLOUR = (255, 210, 0)  # the detector's box: yellow
+
+
+def headline_set(names: Sequence[str]) -> str:
+    """The landmark set the report's pictures show: the fitted mesh's when scored, else the first."""
+    names = list(names)
+    return "mesh_landmarks" if "mesh_landmarks" in names else names[0]
+
+
+def _text(image: np.ndarray, text: str, top: bool, colour=(255, 255, 255)) -> None:
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = max(0.3, w / 420.0)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    y0 = 0 if top else h - th - base - 4
+    image[y0:y0 + th + base + 4, : min(w, tw + 6)] //= 3  # darken behind the text
+    cv2.putText(image, text, (3, y0 + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+def face_tile(
+    image: np.ndarray,
+    gt: np.ndarray,
+    pred: np.ndarray | None,
+    size: int = 160,
+    box: np.ndarray | None = None,
+    top: str = "",
+    bottom: str = "",
+) -> np.ndarray:
+    """A ``size`` x ``size`` RGB view of one face: ground truth (red) and prediction (green) drawn
+    on the image around the ground-truth face (widened to show a far-off prediction), the
+    detector's ``box`` (x, y, w, h) in yellow, and a caption line at the top and bottom."""
+    import cv2
+
+    from facepgn import labelled, render
+
+    g = np.asarray(gt, dtype=np.float64)[:, :2]
+    lo, hi = g.min(axis=0), g.max(axis=0)
+    centre, extent = (lo + hi) / 2.0, float(max(hi - lo))
+    side = 1.5 * extent
+    p = None if pred is None else np.asarray(pred, dtype=np.float64)[:, :2]
+    if p is not None and np.isfinite(p).all():
+        side = max(side, min(2.2 * float(np.abs(p - centre).max()), 4.0 * extent))
+    side = max(side, 8.0)
+    x0, y0 = centre - side / 2.0
+    crop = labelled.crop_with_affine(image, np.array([[side / size, 0, x0], [0, side / size, y0]]), size)
+
+    def to_tile(q: np.ndarray) -> np.ndarray:
+        return (np.asarray(q, dtype=np.float64)[:, :2] - [x0, y0]) * (size / side)
+
+    if box is not None and np.isfinite(box).all():
+        (bx0, by0), (bx1, by1) = to_tile(np.array([[box[0], box[1]], [box[0] + box[2], box[1] + box[3]]]))
+        cv2.rectangle(crop, (int(round(bx0)), int(round(by0))), (int(round(bx1)), int(round(by1))), BOX_COLOUR, 1, cv2.LINE_AA)
+    radius = max(1.0, size / 110.0)
+    crop = render.draw_landmarks(crop, to_tile(g), color=GT_COLOUR, radius=radius)
+    if p is not None:
+        crop = render.draw_landmarks(crop, to_tile(p), color=PRED_COLOUR, radius=radius)
+    if top:
+        _text(crop, top, True)
+    if bottom:
+        _text(crop, bottom, False)
+    return crop
+
+
+def grid_sample(values: np.ndarray, yaw_degrees: np.ndarray, per_bucket: int) -> list[list[int]]:
+    """Per |yaw| bucket, ``per_bucket`` image indices at evenly spaced quantiles of ``values`` (NME)
+    within the bucket, best first (all of a smaller bucket)."""
+    values = np.asarray(values, dtype=np.float64)
+    idx = yaw_bucket_index(yaw_degrees)
+    rows = []
+    for b in range(len(YAW_BUCKETS)):
+        members = np.flatnonzero(idx == b)
+        order = members[np.argsort(values[members], kind="stable")]
+        if order.size > per_bucket:
+            order = order[np.floor((np.arange(per_bucket) + 0.5) * order.size / per_bucket).astype(np.int64)]
+        rows.append([int(i) for i in order])
+    return rows
+
+
+def _sheet(rows: list[list[np.ndarray]], columns: int, size: int) -> np.ndarray:
+    """Tiles, each list starting a new grid row (padded with white tiles)."""
+    from facepgn import render
+
+    blank = np.full((size, size, 3), 255, np.uint8)
+    tiles: list[np.ndarray] = []
+    for row in rows:
+        if not row:
+            continue
+        tiles += row + [blank] * ((-len(row)) % columns)
+    return render.contact_sheet(tiles or [blank], columns=columns, pad=3)
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise FacepgnError("could not encode a report image as PNG")
+    return buf.tobytes()
+
+
+def report_figures(
+    result: EvaluationResult,
+    *,
+    per_bucket: int = 6,
+    columns: int = 6,
+    best_worst: int = 4,
+    tile: int = 160,
+) -> list[tuple[str, bytes, str]]:
+    """(file name, PNG bytes, Markdown caption) of the report's pictures: ``grid.png`` (faces
+    sampled across the three |yaw| buckets, roi-box predictions), ``grid_detector.png`` (the same
+    faces, detector-box predictions) and ``best_worst.png`` (the best and worst faces by NME). Needs
+    ``result.image_source``; empty without it or with ``per_bucket`` and ``best_worst`` both 0."""
+    if result.image_source is None or not result.predictions or result.gt is None or (per_bucket <= 0 and best_worst <= 0):
+        return []
+    set_name = headline_set(result.predictions)
+    key = f"{set_name}.nme_2d_68"
+    nme_roi = np.asarray(result.per_image[key], dtype=np.float64)
+    yaw = np.asarray(result.per_image["yaw_deg"], dtype=np.float64)
+    det = result.detector
+    nme_det = None if det is None else np.asarray(result.per_image[f"{DETECTOR_KEY}.{key}"], dtype=np.float64)
+    cache: dict[int, np.ndarray] = {}
+
+    def image(i: int) -> np.ndarray:
+        if i not in cache:
+            cache[i] = result.image_source(i)
+        return cache[i]
+
+    def det_text(i: int) -> str:
+        return "" if nme_det is None else ("det: missed" if not det.detected[i] else f"det {100 * nme_det[i]:.2f}%")
+
+    def roi_tile(i: int, label: str = "") -> np.ndarray:
+        bottom = f"roi {100 * nme_roi[i]:.2f}%" + (f"  {det_text(i)}" if nme_det is not None else "")
+        return face_tile(image(i), result.gt[i], result.predictions[set_name][i], tile,
+                         top=f"{label}{result.names[i]} yaw {yaw[i]:.0f}", bottom=bottom)
+
+    def det_tile(i: int, label: str = "") -> np.ndarray:
+        found = bool(det.detected[i])
+        return face_tile(image(i), result.gt[i], det.predictions[set_name][i] if found else None, tile,
+                         box=det.boxes[i] if found else None, top=f"{label}{result.names[i]} yaw {yaw[i]:.0f}",
+                         bottom=det_text(i) if found else f"det: {det.reasons[i]}")
+
+    colours = "ground truth in red, prediction in green"
+    what = f"`{set_name}` 68 points, {colours}"
+    out: list[tuple[str, bytes, str]] = []
+    if per_bucket > 0:
+        rows = grid_sample(nme_roi, yaw, per_bucket)
+        labels = [b for (b, _, _), r in zip(YAW_BUCKETS, rows) if r]
+        cols = max(1, min(columns, max(len(r) for r in rows)))
+        layout = (f"one row{'s' if per_bucket > cols else ''} per |yaw| bucket ({', '.join(labels)}), faces at evenly "
+                  "spaced NME quantiles of the bucket, best first")
+        out.append(("grid.png", _png(_sheet([[roi_tile(i) for i in r] for r in rows], cols, tile)),
+                    f"**Predictions on AFLW2000-3D, roi boxes**: {what}; {layout}; roi and detector-box NME under each face."))
+        if det is not None:
+            out.append(("grid_detector.png", _png(_sheet([[det_tile(i) for i in r] for r in rows], cols, tile)),
+                        f"**The same faces, detector boxes** (what `facepgn infer` feeds the model): {what}, "
+                        "the YuNet box in yellow."))
+    if best_worst > 0:
+        k = min(best_worst, nme_roi.size)
+        order = np.argsort(nme_roi, kind="stable")
+        rows = [[roi_tile(int(i), "best ") for i in order[:k]], [roi_tile(int(i), "worst ") for i in order[::-1][:k]]]
+        caption = f"**Best and worst faces by NME**: top row the {k} best, second row the {k} worst (roi boxes)"
+        if det is not None and det.detected.any():
+            found = np.flatnonzero(det.detected)
+            worst = found[np.argsort(nme_det[found], kind="stable")[::-1][:k]]
+            rows.append([det_tile(int(i), "worst ") for i in worst])
+            caption += f"; third row the {len(worst)} worst with detector boxes (missed faces are listed above)"
+        out.append(("best_worst.png", _png(_sheet(rows, max(len(r) for r in rows), tile)),
+                    f"{caption}; {what}, NME written on each."))
+    return out
 
 
 def _json_safe(value: Any) -> Any:
@@ -430,10 +696,18 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_report(result: EvaluationResult, out_dir: str, title: str = "Evaluation") -> dict[str, str]:
-    """Write ``report.md``, ``ced.png``, ``metrics.json`` and ``per_image.csv`` (atomically) to ``out_dir``."""
+def write_report(result: EvaluationResult, out_dir: str, title: str = "Evaluation", *, grid_per_bucket: int = 6,
+                 grid_columns: int = 6, best_worst: int = 4, grid_tile: int = 160) -> dict[str, str]:
+    """Write ``report.md``, ``ced.png``, ``metrics.json`` and ``per_image.csv`` (atomically) to
+    ``out_dir``, and the pictures of :func:`report_figures` (embedded in the report) when the
+    result has its images."""
     storage.makedirs(out_dir)
     paths = {name: storage.join(out_dir, name) for name in ("report.md", "ced.png", "metrics.json", "per_image.csv")}
+    figures = report_figures(result, per_bucket=grid_per_bucket, columns=grid_columns, best_worst=best_worst, tile=grid_tile)
+    for name, png, _ in figures:
+        paths[name] = storage.join(out_dir, name)
+        storage.atomic_write_bytes(paths[name], png)
+    result.figures = [(name, caption) for name, _, caption in figures]
     storage.atomic_write_text(paths["report.md"], report_markdown(result, title, plot="ced.png"))
     storage.atomic_write_bytes(paths["ced.png"], ced_plot_png(result, title))
     storage.atomic_write_text(paths["metrics.json"], json.dumps(_json_safe(result.metrics), indent=2))
@@ -653,6 +927,53 @@ def plan_aflw2000(
     return Aflw2000Plan(image_paths, gt, pose_deg, affines, box_used, rows, faces, errors)
 
 
+DETECTOR_MATCH_RADIUS = 0.5  # a detection is the labelled face's if its centre is within this many box sides
+
+
+def infer_detector():
+    """The face detector ``facepgn infer`` runs on a photo (an AFLW2000-3D image is one):
+    ``facepgn.inference.photo_detector`` with ``InferConfig``'s defaults."""
+    from facepgn.config import InferConfig
+    from facepgn.inference import photo_detector
+
+    return photo_detector(InferConfig())
+
+
+def detect_as_infer(image: np.ndarray, detector: Any) -> list[Any]:
+    """The faces ``facepgn infer`` finds in a photo, in its full-resolution pixels: the photo
+    downscaled to ``InferConfig().photo_max_side`` (``facepgn.video.downscale``), then
+    ``facepgn.inference.detect_photo`` (highest score first, at most ``photo_max_faces``)."""
+    from facepgn import video
+    from facepgn.config import InferConfig
+    from facepgn.inference import detect_photo
+
+    cfg = InferConfig()
+    small, to_source = video.downscale(image, cfg.photo_max_side)
+    return detect_photo(video.Photo(rgb=image, small=small, to_source=to_source), detector, cfg.photo_max_faces)
+
+
+def infer_crop_margin() -> float:
+    """The context ``facepgn infer`` crops around a detector box (``InferConfig().crop_margin``)."""
+    from facepgn.config import InferConfig
+
+    return float(InferConfig().crop_margin)
+
+
+def match_detection(detections: Sequence[Any], gt: np.ndarray, radius: float = DETECTOR_MATCH_RADIUS) -> tuple[Any, str]:
+    """``(detection, "")`` for the detection nearest the centre of the ground-truth landmarks' 2D
+    box, or ``(None, reason)`` when there is none or the nearest is another face (its centre further
+    than ``radius`` of its box side from the labelled face's)."""
+    if not detections:
+        return None, "no face detected"
+    g = np.asarray(gt, dtype=np.float64)[:, :2]
+    centre = (g.min(axis=0) + g.max(axis=0)) / 2.0
+    dist = [float(np.linalg.norm(np.asarray(d.centre, np.float64) - centre)) for d in detections]
+    best = detections[int(np.argmin(dist))]
+    if min(dist) > radius * max(best.side, 1.0):
+        return None, f"only other faces detected ({len(detections)})"
+    return best, ""
+
+
 def evaluate_aflw2000(
     predict_fn: PredictFn,
     data: str | os.PathLike | Sequence[Any] | Aflw2000Plan,
@@ -666,6 +987,13 @@ def evaluate_aflw2000(
     skip_bad: bool = False,
     limit: int | None = None,
     title: str = "AFLW2000-3D",
+    detector_boxes: bool = True,
+    detector: Any = None,
+    crop_margin: float | None = None,
+    grid_per_bucket: int = 6,
+    grid_columns: int = 6,
+    best_worst: int = 4,
+    grid_tile: int = 160,
 ) -> EvaluationResult:
     """Run ``predict_fn`` over AFLW2000-3D (a folder laid out like it, the full 2000 included, or a
     list of ``labelled.LabelledFace``, or a plan from :func:`plan_aflw2000`) and score it with the
@@ -674,18 +1002,30 @@ def evaluate_aflw2000(
     ``predict_fn`` takes RGB uint8 crops (B, S, S, 3) and returns (B, 68, 2|3) landmarks in crop
     pixels, or a mapping of named landmark sets plus an optional ``"pose"`` (B, 3) pitch, yaw, roll
     radians (gives the pose MAE). Predictions are mapped back to image pixels through each crop's
-    ``crop_to_frame``.
+    ``crop_to_frame``. It is called once per batch and crop convention (roi crops, then detector crops).
 
     Crops: ``box="roi"`` uses the standard 3DDFA boxes (``AFLW2000-3D_crop.roi_box.npy`` in
     ``arrays_dir``, default the shared copy), found by matching each ``pt3d_68`` to the standard
     ``AFLW2000-3D.pts68.npy`` (so any subset of the 2000, in any folder, gets its own boxes);
     ``"landmarks"`` uses a square box around the ground-truth landmarks; ``"auto"`` uses the roi
-    boxes when every face matches, else the landmark box.
+    boxes when every face matches, else the landmark box. These are ``metrics["landmarks"]``.
+
+    ``detector_boxes``: also score the crops a user's pipeline makes: ``detector`` (default
+    :func:`infer_detector`, YuNet as ``facepgn infer`` runs it on photos) on the whole image
+    (:func:`detect_as_infer`), the detection nearest the labelled face (:func:`match_detection`),
+    cropped by ``facepgn.faces.square_crop`` with ``crop_margin`` (default ``facepgn infer``'s) as
+    inference does. Results in
+    ``metrics["detector_boxes"]`` (NME over the detected images; the missed ones counted per bucket
+    and listed) and ``per_image["detector_boxes.*"]`` (NaN where missed).
+
+    ``out_dir``: write the report (:func:`write_report`), with pictures of ``grid_per_bucket`` faces
+    per yaw bucket (``grid_columns`` a row, ``grid_tile`` pixels each) and the ``best_worst`` best and
+    worst faces.
 
     A bad image/.mat pair is an error naming the file (a benchmark must be complete) unless
     ``skip_bad``, which records it in the metrics and goes on.
     """
-    from facepgn import labelled
+    from facepgn import faces, labelled
 
     start = time.time()
     if isinstance(data, Aflw2000Plan):
@@ -698,7 +1038,18 @@ def evaluate_aflw2000(
     valid = np.ones(n, dtype=bool)
     predictions: dict[str, list[np.ndarray]] = {}
     pred_pose: list[np.ndarray] = []
-    log.info("evaluate: %d faces, crops %dpx, %s", n, image_size, plan.box)
+    if detector_boxes:
+        detector = detector if detector is not None else infer_detector()
+        crop_margin = infer_crop_margin() if crop_margin is None else float(crop_margin)
+        det_found = np.zeros(n, dtype=bool)
+        det_reason = [""] * n
+        det_box = np.full((n, 4), np.nan)
+        det_score = np.full(n, np.nan)
+        det_affine = np.full((n, 2, 3), np.nan)
+        det_pred: dict[str, np.ndarray] = {}
+        det_pose = np.full((n, 3), np.nan)
+        detect_s = 0.0
+    log.info("evaluate: %d faces, crops %dpx, %s%s", n, image_size, plan.box, "; and detector boxes" if detector_boxes else "")
     for first in range(0, n, batch_size):
         idx = list(range(first, min(n, first + batch_size)))
         images = []
@@ -720,6 +1071,29 @@ def evaluate_aflw2000(
             predictions.setdefault(name, []).extend(_to_frame(pts[j], plan.crop_to_frame[i]) for j, i in enumerate(idx))
         if pose is not None:
             pred_pose.append(np.degrees(pose))
+        if detector_boxes:
+            det_crops, det_idx = [], []
+            for j, i in enumerate(idx):
+                if not valid[i]:
+                    continue
+                t0 = time.perf_counter()
+                found, reason = match_detection(detect_as_infer(images[j], detector), plan.gt[i])
+                detect_s += time.perf_counter() - t0
+                if found is None:
+                    det_reason[i] = reason
+                    continue
+                crop, crop_to_frame = faces.square_crop(images[j], found.box, crop_margin, image_size)  # as facepgn infer
+                det_crops.append(crop)
+                det_idx.append(i)
+                det_found[i], det_box[i], det_score[i], det_affine[i] = True, found.box, found.score, crop_to_frame
+            if det_crops:
+                dsets, dpose = _split_prediction(predict_fn(np.stack(det_crops)), len(det_idx))
+                for name, pts in dsets.items():
+                    arr = det_pred.setdefault(name, np.full((n, NUM_LANDMARKS, pts.shape[2]), np.nan))
+                    for j, i in enumerate(det_idx):
+                        arr[i] = _to_frame(pts[j], det_affine[i])
+                if dpose is not None:
+                    det_pose[det_idx] = np.degrees(dpose)
         log.info("evaluate: %d/%d faces", idx[-1] + 1, n)
     if not valid.any():
         raise InputError(str(data), "no readable faces to evaluate")
@@ -742,9 +1116,91 @@ def evaluate_aflw2000(
     )
     if plan.standard_rows is not None:
         result.per_image["standard_row"] = plan.standard_rows[valid].astype(np.float64)
+    result.metrics["crop_side_over_face"] = crop_side_over_face(plan.crop_to_frame[valid], plan.gt[valid], image_size)
+    result.predictions = pred_arrays
+    result.gt = plan.gt[valid]
+    rows = np.flatnonzero(valid)
+    if plan.faces is not None:
+        result.image_source = lambda k: plan.faces[rows[k]].image
+    else:
+        result.image_source = lambda k: labelled.read_image(plan.image_paths[rows[k]])
+    if detector_boxes:
+        result.detector = DetectorPass(
+            det_found[valid], [r for r, ok in zip(det_reason, valid) if ok], det_box[valid], det_score[valid],
+            det_affine[valid], {k: v[valid] for k, v in det_pred.items()}, detect_s,
+        )
+        _score_detector_pass(result, gt_pose, det_pose[valid] if pred_pose else None, detector, crop_margin)
+        result.metrics["seconds"] = round(time.time() - start, 3)
     if out_dir:
-        write_report(result, out_dir, title)
+        write_report(result, out_dir, title, grid_per_bucket=grid_per_bucket, grid_columns=grid_columns,
+                     best_worst=best_worst, grid_tile=grid_tile)
     return result
+
+
+def crop_side_over_face(crop_to_frame: np.ndarray, gt: np.ndarray, image_size: int) -> float | None:
+    """Median of crop side (frame pixels; sqrt of the area for a non-square crop) over the longer
+    side of the ground-truth landmarks' 2D box: how large the face is in what the model sees
+    (the 3DDFA roi boxes: about 1.41). NaN crops (missed faces) are left out."""
+    a = np.asarray(crop_to_frame, dtype=np.float64).reshape(-1, 2, 3)
+    keep = np.isfinite(a).all(axis=(1, 2))
+    if not keep.any():
+        return None
+    side = np.sqrt(np.abs(np.linalg.det(a[keep, :, :2]))) * image_size
+    g = as_landmarks(gt)[keep, :, :2]
+    extent = (g.max(axis=1) - g.min(axis=1)).max(axis=1)
+    return round(float(np.median(side / np.maximum(extent, 1e-9))), 4)
+
+
+def _score_detector_pass(result: EvaluationResult, gt_pose: np.ndarray, det_pose: np.ndarray | None,
+                         detector: Any, crop_margin: float) -> None:
+    """``metrics["detector_boxes"]`` and the ``detector_boxes.*`` per-image columns of a result
+    whose ``detector`` pass has run."""
+    det = result.detector
+    n = det.detected.size
+    yaw = result.per_image["yaw_deg"]
+    found = det.detected
+    missed_buckets = bucket_counts(yaw[~found])
+    entry: dict[str, Any] = {
+        "box": (f"YuNet ({storage.basename(getattr(detector, 'model_path', '') or 'detector')}, detect width "
+                f"{getattr(detector, 'detect_width', '?')} px) on the whole image as facepgn infer detects a photo "
+                f"(facepgn.inference.detect_photo), the detection nearest the labelled face, square crop of its box "
+                f"with margin {crop_margin:g} (facepgn.faces.square_crop, as facepgn infer)"),
+        "num_images": n,
+        "num_detected": int(found.sum()),
+        "num_missed": int((~found).sum()),
+        "missed_bucket_counts": missed_buckets,
+        "nme_over": "detected images only",
+        "missed": [{"name": result.names[i], "yaw_deg": float(yaw[i]), "reason": det.reasons[i]} for i in np.flatnonzero(~found)],
+        "seconds_detect": round(det.seconds_detect, 3),
+        "ms_per_image_detect": round(1000.0 * det.seconds_detect / max(n, 1), 2),
+        "crop_margin": crop_margin,
+        "crop_side_over_face": crop_side_over_face(det.crop_to_frame, result.gt, int(result.metrics.get("image_size", 128))),
+        "bucket_counts": bucket_counts(yaw[found]),
+        "landmarks": {},
+    }
+    result.per_image[f"{DETECTOR_KEY}.detected"] = found.astype(np.float64)
+    if found.any():
+        sub = evaluate_landmarks(
+            {k: v[found] for k, v in det.predictions.items()}, result.gt[found], yaw[found],
+            pred_pose_degrees=None if det_pose is None else det_pose[found],
+            gt_pose_degrees=None if det_pose is None else gt_pose[found],
+        )
+        entry["landmarks"] = sub.metrics["landmarks"]
+        if "pose_mae_deg" in sub.metrics:
+            entry["pose_mae_deg"] = sub.metrics["pose_mae_deg"]
+        entry["roi_same_images"] = {
+            name: bucket_means(result.per_image[f"{name}.nme_2d_68"][found], yaw[found]) for name in det.predictions
+        }
+        for key, values in sub.per_image.items():
+            if key == "yaw_deg":
+                continue
+            column = np.full(n, np.nan)
+            column[found] = values
+            result.per_image[f"{DETECTOR_KEY}.{key}"] = column
+    else:
+        for name in result.predictions:  # the columns exist (all NaN) so readers need no special case
+            result.per_image[f"{DETECTOR_KEY}.{name}.nme_2d_68"] = np.full(n, np.nan)
+    result.metrics[DETECTOR_KEY] = entry
 
 
 def _to_frame(points: np.ndarray, affine: np.ndarray) -> np.ndarray:

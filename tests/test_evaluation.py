@@ -182,7 +182,9 @@ def test_evaluate_aflw2000_perfect_predictor(tmp_path, aflw_dir, box):
         assert "roi" in plan.box
     else:
         assert plan.standard_rows is None
-    result = ev.evaluate_aflw2000(_perfect_predictor(plan), plan, str(tmp_path), image_size=64, batch_size=4)
+    result = ev.evaluate_aflw2000(_perfect_predictor(plan), plan, str(tmp_path), image_size=64, batch_size=4,
+                                  detector_boxes=False)  # the predictor serves roi crops only (see the detector test)
+    assert "detector_boxes" not in result.metrics
     for entry in result.metrics["landmarks"]["gt"].values():
         assert entry["all"] < 1e-6
     assert result.metrics["pose_mae_deg"]["mean"] < 1e-9
@@ -219,20 +221,83 @@ def _link_pairs(src: Path, dest: Path, names: list[str]) -> None:
         (dest / f"{n}.mat").symlink_to(src / f"{n}.mat")
 
 
+def _blanked_copy(aflw_dir: Path, name: str, dest: Path, new_name: str) -> None:
+    """A copy of a dev image with the face region (the landmark box grown by 60%) filled with the
+    image's mean colour, and its ground truth: an image where YuNet finds no face."""
+    image = cv2.imread(str(aflw_dir / f"{name}.jpg"))
+    gt = labelled.landmarks_from_mat(labelled.read_mat(str(aflw_dir / f"{name}.mat")), name)[:, :2]
+    lo, hi = gt.min(axis=0), gt.max(axis=0)
+    half = 0.8 * (hi - lo).max()
+    (x0, y0), (x1, y1) = np.maximum(0, (lo + hi) / 2 - half).astype(int), ((lo + hi) / 2 + half).astype(int)
+    image[y0:y1, x0:x1] = image.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    cv2.imwrite(str(dest / f"{new_name}.jpg"), image)
+    (dest / f"{new_name}.mat").symlink_to(aflw_dir / f"{name}.mat")
+
+
+def _png_ok(path: Path, min_side: int = 100) -> np.ndarray:
+    image = cv2.imread(str(path))
+    assert image is not None and min(image.shape[:2]) >= min_side and image.std() > 10, path
+    return image
+
+
 def test_cli_evaluate_aflw2000_with_model_file(tmp_path, aflw_dir, tiny_model_file, capsys):
     data = tmp_path / "data"
     _link_pairs(aflw_dir, data, ["image00002", "image00010", "image00050"])
+    _blanked_copy(aflw_dir, "image00050", data, "image09050")
     out = tmp_path / "out"
     code = main(["evaluate", "aflw2000", "--model", str(tiny_model_file), "--data", str(data), "--out", str(out),
                  "--set", "batch_size=2"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "landmarks_3d:" in printed and "pose MAE" in printed
+    assert "detector boxes (as facepgn infer crops): face detected in 3 of 4 images, missed 1" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["landmarks"]) == {"landmarks_3d", "mesh_landmarks"}
-    assert metrics["num_images"] == 3 and metrics["standard_rows_matched"] is True
+    assert metrics["num_images"] == 4 and metrics["standard_rows_matched"] is True
+    assert metrics["landmarks"]["mesh_landmarks"]["nme_2d_68"]["mean"] > 0  # the roi results stay where readers look
+    # the detector-box pass: the blanked image is counted as missed, not dropped; NME over the other 3
+    det = metrics["detector_boxes"]
+    assert (det["num_images"], det["num_detected"], det["num_missed"]) == (4, 3, 1)
+    assert det["missed"] == [{"name": "image09050", "yaw_deg": pytest.approx(metrics_yaw(aflw_dir, "image00050")),
+                              "reason": "no face detected"}]
+    assert sum(det["bucket_counts"].values()) == 3 and sum(det["missed_bucket_counts"].values()) == 1
+    assert set(det["landmarks"]) == {"landmarks_3d", "mesh_landmarks"} and "pose_mae_deg" in det
+    assert det["landmarks"]["mesh_landmarks"]["nme_2d_68"]["mean"] > 0 and "square_crop" in det["box"]
+    assert 1.2 < metrics["crop_side_over_face"] < 1.6 and 1.5 < det["crop_side_over_face"] < 3.0
+    rows = (out / "per_image.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    detected = [r.split(",")[header.index("detector_boxes.detected")] for r in rows[1:]]
+    assert detected == ["1", "1", "1", "0"]  # image00002, 00010, 00050, 09050
+    assert rows[4].split(",")[header.index("detector_boxes.mesh_landmarks.nme_2d_68")] == "nan"
+    # the report: one table per convention, the count of missed faces, the CED plot and the pictures
+    report = (out / "report.md").read_text()
+    assert "## 3DDFA roi boxes" in report and "## Detector boxes" in report
+    assert report.count("| mesh_landmarks | nme_2d_68 |") == 2 and report.count("| yaw | pitch | roll | mean |") == 2
+    assert "detected in 3 of 4 images" in report and "over the 3 detected images only" in report
+    assert "- image09050 (yaw" in report and "no face detected" in report
+    for name in ("ced.png", "grid.png", "grid_detector.png", "best_worst.png"):
+        assert f"]({name})" in report, name
+        _png_ok(out / name)
+    # grid: one row per yaw bucket present (3 images at [0,30], image00010 at (60,90]), 160 px tiles, 3 px gaps;
+    # best/worst: the 4 best and 4 worst (roi), the 3 worst with detector boxes
+    grid = _png_ok(out / "grid.png")
+    assert grid.shape[:2] == (2 * 163 + 3, 3 * 163 + 3)
+    best_worst = _png_ok(out / "best_worst.png")
+    assert best_worst.shape[:2] == (3 * 163 + 3, 4 * 163 + 3)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"]["batch_size"] == 2 and summary["num_images"] == 3
+    assert summary["config"]["batch_size"] == 2 and summary["num_images"] == 4
+    assert summary["config"]["detector_boxes"] is True
+
+    # the switch: no detector pass, no pictures (small runs)
+    quick = tmp_path / "quick"
+    assert main(["evaluate", "aflw2000", "--model", str(tiny_model_file), "--data", str(data), "--out", str(quick),
+                 "--set", "detector_boxes=false", "grid_per_bucket=0", "best_worst=0"]) == 0
+    assert "detector boxes" not in capsys.readouterr().out
+    assert "detector_boxes" not in json.loads((quick / "metrics.json").read_text())
+    assert not (quick / "grid.png").exists() and "grid" not in (quick / "report.md").read_text()
+    assert main(["evaluate", "aflw2000", "--model", str(tiny_model_file), "--data", str(data), "--out", str(quick),
+                 "--set", "grid_columns=0"]) == 2
+    assert "grid_columns" in capsys.readouterr().err
 
     # bad inputs: one line on stderr naming the file, exit 2
     bad = tmp_path / "bad"
@@ -298,3 +363,69 @@ def test_cli_evaluate_arrays(tmp_path, arrays, capsys):
                  "--pose", str(arrays["dir"] / "AFLW2000-3D.pose.npy")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "bad.npy: not a readable .npy pred array" in err
+
+
+def metrics_yaw(aflw_dir: Path, name: str) -> float:
+    return float(np.degrees(labelled.mat_vector(labelled.read_mat(str(aflw_dir / f"{name}.mat")), "Pose_Para", 7, name)[1]))
+
+
+def test_detector_pass_crops_like_infer_hold_the_face_and_map_back(aflw_dir):
+    """The detector-box crops are exactly what facepgn infer feeds the model for the photo (its
+    photo stage, inference.iter_photo_batches), hold the labelled face, and predictions map back
+    through them: ground truth served in those crops scores ~0 NME in that pass."""
+    from facepgn import faces, inference
+    from facepgn.config import InferConfig
+
+    size = 64
+    plan = ev.plan_aflw2000(str(aflw_dir), image_size=size, limit=8)
+    calls: list[np.ndarray] = []
+
+    def record(crops: np.ndarray) -> np.ndarray:
+        calls.append(crops.copy())
+        return np.zeros((len(crops), 68, 2))
+
+    first = ev.evaluate_aflw2000(record, plan, image_size=size, batch_size=8)
+    det = first.detector
+    assert len(calls) == 2 and len(calls[1]) == det.detected.sum() == first.metrics["detector_boxes"]["num_detected"]
+    assert det.detected.sum() >= 7  # YuNet finds every one of these dev faces (498 of the 503)
+    margin = InferConfig().crop_margin
+    for j, i in enumerate(np.flatnonzero(det.detected)):
+        image = labelled.read_image(plan.image_paths[i])
+        crop, crop_to_frame = faces.square_crop(image, det.boxes[i].astype(np.float32), margin, size)
+        np.testing.assert_array_equal(calls[1][j], crop)
+        np.testing.assert_allclose(det.crop_to_frame[i], crop_to_frame)
+        inside = faces.frame_to_crop(plan.gt[i, :, :2], crop_to_frame)
+        assert ((inside >= 0) & (inside < size)).all(axis=1).mean() >= 0.9, plan.names[i]
+        extent = np.ptp(plan.gt[i, :, :2], axis=0).max()
+        assert 1.3 < crop_to_frame[0, 0] * size / extent < 3.0  # a face-sized crop, not the whole image
+        if j < 3:  # facepgn infer's own photo stage cuts the same crop for this face
+            batch = next(inference.iter_photo_batches(plan.image_paths[i], "x", InferConfig(), size))
+            row = int(np.argmin(np.abs(batch["box"] - det.boxes[i]).sum(axis=1)))
+            np.testing.assert_array_equal(batch["crop"][row], calls[1][j])
+    assert "detector_boxes.detected" in first.per_image
+
+    roi_gt = np.stack([labelled.to_crop(g, m) for g, m in zip(plan.gt, plan.crop_to_frame)])
+    found = np.flatnonzero(det.detected)
+    det_gt = np.stack([faces.frame_to_crop(plan.gt[i], det.crop_to_frame[i]) for i in found])
+    served = iter([roi_gt, det_gt])
+    perfect = ev.evaluate_aflw2000(lambda crops: {"gt": next(served)}, plan, image_size=size, batch_size=8)
+    assert perfect.metrics["landmarks"]["gt"]["nme_2d_68"]["all"] < 1e-6
+    assert perfect.metrics["detector_boxes"]["landmarks"]["gt"]["nme_2d_68"]["all"] < 1e-4  # float32 crop affine
+
+
+def test_match_detection_nearest_to_the_labelled_face():
+    from facepgn.faces import Detection
+
+    gt = np.stack(np.meshgrid(np.linspace(100, 200, 17), np.linspace(120, 220, 4)), -1).reshape(-1, 2)[:68]
+    near = Detection(np.array([95, 110, 110, 120], np.float32), np.zeros((5, 2), np.float32), 0.7)
+    other = Detection(np.array([300, 100, 110, 120], np.float32), np.zeros((5, 2), np.float32), 0.95)
+    assert ev.match_detection([other, near], gt) == (near, "")
+    assert ev.match_detection([], gt) == (None, "no face detected")
+    assert ev.match_detection([other], gt) == (None, "only other faces detected (1)")
+
+
+def test_report_pictures_without_images_and_grid_sample():
+    rows = ev.grid_sample(np.arange(10.0)[::-1], np.array([0, 0, 0, 0, 0, 0, 45, 45, 70, 10.0]), 3)
+    assert rows == [[5, 3, 1], [7, 6], [8]]  # NME quantiles 1/6, 1/2, 5/6 of each bucket, lowest first
+    bare = ev.EvaluationResult({"num_images": 1}, {"yaw_deg": np.zeros(1)})
+    assert ev.report_figures(bare) == []

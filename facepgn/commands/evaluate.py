@@ -4,7 +4,10 @@
     facepgn evaluate arrays --pred PRED.npy --gt GT.npy --pose POSE.npy [--out DIR]
 
 Both write ``report.md``, ``ced.png``, ``metrics.json``, ``per_image.csv`` and ``summary.json`` into
-``--out`` and print the headline numbers.
+``--out`` and print the headline numbers. ``aflw2000`` scores two crop conventions: the standard 3DDFA
+roi boxes (``metrics.json``: ``landmarks``, ``pose_mae_deg``) and, unless ``detector_boxes=false``, the
+YuNet detector's boxes cropped as ``facepgn infer`` crops (``detector_boxes``); it also draws
+predictions on the images (``grid.png``, ``grid_detector.png``, ``best_worst.png``, in the report).
 """
 
 from __future__ import annotations
@@ -48,12 +51,24 @@ def register(subparsers) -> None:
 
 
 def _print_headline(metrics: dict) -> None:
+    det = metrics.get("detector_boxes")
+    if det:
+        print("roi boxes (3DDFA protocol):")
     for set_name, entry in metrics["landmarks"].items():
         parts = [f"{key} {100 * v['mean']:.2f}%" for key, v in entry.items()]
         print(f"{set_name}: " + ", ".join(parts) + " (mean of |yaw| bucket means)")
     if metrics.get("pose_mae_deg"):
         p = metrics["pose_mae_deg"]
         print(f"pose MAE: yaw {p['yaw']:.2f}, pitch {p['pitch']:.2f}, roll {p['roll']:.2f} degrees")
+    if det:
+        print(f"detector boxes (as facepgn infer crops): face detected in {det['num_detected']} of {det['num_images']} "
+              f"images, missed {det['num_missed']}; NME over the detected ones:")
+        for set_name, entry in det["landmarks"].items():
+            parts = [f"{key} {100 * v['mean']:.2f}%" for key, v in entry.items()]
+            print(f"{set_name}: " + ", ".join(parts) + " (mean of |yaw| bucket means)")
+        if det.get("pose_mae_deg"):
+            p = det["pose_mae_deg"]
+            print(f"pose MAE: yaw {p['yaw']:.2f}, pitch {p['pitch']:.2f}, roll {p['roll']:.2f} degrees")
 
 
 def _write_summary(out_dir: str, args: argparse.Namespace, metrics: dict, config: dict, seconds: float) -> None:
@@ -102,6 +117,11 @@ def run_aflw2000(args: argparse.Namespace) -> int:
         arrays_dir=cfg.arrays_dir,
         skip_bad=cfg.skip_bad,
         limit=cfg.limit,
+        detector_boxes=cfg.detector_boxes,
+        grid_per_bucket=cfg.grid_per_bucket,
+        grid_columns=cfg.grid_columns,
+        best_worst=cfg.best_worst,
+        grid_tile=cfg.grid_tile,
         title=f"AFLW2000-3D: {'peer 2D landmark network' if args.peer_only else args.model or 'the pretrained model'}",
     )
     _write_summary(args.out, args, result.metrics, cfg.model_dump(mode="json"), time.time() - start)
