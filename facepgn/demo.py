@@ -287,7 +287,7 @@ class Demo:
         model, which = self.inference_model()
         if not self._needs(result, model, "trained model"):
             return
-        result.outputs["model"] = f"{model} ({which})"
+        result.outputs[f"model ({which})"] = model
         argv = ["infer", *_config_file("infer"), "--set", _kv("model", model),
                 _kv("input", self.real_videos()), _kv("output", self.paths.infer),
                 _kv("max_frames", self.cfg.infer_frames), _kv("stride", self.cfg.infer_stride), _kv("overlay", True)]
