@@ -281,7 +281,8 @@ def test_bad_model_and_input_are_one_line_errors(tmp_path):
     with pytest.raises(InputError, match="model file not found"):
         inference.load_inference_model(str(tmp_path / "missing.pt"))
     assert main(["infer", "--model", str(bad), "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--local"]) == 2
-    assert main(["infer", "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2  # no model
+    # no --model: the shipped model; an input without videos or photos is a one-line error
+    assert main(["infer", "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
 
 
 def test_loads_training_checkpoints(model_file, tmp_path):

@@ -168,6 +168,10 @@ def plan_items(cfg: InferConfig) -> tuple[list[Any], list[Any]]:
     from facepgn import video
 
     items = video.list_media(cfg.input, cfg.video_extensions, cfg.image_extensions)
+    if not any(it.kind in ("video", "photo") for it in items):
+        from facepgn.errors import InputError
+
+        raise InputError(cfg.input, f"no videos or photos found ({', '.join(cfg.video_extensions + cfg.image_extensions)})")
     layout = inference.OutputLayout(cfg.output)
     done = layout.done_ids() if cfg.resume else set()
     todo = [it for it in items if it.item_id not in done]
