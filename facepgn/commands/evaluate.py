@@ -54,21 +54,11 @@ def _print_headline(metrics: dict) -> None:
     det = metrics.get("detector_boxes")
     if det:
         print("roi boxes (3DDFA protocol):")
-    for set_name, entry in metrics["landmarks"].items():
-        parts = [f"{key} {100 * v['mean']:.2f}%" for key, v in entry.items()]
-        print(f"{set_name}: " + ", ".join(parts) + " (mean of |yaw| bucket means)")
-    if metrics.get("pose_mae_deg"):
-        p = metrics["pose_mae_deg"]
-        print(f"pose MAE: yaw {p['yaw']:.2f}, pitch {p['pitch']:.2f}, roll {p['roll']:.2f} degrees")
+    _print_metrics(metrics)
     if det:
         print(f"detector boxes (as facepgn infer crops): face detected in {det['num_detected']} of {det['num_images']} "
               f"images, missed {det['num_missed']}; NME over the detected ones:")
-        for set_name, entry in det["landmarks"].items():
-            parts = [f"{key} {100 * v['mean']:.2f}%" for key, v in entry.items()]
-            print(f"{set_name}: " + ", ".join(parts) + " (mean of |yaw| bucket means)")
-        if det.get("pose_mae_deg"):
-            p = det["pose_mae_deg"]
-            print(f"pose MAE: yaw {p['yaw']:.2f}, pitch {p['pitch']:.2f}, roll {p['roll']:.2f} degrees")
+        _print_metrics(det)
 
 
 def _write_summary(out_dir: str, args: argparse.Namespace, metrics: dict, config: dict, seconds: float) -> None:
@@ -144,3 +134,13 @@ def run_arrays(args: argparse.Namespace) -> int:
     if args.out:
         print(f"report: {result.report_paths['report.md']}")
     return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    """One line per landmark set (headline NME of each metric) and the pose MAE."""
+    for set_name, entry in metrics["landmarks"].items():
+        parts = [f"{key} {100 * v['mean']:.2f}%" for key, v in entry.items()]
+        print(f"{set_name}: " + ", ".join(parts) + " (mean of |yaw| bucket means)")
+    if metrics.get("pose_mae_deg"):
+        p = metrics["pose_mae_deg"]
+        print(f"pose MAE: yaw {p['yaw']:.2f}, pitch {p['pitch']:.2f}, roll {p['roll']:.2f} degrees")
