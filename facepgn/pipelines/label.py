@@ -214,19 +214,12 @@ class ItemLabeller:
                 yield frame.index, frame.rgb, reader.scale_to_source
 
     def _photo(self, item: dict, result: LabelResult, clock: common.StageClock) -> Iterator[tuple[int, np.ndarray, float]]:
-        import cv2
-
-        from facepgn.labelled import read_image
+        from facepgn.video import read_photo
 
         with clock("decode"):
-            rgb = read_image(item["path"])
-            result.height, result.width = rgb.shape[:2]
-            side = self.cfg.decode_max_side
-            if side and max(rgb.shape[:2]) > side:
-                scale = side / max(rgb.shape[:2])
-                size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        yield 0, rgb, result.width / rgb.shape[1]
+            photo = read_photo(item["path"], self.cfg.decode_max_side)
+            result.height, result.width = photo.rgb.shape[:2]
+        yield 0, photo.small, photo.to_source
 
 
 def _job_fields(row: dict, face, item_id: str, to_source: float) -> dict:
