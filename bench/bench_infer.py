@@ -53,10 +53,12 @@ def latency(model_path: str, repeats: int) -> dict[str, float]:
     import onnxruntime as ort
     import torch
 
-    from facepgn import inference
+    from facepgn import model as model_lib
+    from facepgn.export import export_onnx
+    from facepgn.predictor import Predictor
 
     torch.set_num_threads(1)
-    model = inference.load_inference_model(model_path)
+    model = model_lib.load(model_path)
     size = model.input_size
     rng = np.random.default_rng(0)
     crop = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
@@ -76,12 +78,12 @@ def latency(model_path: str, repeats: int) -> dict[str, float]:
         out[f"{name}_ms"] = 1000 * statistics.median(wall)
         out[f"{name}_cpu_ms"] = 1000 * statistics.median(cpu)
 
-    torch_runner = inference.FaceModelRunner(model=model, runtime="torch", threads=1)
+    torch_runner = Predictor(model=model, runtime="torch", threads=1)
     measure("torch_eager", lambda: torch_runner(crop))
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = os.path.join(tmp, "networks.onnx")
-        inference.export_onnx(model, onnx_path)
-        onnx_runner = inference.FaceModelRunner(model=model, runtime="onnx", threads=1, onnx_path=onnx_path)
+        export_onnx(model, onnx_path)
+        onnx_runner = Predictor(model=model, runtime="onnx", threads=1, onnx_path=onnx_path)
         measure("onnxruntime_plus_pose", lambda: onnx_runner(crop))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1

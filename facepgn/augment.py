@@ -45,23 +45,9 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-NUM_LANDMARKS = 68
+from facepgn.geometry import FLIP_PERMUTATION  # the 68-point mirror relabelling (one home)
 
-#: iBUG 68-point index of each point's mirror partner (0-indexed): the jaw 0..16 reversed, brows
-#: 17..21 <-> 26..22, the nose bridge 27..30 on the midline, nostrils 31..35 reversed, eyes
-#: 36 37 38 39 40 41 <-> 45 44 43 42 47 46, outer lips 48..54 reversed and 55..59 reversed (51 and 57
-#: on the midline), inner lips 60..64 reversed and 65 <-> 67 (62 and 66 on the midline).
-#: ``new[i] = mirrored_old[FLIP_PERMUTATION[i]]``; it is an involution.
-FLIP_PERMUTATION = np.array(
-    list(range(16, -1, -1))  # jaw
-    + list(range(26, 16, -1))  # brows
-    + [27, 28, 29, 30]  # nose bridge
-    + [35, 34, 33, 32, 31]  # nostrils
-    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]  # eyes
-    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]  # outer lips
-    + [64, 63, 62, 61, 60, 67, 66, 65],  # inner lips
-    dtype=np.int64,
-)
+NUM_LANDMARKS = 68
 
 _F = np.diag([1.0, -1.0, 1.0])  # geometry.MODEL_TO_IMAGE_FLIP
 _MIRROR = np.diag([-1.0, 1.0, 1.0])

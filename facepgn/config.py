@@ -241,6 +241,9 @@ class ModelConfig(StrictModel):
     # training labels' definition (synthetic, pseudo-labelled and profiled records name theirs).
     # Model files store the ids themselves, so files written before this setting load unchanged.
     landmarks: Literal["auto", "upstream", "jaw-substitutes", "calibrated"] = "auto"
+    # at inference, the PGN also sees the mirrored crop and the two landmark sets are averaged before
+    # the pose fit (test-time mirroring: the PGN's cost doubles; training is unaffected)
+    mirror_test: bool = False
 
 
 class LossWeights(StrictModel):

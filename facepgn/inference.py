@@ -9,7 +9,7 @@ The Ray Data graph (``facepgn.pipelines.infer``) and the plain-loop baseline (sa
    photo (decoded once, detected on a downscaled copy, cropped from the full-resolution image;
    one row per face, each face its own track, frame 0, time 0). Either yields column batches and,
    last, one *footer* row with the item's totals or the reason it failed.
-2. :class:`FaceModelRunner` — the model on a batch of crops, torch eager or onnxruntime (the
+2. ``facepgn.predictor.Predictor`` — the model on a batch of crops, torch eager or onnxruntime (the
    networks in ONNX, the closed-form pose fit in torch: SVD/eigh have no ONNX operator).
    :func:`frame_outputs` maps its crop-pixel outputs back to the original frame.
 3. :func:`finalize_video` — one item's rows: temporal smoothing per track (videos only;
@@ -36,272 +36,20 @@ import os
 import tempfile
 import time as _time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from facepgn import records, storage
-from facepgn.config import InferConfig, ModelConfig
+from facepgn.config import InferConfig
 from facepgn.errors import FacepgnError, InputError
+
+if TYPE_CHECKING:
+    from facepgn.predictor import Predictor
 
 # Row kinds in the stream between the stages.
 KIND_FACE = 0
 KIND_FOOTER = 1
-
-
-# --------------------------------------------------------------------------------------------
-# model loading and runtimes
-# --------------------------------------------------------------------------------------------
-
-
-def load_inference_model(path: str | None, map_location: str = "cpu"):
-    """A ``FaceReconstructor`` in eval mode from a model file (``facepgn.model.save_model_file``) or a
-    training checkpoint that holds the model (``facepgn.train``), local or ``s3://``; None: the
-    pretrained model shipped with facepgn."""
-    import torch
-
-    from facepgn import model as model_lib
-
-    path = model_lib.resolve_model_file(path)
-    fs, stripped = storage.get_fs(path)
-    if fs.isdir(stripped):  # a run folder or a Ray Train checkpoint directory
-        for name in ("model.pt", "checkpoint.pt"):
-            if fs.exists(stripped.rstrip("/") + "/" + name):
-                path = storage.join(path, name)
-                break
-        else:
-            raise InputError(path, "folder holds no model.pt or checkpoint.pt")
-    payload = model_lib.read_torch_file(path, map_location, what="model file")
-    found = _find_model_payload(payload)
-    if found is None:
-        raise InputError(path, f"neither a facepgn model file ({model_lib.MODEL_FILE_FORMAT}) nor a checkpoint holding one")
-    try:
-        if found.get("format") == model_lib.MODEL_FILE_FORMAT:
-            model = model_lib.model_from_payload(found, str(path))
-        else:  # a checkpoint: model config + state dict
-            from facepgn.config import build_config
-
-            cfg = build_config(ModelConfig, found["config"], f"{path} (model config)")
-            state = found["state_dict"]
-            arrays = {name[3:]: state[name].numpy() for name in model_lib.FACE_BUFFERS}
-            model = model_lib.FaceReconstructor(cfg, arrays, face_model_name=str(found.get("face_model_name", "")))
-            model.load_state_dict(state)
-    except RuntimeError as exc:  # load_state_dict: the weights do not fit this version's networks
-        detail = " ".join(str(exc).split())[:160]
-        raise InputError(path, f"weights do not match this facepgn version's model ({detail})") from None
-    return model.to(map_location).eval()
-
-
-def _find_model_payload(payload: Any, depth: int = 0) -> dict | None:
-    """The model-file dict inside a model file or a checkpoint (searched a few levels deep)."""
-    from facepgn import model as model_lib
-
-    if not isinstance(payload, dict) or depth > 3:
-        return None
-    if payload.get("format") == model_lib.MODEL_FILE_FORMAT:
-        return payload
-    state = payload.get("state_dict", payload.get("model_state", payload.get("model_state_dict")))
-    config = payload.get("model_config", payload.get("config"))
-    if isinstance(config, dict) and "model" in config and isinstance(config["model"], dict):
-        config = config["model"]  # a TrainConfig dump
-    if isinstance(state, dict) and isinstance(config, dict) and all(f in state for f in model_lib.FACE_BUFFERS):
-        return {"config": config, "state_dict": state, "face_model_name": payload.get("face_model_name", "")}
-    for key in ("model", "model_file", "model_payload", "checkpoint"):
-        found = _find_model_payload(payload.get(key), depth + 1)
-        if found is not None:
-            return found
-    return None
-
-
-class _NetworkExport:
-    """The two networks of a ``FaceReconstructor`` as one module with flat outputs (for ONNX)."""
-
-    @staticmethod
-    def module(model):
-        import torch
-
-        class Networks(torch.nn.Module):
-            def __init__(self, core):
-                super().__init__()
-                self.regressor = core.regressor
-                self.pgn = core.pgn
-
-            def forward(self, images):
-                reg = self.regressor(images)
-                outs = [reg[k] for k in sorted(reg)]
-                if self.pgn is not None:
-                    pgn = self.pgn(images)
-                    outs += [pgn["landmarks_3d"], pgn["landmark_confidence"]]
-                return tuple(outs)
-
-        return Networks(model).eval()
-
-    @staticmethod
-    def output_names(model) -> list[str]:
-        import torch
-
-        with torch.no_grad():
-            reg = model.regressor(torch.zeros(1, 3, model.input_size, model.input_size))
-        names = [f"regressor.{k}" for k in sorted(reg)]
-        if model.pgn is not None:
-            names += ["pgn.landmarks_3d", "pgn.landmark_confidence"]
-        return names
-
-
-def export_onnx(model, path: str, opset: int = 17) -> list[str]:
-    """Export the model's networks (regressor + PGN) to ONNX with a dynamic batch axis.
-
-    The closed-form pose (a symmetric eigendecomposition) has no ONNX operator, so it stays in
-    torch: :class:`FaceModelRunner` with ``runtime="onnx"`` runs the networks in onnxruntime and
-    the fit in torch, and gives the same outputs as the torch model. Returns the output names.
-    """
-    import warnings
-
-    import torch
-
-    networks = _NetworkExport.module(model)
-    names = _NetworkExport.output_names(model)
-    dummy = torch.rand(2, 3, model.input_size, model.input_size)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            networks,
-            (dummy,),
-            buf,
-            input_names=["images"],
-            output_names=names,
-            dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
-            opset_version=opset,
-            dynamo=False,
-        )
-    import onnx
-
-    proto = onnx.load_from_string(buf.getvalue())
-    meta = {"facepgn.format": "facepgn.onnx/1", "facepgn.input_size": str(model.input_size)}
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    storage.atomic_write_bytes(str(path), proto.SerializeToString())
-    return names
-
-
-class _Precomputed:
-    """Stands in for a network inside ``FaceReconstructor.forward``: returns outputs computed
-    elsewhere (onnxruntime), so the pose fit and everything after it is the model's own code."""
-
-    @staticmethod
-    def module():
-        import torch
-
-        class Precomputed(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.value: dict | None = None
-
-            def forward(self, images):
-                return self.value
-
-        return Precomputed()
-
-
-class FaceModelRunner:
-    """Runs the model on uint8 crops (B, S, S, 3) -> numpy outputs in crop pixels.
-
-    ``runtime="torch"``: eager torch. ``runtime="onnx"``: the networks in onnxruntime (exported on
-    the fly unless ``onnx_path`` names an exported file), the pose fit in torch. ``threads`` sets
-    torch's and onnxruntime's intra-op threads (one per actor: parallelism comes from actors).
-    """
-
-    OUTPUT_KEYS = ("landmarks_3d", "landmark_confidence", "mesh_landmarks", "landmark_mask", "id_coeffs", "exp_coeffs", "scale", "rotation", "translation")
-
-    def __init__(self, model_path: str | None = None, *, model=None, runtime: str = "torch", device: str = "cpu",
-                 threads: int = 1, onnx_path: str | None = None):
-        import torch
-
-        if threads and threads > 0 and device == "cpu":
-            torch.set_num_threads(int(threads))
-        self.device = device
-        self.runtime = runtime
-        self.model = model if model is not None else load_inference_model(model_path, map_location="cpu")
-        self.model = self.model.to(device).eval()
-        self.input_size = int(self.model.input_size)
-        self.face_model_name = str(getattr(self.model, "face_model_name", ""))
-        self._session = None
-        if runtime == "onnx":
-            self._init_onnx(onnx_path, threads)
-        elif runtime != "torch":
-            raise FacepgnError(f"inference runtime {runtime!r}: expected torch or onnx")
-
-    def _init_onnx(self, onnx_path: str | None, threads: int) -> None:
-        import onnxruntime as ort
-
-        if onnx_path is None:
-            tmp = tempfile.mkdtemp(prefix="facepgn-onnx-")
-            onnx_path = os.path.join(tmp, "networks.onnx")
-            export_onnx(self.model, onnx_path)
-        opts = ort.SessionOptions()
-        if threads and threads > 0:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        data = storage.read_bytes(str(onnx_path))
-        self._session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-        self._onnx_names = [o.name for o in self._session.get_outputs()]
-        self._real_regressor, self._real_pgn = self.model.regressor, self.model.pgn
-        self._fake_regressor = _Precomputed.module()
-        self._fake_pgn = _Precomputed.module() if self.model.pgn is not None else None
-
-    def to_images(self, crops: np.ndarray):
-        import torch
-
-        arr = np.ascontiguousarray(crops)
-        if arr.ndim != 4 or arr.shape[1] != self.input_size or arr.shape[3] != 3:
-            raise ValueError(f"expected crops (B, {self.input_size}, {self.input_size}, 3), got {arr.shape}")
-        return torch.from_numpy(arr).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-
-    def torch_outputs(self, crops: np.ndarray) -> dict:
-        """The model's output dict (torch tensors) for uint8 crops."""
-        import torch
-
-        images = self.to_images(crops)
-        with torch.inference_mode():
-            if self._session is None:
-                return self.model(images)
-            flat = self._session.run(None, {"images": images.cpu().numpy()})
-            reg, pgn = {}, {}
-            for name, value in zip(self._onnx_names, flat):
-                group, key = name.split(".", 1)
-                (reg if group == "regressor" else pgn)[key] = torch.from_numpy(value)
-            if pgn:
-                pgn["heatmaps"] = torch.empty(0)
-            self._fake_regressor.value = reg
-            if self._fake_pgn is not None:
-                self._fake_pgn.value = pgn
-            self.model.regressor, self.model.pgn = self._fake_regressor, self._fake_pgn
-            try:
-                return self.model(images)
-            finally:
-                self.model.regressor, self.model.pgn = self._real_regressor, self._real_pgn
-
-    def __call__(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.torch_outputs(crops)
-        return {k: out[k].detach().float().cpu().numpy() for k in self.OUTPUT_KEYS if k in out}
-
-    def face_model(self):
-        """The (truncated) face model the coefficients refer to, as a ``facepgn.facemodel.FaceModel``."""
-        return face_model_of(self.model)
-
-
-def face_model_of(model):
-    from facepgn.facemodel import FaceModel
-
-    arrays = model.face_arrays()
-    return FaceModel(
-        mean=arrays["mean"], id_basis=arrays["id_basis"], exp_basis=arrays["exp_basis"],
-        exp_names=[f"exp{i}" for i in range(arrays["exp_basis"].shape[0])], triangles=arrays["triangles"],
-        landmark_ids=arrays["landmark_ids"], name=str(getattr(model, "face_model_name", "") or "face-model"),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,7 +338,7 @@ def frame_outputs(outputs: dict[str, np.ndarray], crop_to_frame: np.ndarray, det
     }
 
 
-def infer_batch(runner: FaceModelRunner, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def infer_batch(runner: Predictor, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Stage 2 on one column batch: runs the model on the face rows, passes footers through, drops
     the crops. Output columns: the inputs (minus ``crop``) plus the fields of :func:`frame_outputs`."""
     t0 = _time.perf_counter()
@@ -991,19 +739,3 @@ def versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001
             continue
     return out
-
-
-
-def compare_onnx(model, onnx_path: str, batch: int = 4, seed: int = 0) -> dict[str, float]:
-    """Max |difference| per output between the torch model and the ONNX runtime path on random crops."""
-    rng = np.random.default_rng(seed)
-    crops = rng.integers(0, 256, size=(batch, model.input_size, model.input_size, 3), dtype=np.uint8)
-    torch_out = FaceModelRunner(model=model, runtime="torch", threads=0)(crops)
-    onnx_out = FaceModelRunner(model=model, runtime="onnx", threads=0, onnx_path=onnx_path)(crops)
-    return {k: float(np.max(np.abs(torch_out[k] - onnx_out[k]))) for k in torch_out}
-
-
-#: What the ONNX graph computes (and the mesh landmarks posed from it): the export check compares
-#: these. The rotation is the same torch code on both paths, but on degenerate inputs (random crops
-#: through an untrained PGN: all landmarks in one spot) it is ill-conditioned, so it is not checked.
-ONNX_CHECKED_OUTPUTS = ("landmarks_3d", "landmark_confidence", "id_coeffs", "exp_coeffs", "mesh_landmarks")

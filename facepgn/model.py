@@ -20,7 +20,7 @@ autocast. The truncated face model is stored as buffers, so a model file is stan
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -38,6 +38,39 @@ _POSE_KEYS = ("id_coeffs", "exp_coeffs", "scale", "rotation", "translation")
 
 # buffers that hold the (truncated) face model inside the module
 FACE_BUFFERS = ("fm_mean", "fm_id_basis", "fm_exp_basis", "fm_triangles", "fm_landmark_ids", "fm_landmark_mask")
+
+
+class NetOutputs(TypedDict, total=False):
+    """What the networks predict (``FaceReconstructor.networks``; the ONNX file's outputs): no geometry."""
+
+    id_coeffs: torch.Tensor  # (B, num_id) identity coefficients
+    exp_coeffs: torch.Tensor  # (B, num_exp) expression coefficients
+    pose_params: torch.Tensor  # (B, 9) pose="direct" only: log-scale, 6D rotation, x/y translation
+    landmarks_3d: torch.Tensor  # (B, 68, 3) PGN landmarks, crop pixels (z towards the camera)
+    landmark_confidence: torch.Tensor  # (B, 68) PGN confidence in [0, 1]
+    heatmaps: torch.Tensor  # (B, 68, h, w) PGN heatmap probabilities (not in ONNX outputs)
+
+
+class Reconstruction(TypedDict, total=False):
+    """The model's output (``FaceReconstructor.forward`` = ``solve(networks(images))``), crop pixels."""
+
+    id_coeffs: torch.Tensor  # (B, num_id)
+    exp_coeffs: torch.Tensor  # (B, num_exp)
+    scale: torch.Tensor  # (B,) weak-perspective scale
+    rotation: torch.Tensor  # (B, 3, 3)
+    translation: torch.Tensor  # (B, 3)
+    model_landmarks: torch.Tensor  # (B, 68, 3) landmark vertices in the face-model frame
+    mesh_landmarks: torch.Tensor  # (B, 68, 3) the posed mesh's landmarks (the headline prediction)
+    landmark_mask: torch.Tensor  # (B, 68) 1 where the face model has the landmark
+    landmarks_3d: torch.Tensor  # (B, 68, 3) the PGN's landmarks (direct pose: the mesh's)
+    landmark_confidence: torch.Tensor  # (B, 68)
+    heatmaps: torch.Tensor  # (B, 68, h, w), PGN only
+
+
+#: the networks' tensors an exported ONNX file carries, in order (regressor keys, then the PGN's)
+def network_output_keys(pose: str) -> tuple[str, ...]:
+    regressor = ("exp_coeffs", "id_coeffs") + (("pose_params",) if pose == "direct" else ())
+    return regressor + (("landmarks_3d", "landmark_confidence") if pose == "pgn" else ())
 
 
 def _no_autocast(device_type: str):
@@ -105,30 +138,60 @@ class FaceReconstructor(nn.Module):
         n = _vertex_normals(self.fm_mean[None], self.fm_triangles)[0]
         return 1.0 if float(n[:, 2].mean()) >= 0 else -1.0
 
-    # ---- forward ---------------------------------------------------------------------------
+    # ---- forward = solve(networks(images)) ---------------------------------------------------
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> Reconstruction:
+        """Images (B, 3, S, S) in [0, 1] -> the reconstruction: ``solve(networks(images))``."""
+        return self.solve(self.networks(images))
+
+    def networks(self, images: torch.Tensor) -> NetOutputs:
+        """The two networks, no geometry: coefficients from the regressor and the PGN's landmarks
+        (what the ONNX file holds). With ``cfg.mirror_test`` in eval mode the PGN also sees the
+        mirrored crops, and its landmarks and confidences are averaged with the mirrored back ones
+        (one batch of 2B; training never mirrors here, the augmentation does)."""
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != self.input_size or images.shape[3] != self.input_size:
             raise ValueError(f"expected images (B, 3, {self.input_size}, {self.input_size}), got {tuple(images.shape)}")
-        out: dict[str, torch.Tensor] = dict(self.regressor(images))
-        pgn_out = self.pgn(images) if self.pgn is not None else None
-        with _no_autocast(images.device.type):
-            id_c, exp_c = out["id_coeffs"].float(), out["exp_coeffs"].float()
+        out: NetOutputs = dict(self.regressor(images))  # type: ignore[assignment]
+        if self.pgn is None:
+            return out
+        if self.cfg.mirror_test and not self.training:
+            b = images.shape[0]
+            both = self.pgn(torch.cat([images, images.flip(-1)]))
+            lm, conf = both["landmarks_3d"].float(), both["landmark_confidence"].float()
+            perm = torch.as_tensor(geometry.FLIP_PERMUTATION, device=lm.device)
+            out.update(
+                landmarks_3d=0.5 * (lm[:b] + geometry.mirror_landmarks(lm[b:], self.input_size)),
+                landmark_confidence=0.5 * (conf[:b] + conf[b:][:, perm]),
+                heatmaps=both["heatmaps"][:b],
+            )
+        else:
+            pgn = self.pgn(images)
+            out.update(landmarks_3d=pgn["landmarks_3d"], landmark_confidence=pgn["landmark_confidence"], heatmaps=pgn["heatmaps"])
+        return out
+
+    def solve(self, net: NetOutputs) -> Reconstruction:
+        """The geometry, float32 even under autocast: the face model's 68 landmark vertices from the
+        coefficients, the pose in closed form (fitted to the PGN's landmarks, weighted by landmark
+        mask x PGN confidence; or the regressed pose with ``pose="direct"``) and their projection."""
+        with _no_autocast(net["id_coeffs"].device.type):
+            id_c, exp_c = net["id_coeffs"].float(), net["exp_coeffs"].float()
             model_lm = self.model_landmarks(id_c, exp_c)
             mask = self.fm_landmark_mask.expand(model_lm.shape[:2])
-            if pgn_out is not None:
-                lm3d = pgn_out["landmarks_3d"].float()
-                conf = pgn_out["landmark_confidence"].float().detach()
+            out: Reconstruction = {}
+            if self.pgn is not None:
+                lm3d = net["landmarks_3d"].float()
+                conf = net["landmark_confidence"].float()
                 floor = self.cfg.fit_weight_floor
-                weights = mask * (floor + (1.0 - floor) * conf)
+                weights = mask * (floor + (1.0 - floor) * conf.detach())
                 scale, rotation, translation = geometry.fit_pose(model_lm, lm3d, weights)
-                out.update(landmarks_3d=lm3d, landmark_confidence=pgn_out["landmark_confidence"].float(), heatmaps=pgn_out["heatmaps"])
+                out.update(landmarks_3d=lm3d, landmark_confidence=conf)
+                if "heatmaps" in net:
+                    out["heatmaps"] = net["heatmaps"]
+                mesh_lm = geometry.project(model_lm, scale, rotation, translation)
             else:
-                scale, rotation, translation = self._direct_pose(out.pop("pose_params").float(), model_lm, mask)
-            mesh_lm = geometry.project(model_lm, scale, rotation, translation)
-            if pgn_out is None:
-                out["landmarks_3d"] = mesh_lm
-                out["landmark_confidence"] = mask.clone()
+                scale, rotation, translation = self._direct_pose(net["pose_params"].float(), model_lm, mask)
+                mesh_lm = geometry.project(model_lm, scale, rotation, translation)
+                out.update(landmarks_3d=mesh_lm, landmark_confidence=mask.clone())
         out.update(
             id_coeffs=id_c,
             exp_coeffs=exp_c,
@@ -189,6 +252,18 @@ class FaceReconstructor(nn.Module):
     def pose_angles(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(pitch, yaw, roll) radians (B, 3), AFLW2000-3D ``Pose_Para`` convention."""
         return geometry.matrix_to_euler(outputs["rotation"].detach().float())
+
+    def face_model(self):
+        """The truncated face model the coefficients refer to, as a ``facepgn.facemodel.FaceModel``
+        (for meshes, overlays and rendering outside the network)."""
+        from facepgn.facemodel import FaceModel
+
+        arrays = self.face_arrays()
+        return FaceModel(
+            mean=arrays["mean"], id_basis=arrays["id_basis"], exp_basis=arrays["exp_basis"],
+            exp_names=[f"exp{i}" for i in range(arrays["exp_basis"].shape[0])], triangles=arrays["triangles"],
+            landmark_ids=arrays["landmark_ids"], name=str(self.face_model_name or "face-model"),
+        )
 
     def face_arrays(self) -> dict[str, np.ndarray]:
         """The truncated face model this network predicts coefficients for (numpy)."""
@@ -374,11 +449,52 @@ def write_pretrained(model_file: str, folder: str | os.PathLike) -> dict[str, An
     return {"path": str(folder / PRETRAINED_FILE), "sha256": digest, "bytes": len(data)}
 
 
-def load_model_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> FaceReconstructor:
-    """Load a model file written by :func:`save_model_file` (``torch.load(weights_only=True)``), in eval mode."""
-    payload = read_torch_file(path, map_location)
-    model = model_from_payload(payload, str(path))
-    return model.to(map_location).eval()
+def load(path: str | os.PathLike | None, map_location: str | torch.device = "cpu") -> FaceReconstructor:
+    """The one loader: a model file (:func:`save_model_file`), a training checkpoint that holds the
+    model (``facepgn.train``), or a run / checkpoint folder holding ``model.pt`` or ``checkpoint.pt``;
+    local or ``s3://``; ``None``: the pretrained model shipped with facepgn. Always
+    ``torch.load(weights_only=True)``; returns the model in eval mode."""
+    from facepgn import storage
+
+    path = resolve_model_file(path)
+    fs, stripped = storage.get_fs(path)
+    if fs.isdir(stripped):
+        for name in ("model.pt", "checkpoint.pt"):
+            if fs.exists(stripped.rstrip("/") + "/" + name):
+                path = storage.join(path, name)
+                break
+        else:
+            raise InputError(path, "folder holds no model.pt or checkpoint.pt")
+    payload = read_torch_file(path, map_location, what="model file")
+    found = _find_model_payload(payload)
+    if found is None:
+        raise InputError(path, f"not a facepgn model file ({MODEL_FILE_FORMAT}) nor a checkpoint holding one")
+    if found.get("format") != MODEL_FILE_FORMAT:  # a checkpoint: model config + state dict
+        found = {**found, "format": MODEL_FILE_FORMAT}
+    return model_from_payload(found, str(path)).to(map_location).eval()
+
+
+#: the strict name the model file format was introduced with
+load_model_file = load
+
+
+def _find_model_payload(payload: Any, depth: int = 0) -> dict | None:
+    """The model-file dict inside a model file or a checkpoint (searched a few levels deep)."""
+    if not isinstance(payload, dict) or depth > 3:
+        return None
+    if payload.get("format") == MODEL_FILE_FORMAT:
+        return payload
+    state = payload.get("state_dict", payload.get("model_state", payload.get("model_state_dict")))
+    config = payload.get("model_config", payload.get("config"))
+    if isinstance(config, dict) and "model" in config and isinstance(config["model"], dict):
+        config = config["model"]  # a TrainConfig dump
+    if isinstance(state, dict) and isinstance(config, dict) and all(f in state for f in FACE_BUFFERS):
+        return {"config": config, "state_dict": state, "face_model_name": payload.get("face_model_name", "")}
+    for key in ("model", "model_file", "model_payload", "checkpoint"):
+        found = _find_model_payload(payload.get(key), depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def unwrap(model: nn.Module) -> FaceReconstructor:

@@ -7,6 +7,9 @@ import onnx
 import pytest
 
 from facepgn import inference
+from facepgn import model as model_lib
+from facepgn.export import export_onnx
+from facepgn.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,7 @@ def face_crops(shared, model_file) -> np.ndarray:
     from facepgn import faces, video
     from facepgn.config import InferConfig
 
-    size = inference.load_inference_model(model_file).input_size
+    size = model_lib.load(model_file).input_size
     detector = faces.FaceDetector(detect_width=320)
     reader = video.VideoReader(str(shared / "media/videos/short_hamilton_clip.mp4"))
     crops = []
@@ -33,16 +36,16 @@ def face_crops(shared, model_file) -> np.ndarray:
 
 
 def test_onnx_export_matches_torch_on_real_faces(model_file, face_crops, tmp_path):
-    model = inference.load_inference_model(model_file)
+    model = model_lib.load(model_file)
     path = tmp_path / "model.onnx"
-    names = inference.export_onnx(model, str(path))
+    names = export_onnx(model, str(path))
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     assert [o.name for o in proto.graph.output] == names
     assert {p.key: p.value for p in proto.metadata_props}["facepgn.format"] == "facepgn.onnx/1"
 
-    torch_out = inference.FaceModelRunner(model=model, runtime="torch", threads=1)(face_crops)
-    onnx_out = inference.FaceModelRunner(model=model, runtime="onnx", threads=1, onnx_path=str(path))(face_crops)
+    torch_out = Predictor(model=model, runtime="torch", threads=1)(face_crops)
+    onnx_out = Predictor(model=model, runtime="onnx", threads=1, onnx_path=str(path))(face_crops)
     # what the ONNX graph computes, crop pixels / coefficients
     for key, atol in (("landmarks_3d", 1e-3), ("landmark_confidence", 1e-4), ("id_coeffs", 1e-4), ("exp_coeffs", 1e-4)):
         np.testing.assert_allclose(onnx_out[key], torch_out[key], atol=atol, err_msg=key)
@@ -50,8 +53,24 @@ def test_onnx_export_matches_torch_on_real_faces(model_file, face_crops, tmp_pat
     for key, atol in (("mesh_landmarks", 1e-3), ("scale", 1e-4), ("translation", 1e-3)):
         np.testing.assert_allclose(onnx_out[key], torch_out[key], atol=atol, rtol=1e-4, err_msg=key)
     # batch size is dynamic: one crop alone gives the same as in the batch
-    single = inference.FaceModelRunner(model=model, runtime="onnx", threads=1, onnx_path=str(path))(face_crops[:1])
+    single = Predictor(model=model, runtime="onnx", threads=1, onnx_path=str(path))(face_crops[:1])
     np.testing.assert_allclose(single["landmarks_3d"], onnx_out["landmarks_3d"][:1], atol=1e-3)
+
+
+def test_onnx_export_with_mirror_test_matches_torch(model_file, face_crops, tmp_path):
+    """Test-time mirroring is inside ``networks``, so the ONNX file carries it and onnxruntime plus
+    ``solve`` still give torch's outputs (and they differ from the plain model's)."""
+    model = model_lib.load(model_file)
+    plain = Predictor(model=model_lib.load(model_file), threads=1)(face_crops)
+    model.cfg = model.cfg.model_copy(update={"mirror_test": True})
+    path = tmp_path / "mirror.onnx"
+    export_onnx(model, str(path))
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props}["facepgn.mirror_test"] == "true"
+    torch_out = Predictor(model=model, runtime="torch", threads=1)(face_crops)
+    onnx_out = Predictor(model=model, runtime="onnx", threads=1, onnx_path=str(path))(face_crops)
+    for key, atol in (("landmarks_3d", 1e-3), ("mesh_landmarks", 1e-3), ("id_coeffs", 1e-4)):
+        np.testing.assert_allclose(onnx_out[key], torch_out[key], atol=atol, rtol=1e-4, err_msg=key)
+    assert np.abs(torch_out["landmarks_3d"] - plain["landmarks_3d"]).max() > 1e-2
 
 
 def test_export_command_checks_against_torch(model_file, tmp_path, capsys):

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from facepgn import inference, storage
+from facepgn import model as model_lib
+from facepgn.predictor import Predictor
 from facepgn.config import InferConfig
 from facepgn.errors import FacepgnError
 
@@ -115,7 +117,7 @@ def test_real_videos_overlay_and_meshes(real_run, model_file):
     meshes = sorted(os.listdir(os.path.join(cfg.output, "meshes", "d3")))
     assert meshes == ["f000000_t0.obj", "f000012_t0.obj"]
     text = open(os.path.join(cfg.output, "meshes", "d3", meshes[0])).read()
-    model = inference.load_inference_model(model_file)
+    model = model_lib.load(model_file)
     assert text.count("\nv ") == model.num_vertices and text.count("\nf ") == int(model.fm_triangles.shape[0])
     saved = json.loads(open(os.path.join(cfg.output, "summary.json")).read())
     assert saved["counts"]["videos_done_total"] == 3
@@ -277,9 +279,9 @@ def test_bad_model_and_input_are_one_line_errors(tmp_path):
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"garbage")
     with pytest.raises(InputError, match="model.pt: not a readable model file"):
-        inference.load_inference_model(str(bad))
+        model_lib.load(str(bad))
     with pytest.raises(InputError, match="model file not found"):
-        inference.load_inference_model(str(tmp_path / "missing.pt"))
+        model_lib.load(str(tmp_path / "missing.pt"))
     assert main(["infer", "--model", str(bad), "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--local"]) == 2
     # no --model: the shipped model; an input without videos or photos is a one-line error
     assert main(["infer", "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
@@ -293,7 +295,7 @@ def test_loads_training_checkpoints(model_file, tmp_path):
 
     model = load_model_file(model_file)
     crops = np.random.default_rng(0).integers(0, 255, (2, model.input_size, model.input_size, 3), dtype=np.uint8)
-    expected = inference.FaceModelRunner(model=model)(crops)["landmarks_3d"]
+    expected = Predictor(model=model)(crops)["landmarks_3d"]
     ckpt = tmp_path / "checkpoint.pt"
     torch.save({"format": "facepgn.checkpoint/1", "step": 3, "model": model_file_payload(model), "optimizer": {}}, ckpt)
     candidates = [str(tmp_path)]  # a run folder without model.pt: finds checkpoint.pt
@@ -301,8 +303,8 @@ def test_loads_training_checkpoints(model_file, tmp_path):
     if os.path.exists(real):  # the training loop's own checkpoint next to the trained model file
         candidates.append(real)
     for path in candidates:
-        loaded = inference.load_inference_model(path)
-        np.testing.assert_allclose(inference.FaceModelRunner(model=loaded)(crops)["landmarks_3d"], expected, atol=1e-5, err_msg=path)
+        loaded = model_lib.load(path)
+        np.testing.assert_allclose(Predictor(model=loaded)(crops)["landmarks_3d"], expected, atol=1e-5, err_msg=path)
 
 
 def test_shipped_config_and_cli_flags_load():
@@ -380,7 +382,7 @@ def test_photos_and_a_video_in_one_input_one_row_per_face(photo_run, shared, mod
     assert sorted(rows["frame_index"][i] for i in video_rows) == list(range(6))
     assert all(rows["smoothed"][i] for i in video_rows)  # smoothing applies to the video only
     index = _index(shared)
-    crop_px = inference.load_inference_model(model_file).input_size
+    crop_px = model_lib.load(model_file).input_size
     d = cfg.detector
     detector = FaceDetector(d.model_path, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold, top_k=d.top_k,
                             detect_width=cfg.photo_detect_width)

@@ -210,3 +210,38 @@ def test_model_file_with_foreign_weights_is_a_one_line_error(pgn_model, tmp_path
     torch.save(payload, path)
     with pytest.raises(InputError, match=r"foreign.pt: weights do not fit .*regressor.extra.weight"):
         load_model_file(path)
+
+
+def test_forward_is_solve_of_networks(pgn_model):
+    """The seam: ``forward(x) == solve(networks(x))``, and ``networks`` holds no geometry."""
+    pgn_model.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        net = pgn_model.networks(x)
+        whole, parts = pgn_model(x), pgn_model.solve(net)
+    assert set(net) == {"id_coeffs", "exp_coeffs", "landmarks_3d", "landmark_confidence", "heatmaps"}
+    for key in ("mesh_landmarks", "rotation", "landmarks_3d", "id_coeffs"):
+        assert torch.equal(whole[key], parts[key]), key
+    pgn_model.train()
+
+
+def test_mirror_test_averages_the_pgn_over_the_mirrored_crop(face_model):
+    """Test-time mirroring is mirror-equivariant by construction: the landmarks predicted on a
+    mirrored crop are the mirror of those on the crop (a wrong permutation or pixel convention breaks
+    this), and they are the mean of the plain and the mirrored-back predictions. Training ignores it."""
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(input_size=64), face_model).eval()
+    mirrored = build_model(ModelConfig(input_size=64, mirror_test=True), face_model).eval()
+    mirrored.load_state_dict(plain.state_dict())
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        a, b = mirrored.networks(x), mirrored.networks(x.flip(-1))
+        p, q = plain.networks(x), plain.networks(x.flip(-1))
+    back = geometry.mirror_landmarks(b["landmarks_3d"], 64)
+    assert torch.allclose(a["landmarks_3d"], back, atol=1e-4)
+    expected = 0.5 * (p["landmarks_3d"] + geometry.mirror_landmarks(q["landmarks_3d"], 64))
+    assert torch.allclose(a["landmarks_3d"], expected, atol=1e-5)
+    assert not torch.allclose(a["landmarks_3d"], p["landmarks_3d"], atol=1e-3)
+    mirrored.train()
+    with torch.no_grad():
+        assert torch.equal(mirrored.networks(x)["landmarks_3d"], plain.train().networks(x)["landmarks_3d"])

@@ -229,15 +229,15 @@ def test_init_from_starts_with_the_given_weights(trained_model_file, synthetic_f
 
     from facepgn.config import TrainConfig
     from facepgn.errors import InputError
-    from facepgn.inference import load_inference_model
+    from facepgn.model import load
     from facepgn.train import loop
 
-    source = load_inference_model(trained_model_file)
+    source = load(trained_model_file)
     base = {"data": {"labelled": [synthetic_faces_dir], "pair_batch_size": 0, "labelled_batch_size": 4, "augment": False},
             "model": source.cfg.model_dump(), "steps": 1, "optim": {"lr": 0.0, "weight_decay": 0.0, "warmup_steps": 0},
             "init_from": trained_model_file, "tensorboard": False}
     loop.train(TrainConfig.model_validate({**base, "output_dir": str(tmp_path / "a")}))
-    trained = load_inference_model(str(tmp_path / "a" / "model.pt"))
+    trained = load(str(tmp_path / "a" / "model.pt"))
     params = dict(trained.named_parameters())  # (batch-norm running statistics move with the step)
     for k, v in source.named_parameters():
         assert torch.equal(v, params[k]), k

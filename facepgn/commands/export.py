@@ -28,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facepgn import inference
+    from facepgn import export
     from facepgn.errors import FacepgnError
+    from facepgn.model import load
 
     if args.format == "release":
         import os
@@ -40,12 +41,12 @@ def run(args: argparse.Namespace) -> int:
         info = write_pretrained(resolve_model_file(args.model), args.out)
         print(f"facepgn export: {args.model} -> {info['path']} ({info['bytes'] / 1e6:.1f} MB float16, sha256 {info['sha256']})")
         return 0
-    model = inference.load_inference_model(args.model)
-    names = inference.export_onnx(model, args.out, opset=args.opset)
+    model = load(args.model)
+    names = export.export_onnx(model, args.out, opset=args.opset)
     print(f"facepgn export: {args.model or 'the pretrained model'} -> {args.out} (outputs: {', '.join(names)})")
     if args.check:
-        diffs = inference.compare_onnx(model, args.out)
-        worst = max(diffs[k] for k in inference.ONNX_CHECKED_OUTPUTS if k in diffs)
+        diffs = export.compare_onnx(model, args.out)
+        worst = max(diffs[k] for k in export.ONNX_CHECKED_OUTPUTS if k in diffs)
         print("facepgn export: max |onnxruntime - torch|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
         if worst > args.atol:
             raise FacepgnError(f"{args.out}: ONNX outputs differ from torch by {worst:.2e} (> {args.atol})")

@@ -32,6 +32,8 @@ import numpy as np
 from facepgn import inference, storage
 from facepgn.config import InferConfig
 from facepgn.errors import FacepgnError
+from facepgn.model import load
+from facepgn.predictor import Predictor
 
 # ---- stage callables (Ray Data UDFs) ---------------------------------------------------------
 
@@ -51,7 +53,7 @@ class FaceModelActor:
 
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
-        self.runner = inference.FaceModelRunner(model_path, runtime=runtime, threads=threads, device=device)
+        self.runner = Predictor(model_path, runtime=runtime, threads=threads, device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return inference.infer_batch(self.runner, batch)
@@ -193,8 +195,8 @@ def run_inference(cfg: InferConfig, progress: Callable[[str], None] | None = pri
     todo, skipped = plan_items(cfg)
     photos = sum(it.kind == "photo" for it in todo)
     log(f"facepgn infer: {len(todo)} items to process ({len(todo) - photos} videos, {photos} photos), {len(skipped)} already done ({cfg.output})")
-    model = inference.load_inference_model(cfg.model)
-    face_model = inference.face_model_of(model)
+    model = load(cfg.model)
+    face_model = model.face_model()
     image_size = int(model.input_size)
     face_model_name = str(getattr(model, "face_model_name", ""))
     del model
@@ -214,7 +216,7 @@ def run_inference(cfg: InferConfig, progress: Callable[[str], None] | None = pri
 
 def _run_local(cfg: InferConfig, todo, face_model, face_model_name: str, image_size: int, log) -> Iterable[dict]:
     """The plain loop over the same functions, in this process (debugging and the bench baseline)."""
-    runner = inference.FaceModelRunner(cfg.model, runtime=cfg.runtime, threads=cfg.torch_threads)
+    runner = Predictor(cfg.model, runtime=cfg.runtime, threads=cfg.torch_threads)
     for n, item in enumerate(todo, 1):
         outs = []
         pending: list[dict[str, np.ndarray]] = []

@@ -120,9 +120,9 @@ def load_checkpoint(path: str, model, optimizer=None, scheduler=None, scaler=Non
 def init_weights(model: torch.nn.Module, path: str) -> None:
     """Start from the network weights of a model file or checkpoint (``TrainConfig.init_from``);
     a one-line error when they do not fit this model."""
-    from facepgn.inference import load_inference_model
+    from facepgn.model import load
 
-    source = load_inference_model(path)
+    source = load(path)
     try:
         unwrap(model).load_state_dict(source.state_dict())
     except RuntimeError as exc:
