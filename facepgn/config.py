@@ -312,8 +312,8 @@ class TrainConfig(StrictModel):
     tensorboard: bool = True
     resume: bool = True  # continue from output_dir/checkpoint.pt when it exists
     threads: int = 0  # torch intra-op threads; 0: torch default
-    # a model file or checkpoint whose network weights start this run (fine-tuning, e.g. from the
-    # pretrained model); ignored when the run resumes from its own checkpoint. The model config must
+    # a model file or checkpoint whose network weights start this run (fine-tuning; "pretrained": the
+    # shipped model); ignored when the run resumes from its own checkpoint. The model config must
     # build the same networks.
     init_from: Optional[str] = None
 

@@ -427,9 +427,14 @@ def pretrained_model_file(folder: str | os.PathLike | None = None) -> str:
     return str(path)
 
 
+#: the name that stands for the shipped pretrained model wherever a model file is asked for
+PRETRAINED_NAME = "pretrained"
+
+
 def resolve_model_file(path: str | os.PathLike | None) -> str:
-    """``path``, or the shipped pretrained model when it is None (what --model defaults to)."""
-    return str(path) if path else pretrained_model_file()
+    """``path``, or the shipped pretrained model when it is None or ``"pretrained"`` (what --model
+    defaults to; ``init_from: pretrained`` fine-tunes it)."""
+    return str(path) if path and str(path) != PRETRAINED_NAME else pretrained_model_file()
 
 
 def write_pretrained(model_file: str, folder: str | os.PathLike) -> dict[str, Any]:

@@ -46,6 +46,29 @@ def test_shipped_sweep_config_loads_on_its_base(tmp_path):
     assert trial.losses.flow == 0.25 and trial.optim.lr == 0.001 and trial.ray.name == "facepgn-tune-t1"
 
 
+def test_pretrain_sweep_is_scored_on_real_faces_and_starts_from_the_shipped_model():
+    """configs/tune-pretrain.yaml: trials fine-tune the shipped model on pretrain.yaml's real-face
+    data, and the metric is the validation NME on the AFLW2000-3D dev split (roi crops)."""
+    import torch
+
+    from facepgn.model import build_model, load
+    from facepgn.paths import REPO_ROOT
+    from facepgn.train.loop import init_weights
+    from facepgn.train.tune import load_tune_config, trial_config
+
+    cfg = load_tune_config(str(REPO_ROOT / "configs" / "tune-pretrain.yaml"))
+    assert cfg.sweep.metric == "val_nme" and cfg.sweep.mode == "min"
+    assert cfg.train.validation.labelled == ["data/aflw-dev"] and cfg.train.validation.max_records >= 503
+    assert cfg.train.data.labelled and cfg.train.data.pairs and cfg.train.init_from == "pretrained"
+    trial = trial_config(cfg, {"losses.flow": 0.5}, "t0")
+    shipped = load(None)
+    assert trial.model.model_dump(exclude={"mirror_test"}) == shipped.cfg.model_dump(exclude={"mirror_test"})
+    model = build_model(trial.model)
+    init_weights(model, trial.init_from)
+    for name, value in shipped.named_parameters():
+        assert torch.equal(dict(model.named_parameters())[name], value), name
+
+
 def test_sweep_config_errors_are_one_line(tmp_path, synthetic_faces_dir):
     from facepgn.train.tune import load_tune_config, run_sweep
 

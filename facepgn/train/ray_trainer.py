@@ -220,7 +220,9 @@ def preflight(cfg: DistributedTrainConfig, *, require_validation: bool = False) 
     if cfg.fault.at_step is not None and cfg.fault.rank >= workers:
         raise ConfigError(f"config: fault.rank {cfg.fault.rank} but only {workers} workers")
 
-    if cfg.init_from and not storage.exists(cfg.init_from):
+    from facepgn.model import PRETRAINED_NAME
+
+    if cfg.init_from and cfg.init_from != PRETRAINED_NAME and not storage.exists(cfg.init_from):
         raise InputError(cfg.init_from, "init_from: model file not found")
     check_writable(cfg.ray.storage_path, "ray.storage_path")
     check_writable(cfg.output_dir, "output_dir")
