@@ -182,3 +182,57 @@ def test_a_fitted_real_photo_profiles(shared):
         image = records.decode_image(row["image"])
         assert image.shape == (96, 96, 3) and row["subject_id"] == "faces-wild/obama"
         assert 0 < np.asarray(row["landmarks_visible"]).sum() <= 68
+
+
+def test_a_profiled_sequence_has_exact_labels_shape_and_flow(model, source):
+    import cv2
+
+    _, row = source
+    poses = profiling.sequence_poses(np.random.default_rng(4), 3)
+    steps = np.degrees(np.diff(poses, axis=0))
+    assert np.all((np.abs(steps[:, 1]) >= 4 - 1e-9) & (np.abs(steps[:, 1]) <= 10 + 1e-9)) and np.all(np.abs(steps[:, 0]) <= 3 + 1e-9)
+    seq = profiling.profile_sequence(row, model, poses)
+    assert seq.reason is None and len(seq.rows) == 3 and len(seq.pairs) == 2 == len(seq.valid)
+    records.check_table(records.to_table(seq.rows, "face_record"), "face_record")
+    records.check_table(records.to_table(seq.pairs, "frame_pair"), "frame_pair")
+    assert [p["pair_id"] for p in seq.pairs] == [f"{row['record_id']}/seq/0/0-1", f"{row['record_id']}/seq/0/1-2"]
+    ids, exps = np.asarray(row["id_coeffs"], np.float32), np.asarray(row["exp_coeffs"], np.float32)
+    # The fitted mesh is the exact shape of each frame where exact_vertex_mask says so (not the
+    # flattened ears, not the neck), and the labels are its landmark vertices.
+    exact = profiling.exact_vertex_mask(model)
+    assert 0.6 * model.num_vertices < exact.sum() < model.num_vertices
+    true_verts = synthetic.model_vertices(model, ids, exps)
+    src = profiling.prepare_source(row, model, records.decode_image(row["image"]))
+    geos = []
+    for frame, pose in zip(seq.rows, poses):
+        geo = profiling.view_geometry(src, model, pose, ids, exps)
+        geos.append(geo)
+        posed = project(true_verts, float(frame["scale"]), euler_to_matrix(pose), np.asarray(frame["translation"], np.float64))
+        np.testing.assert_allclose(geo.verts[: model.num_vertices][exact], posed[exact], atol=1e-3)
+        lm = np.asarray(frame["landmarks_3d"]).reshape(68, 3)
+        np.testing.assert_allclose(geo.verts[np.asarray(model.landmark_ids)], lm, atol=1e-3)
+        np.testing.assert_allclose(frame["pose"], pose, atol=1e-6)
+    for k, (pair, valid) in enumerate(zip(seq.pairs, seq.valid)):
+        a = records.decode_image(pair["image_a"]).astype(np.float64)
+        b = records.decode_image(pair["image_b"])
+        flow = records.decode_flow(pair["flow"], 128)
+        assert valid.mean() > 0.8
+        # B warped back by the flow is A, on the head and on the surroundings that moved with it.
+        back = synthetic.warp_back(b, flow).astype(np.float64)
+        err, still = np.abs(back - a).mean(-1), np.abs(b.astype(np.float64) - a).mean(-1)
+        head = geos[k].raster.mask & (geos[k].alpha >= 0.5)
+        around = ~head & valid & (np.linalg.norm(flow, axis=-1) > 0.5)
+        assert around.sum() > 200
+        for region in (head & valid, around):
+            assert err[region].mean() < 3.0 and err[region].mean() < 0.5 * still[region].mean()
+        # Landmarks of A moved by the flow land on B's (the flow is the labels' motion).
+        lm_a = np.asarray(seq.rows[k]["landmarks_3d"]).reshape(68, 3)
+        lm_b = np.asarray(seq.rows[k + 1]["landmarks_3d"]).reshape(68, 3)
+        seen = np.asarray(seq.rows[k]["landmarks_visible"]) & np.asarray(seq.rows[k + 1]["landmarks_visible"])
+        seen[:17] = False  # the jawline sits on the silhouette, where the flow jumps
+        pts = lm_a[seen, :2].astype(np.float32).reshape(-1, 1, 2)
+        moved = np.stack([cv2.remap(flow[..., c], pts[..., 0], pts[..., 1], cv2.INTER_LINEAR)[:, 0] for c in (0, 1)], 1)
+        miss = np.linalg.norm(lm_a[seen, :2] + moved - lm_b[seen, :2], axis=1)
+        assert seen.sum() >= 30 and np.median(miss) < 0.1 and np.median(np.linalg.norm(lm_b - lm_a, axis=1)) > 1.0
+    unfit = profiling.profile_sequence(dict(row, id_coeffs=None), model, poses)
+    assert unfit.reason == "no_coefficients" and unfit.rows == [] and unfit.pairs == []
