@@ -603,6 +603,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    # Import everything the run will use now: a long run should not pick up half-edited modules later.
+    from facepgn import evaluation, geometry, profiling, synthetic  # noqa: F401
+    from facepgn.model import load_model_file  # noqa: F401
+    from facepgn.nets.macs import count_macs  # noqa: F401
+    from facepgn.train import data as _train_data, loop as _train_loop  # noqa: F401
+
     torch.set_num_threads(args.threads)
     t_start, c_start = time.perf_counter(), time.process_time()
     work = Path(args.work_dir)
