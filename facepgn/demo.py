@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import os
-import platform
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from facepgn import __version__, storage
 from facepgn.config import DEMO_STAGES, DemoConfig, dump_config
 from facepgn.errors import FacepgnError
 from facepgn.paths import REPO_ROOT, shared_path
+from facepgn.summary import versions, write_summary
 
 STAGE_TITLES = {
     "model": "face model",
@@ -353,21 +353,25 @@ class Demo:
     def finish(self) -> dict[str, Any]:
         total = time.time() - self.started
         self._carry_over_earlier_run()
-        summary = {
-            "kind": "demo",
-            "output": self.paths.root,
-            "seconds": round(total, 1),
-            "stages": {
-                name: {"status": r.status, "seconds": round(r.seconds, 1), "outputs": r.outputs, "note": r.note}
-                for name, r in self.results.items()
-            },
-            "errors": [{"stage": n, "reason": r.note} for n, r in self.results.items() if r.status == "failed"],
-            "versions": _versions(),
-            "config": self.cfg.model_dump(mode="json"),
-        }
         self._timings_plot()
         storage.atomic_write_text(self.paths.report, render_report(self, total))
-        storage.atomic_write_text(self.paths.summary, json.dumps(summary, indent=2, default=str))
+        statuses = [r.status for r in self.results.values()]
+        summary = write_summary(
+            self.paths.summary, job="demo",
+            counts={"stages": len(statuses), "done": statuses.count("done"), "done_earlier": statuses.count("done earlier"),
+                    "skipped": statuses.count("skipped"), "failed": statuses.count("failed")},
+            errors=[{"stage": n, "reason": r.note} for n, r in self.results.items() if r.status == "failed"],
+            timings={"wall_s": round(total, 1), "stage_s": {name: round(r.seconds, 1) for name, r in self.results.items()}},
+            config=self.cfg.model_dump(mode="json"),
+            extra={
+                "output": self.paths.root,
+                "stages": {
+                    name: {"status": r.status, "seconds": round(r.seconds, 1), "outputs": r.outputs, "note": r.note}
+                    for name, r in self.results.items()
+                },
+            },
+            versions=versions("ray", "torch", "cv2"),
+        )
         self.log(f"\nfacepgn demo finished in {total / 60:.1f} min ({os.cpu_count()} cores):")
         for name, r in self.results.items():
             line = f"  {name:<13} {r.status:<8} {r.seconds:7.1f}s"
@@ -539,16 +543,6 @@ def overlay_preview(overlays_dir: str, out_path: str, height: int = 240, columns
     return True
 
 
-def _versions() -> dict[str, str]:
-    versions = {"facepgn": __version__, "python": platform.python_version()}
-    for mod in ("ray", "torch", "numpy", "cv2"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - versions are informational
-            pass
-    return versions
-
-
 def _get(d: dict, *keys, default=None):
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -643,7 +637,7 @@ def render_report(demo: Demo, total: float) -> str:
             for vid, v in stats.items():
                 lines.append(f"| {vid} | {v['rows']} | {v['tracks']} | {v['frames']} | {v['yaw_min']:.0f} .. {v['yaw_max']:.0f} "
                              f"| {v['quality']:.2f} | {v['fit_error']:.3f} |")
-            lines += ["", f"![head yaw along each track](infer/pose_tracks.png)"]
+            lines += ["", "![head yaw along each track](infer/pose_tracks.png)"]
         stage_s = t.get("stage_s") or {}
         if stage_s:
             lines += ["", "Time per stage in the last run (summed over tasks): " + ", ".join(

@@ -23,7 +23,6 @@ not corrected, so that numbers match the published evaluation protocol).
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ import numpy as np
 
 from facepgn import records, storage
 from facepgn.errors import InputError
+from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -371,32 +371,28 @@ def convert_folder(
             result.shards.append(shard_path)
             result.records += len(rows)
         log.info("labelled: %d/%d images, shard %s (%d records)", done, total, shard_path, len(rows))
-    summary = {
-        "kind": "face_record",
-        "input": str(folder),
-        "output": str(out_dir),
+    counts = {
         "images": total,
         "records_written": result.records,
-        "shards": [storage.basename(s) for s in result.shards],
+        "shards_written": len(result.shards) - result.skipped_shards,
         "shards_skipped_existing": result.skipped_shards,
-        "errors": result.errors,
-        "seconds": round(time.time() - start, 3),
-        "config": {"source": source, "image_size": image_size, "margin": margin, "box": box,
-                   "shard_size": shard_size, "limit": limit},
-        "versions": _versions(),
+        "images_skipped": len(result.errors),
     }
-    storage.atomic_write_text(storage.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
-    return summary
-
-
-def _versions() -> dict[str, str]:
-    import pyarrow
-    import scipy
-
-    from facepgn import __version__
-
-    return {"facepgn": __version__, "numpy": np.__version__, "pyarrow": pyarrow.__version__,
-            "scipy": scipy.__version__, "face_record_schema": str(records.FACE_RECORD_VERSION)}
+    extra = {  # the counts also at the top level, where this summary had them before ``counts`` existed
+        "images": total,
+        "records_written": result.records,
+        "shards_skipped_existing": result.skipped_shards,
+        "input": str(folder),
+        "output": str(out_dir),
+        "schema": f"face_record/{records.FACE_RECORD_VERSION}",
+        "shards": [storage.basename(s) for s in result.shards],
+    }
+    return write_summary(
+        storage.join(out_dir, SUMMARY_FILE), job="labelled convert", counts=counts, errors=result.errors,
+        timings={"wall_s": round(time.time() - start, 3)},
+        config={"source": source, "image_size": image_size, "margin": margin, "box": box, "shard_size": shard_size, "limit": limit},
+        extra=extra, versions=versions("pyarrow", "scipy", "cv2"),
+    )
 
 
 def read_faces(paths: Sequence[str], source: str | None = None) -> list[LabelledFace]:

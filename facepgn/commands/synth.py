@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 from facepgn.cli import add_config_args
@@ -71,22 +70,12 @@ def _workers(requested: int) -> int:
     return requested if requested > 0 else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def _versions() -> dict[str, str]:
-    import cv2
-    import numpy
-    import pyarrow
-
-    from facepgn import __version__
-
-    return {"facepgn": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
-            "opencv": cv2.__version__, "pyarrow": pyarrow.__version__}
-
-
 def run_faces(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from facepgn import records, storage, synthetic
     from facepgn.config import SyntheticFacesConfig, load_config
+    from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
     cfg = load_config(SyntheticFacesConfig, args.config,
                       _overrides(args, {"n": "n", "out": "output", "size": "size", "seed": "seed", "workers": "workers"}))
@@ -102,16 +91,21 @@ def run_faces(args: argparse.Namespace) -> int:
         sheet = synthetic.contact_sheet_from_records(summary["shards"], limit=cfg.contact_sheet)
         sheet_path = storage.join(cfg.output, "contact_sheet.png")
         storage.atomic_write_bytes(sheet_path, records.encode_image(sheet, ".png"))
-    summary.update({
-        "kind": "synthetic_faces",
-        "workers": workers,
-        "wall_seconds": time.time() - t0,
-        "contact_sheet": sheet_path,
-        "errors": [],
-        "versions": _versions(),
-        "config": cfg.model_dump(mode="json"),
-    })
-    storage.atomic_write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2))
+    write_summary(
+        storage.join(cfg.output, SUMMARY_FILE), job="synth faces",
+        counts={"faces": summary["faces"], "written": summary["written"], "skipped_existing": summary["skipped_existing"],
+                "shards": len(summary["shards"])},
+        errors=[],
+        timings={"wall_s": time.time() - t0, "render_s": summary["seconds"], "cpu_s": summary["cpu_seconds"],
+                 "faces_per_s": summary["faces_per_second"]},
+        config=cfg.model_dump(mode="json"),
+        extra={  # the counts also at the top level, where this summary had them before ``counts`` existed
+            "faces": summary["faces"], "written": summary["written"], "skipped_existing": summary["skipped_existing"],
+            "shards": summary["shards"], "yaw_buckets_deg": summary["yaw_buckets_deg"],
+            "mean_visible_landmarks": summary["mean_visible_landmarks"], "workers": workers, "contact_sheet": sheet_path,
+        },
+        versions=versions("cv2", "pyarrow"),
+    )
     rate = summary["faces_per_second"]
     print(f"facepgn synth faces: {summary['written']} written, {summary['skipped_existing']} already there, "
           f"{len(summary['shards'])} shards -> {cfg.output}" + (f" ({rate:.1f} faces/s)" if rate else ""))
@@ -123,6 +117,7 @@ def run_videos(args: argparse.Namespace) -> int:
 
     from facepgn import storage, synthetic
     from facepgn.config import SyntheticVideosConfig, load_config
+    from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
     cfg = load_config(SyntheticVideosConfig, args.config,
                       _overrides(args, {"n": "n", "out": "output", "frames": "frames", "size": "size",
@@ -135,10 +130,20 @@ def run_videos(args: argparse.Namespace) -> int:
     )
     synthetic.face_model_for(synthetic.FaceSettings(num_id=cfg.num_id, num_exp=cfg.num_exp, face_model=cfg.face_model))
     workers = _workers(cfg.workers)
+    t0 = time.time()
     with tqdm(total=cfg.n, unit="video", desc="synth videos") as bar:
         summary = synthetic.generate_videos(cfg.output, cfg.n, cfg.seed, settings, workers, progress=bar.update)
-    summary.update({"kind": "synthetic_videos", "workers": workers, "errors": [], "versions": _versions(),
-                    "config": cfg.model_dump(mode="json")})
-    storage.atomic_write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2))
+    write_summary(
+        storage.join(cfg.output, SUMMARY_FILE), job="synth videos",
+        counts={"videos": summary["videos"], "written": summary["written"], "skipped_existing": summary["skipped_existing"]},
+        errors=[],
+        timings={"wall_s": time.time() - t0, "render_s": summary["seconds"]},
+        config=cfg.model_dump(mode="json"),
+        extra={  # the counts also at the top level, where this summary had them before ``counts`` existed
+            "videos": summary["videos"], "written": summary["written"], "skipped_existing": summary["skipped_existing"],
+            "files": summary["files"], "frames_per_video": summary["frames_per_video"], "workers": workers,
+        },
+        versions=versions("cv2"),
+    )
     print(f"facepgn synth videos: {summary['written']} written, {summary['skipped_existing']} already there -> {cfg.output}")
     return 0

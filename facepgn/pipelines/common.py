@@ -13,7 +13,8 @@
 * One-shard-per-item jobs (``label``, ``profile``): :func:`process_item` (an item's worker: its
   shard, then its done marker), :func:`run_item_job` (the driver: resume, the actor pool, items
   whose worker died, contact sheet, errors.csv), :func:`item_summary` and :func:`finish_item_job`
-  (summary.json; the one-line error when no item could be read). Their output layout::
+  (summary.json, in :mod:`facepgn.summary`'s shape; the one-line error when no item could be
+  read). Their output layout::
 
       data/part-<item_id>.parquet   the item's face records (the only Parquet files)
       items/<item_id>.json          the item's done marker (its ItemResult)
@@ -39,8 +40,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from facepgn import __version__, storage
+from facepgn import storage
 from facepgn.errors import FacepgnError, InputError
+from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
 YAW_BIN_DEG = 10
 
@@ -83,7 +85,7 @@ def failure_reason(exc: BaseException, path: str, log: logging.Logger) -> str:
 
 
 def json_text(data: Any) -> str:
-    """Markers and summaries: indented JSON (numpy scalars and arrays as numbers and lists)."""
+    """Done markers: indented JSON (numpy scalars and arrays as numbers and lists)."""
     return json.dumps(data, indent=1, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
 
 
@@ -97,21 +99,6 @@ def parquet_bytes(table) -> bytes:
 
 
 # ---- summary pieces ----------------------------------------------------------------------------
-
-
-def versions(*optional: str) -> dict[str, str]:
-    """facepgn's, OpenCV's, pyarrow's and numpy's versions, plus those of the ``optional`` modules
-    that import (ray, decord, torch, ...)."""
-    import cv2
-    import pyarrow
-
-    out = {"facepgn": __version__, "opencv": cv2.__version__, "pyarrow": pyarrow.__version__, "numpy": np.__version__}
-    for name in optional:
-        try:
-            out[name] = str(__import__(name).__version__)
-        except Exception:  # noqa: BLE001 - optional at summary time
-            pass
-    return out
 
 
 def yaw_histogram(yaws_deg: Iterable[float]) -> list[int]:
@@ -479,44 +466,53 @@ def run_item_job(cfg, items: list[dict], make_worker: Callable[[], Callable[[dic
     return ItemRun(items, done, results, already_done, run_seconds, started, sheet is not None)
 
 
-def item_summary(kind: str, cfg, run: ItemRun) -> dict[str, Any]:
-    """The summary.json fields every one-shard-per-item job has: item counts (whole output and this
-    run), skipped and partial items with reasons, shards."""
+def item_summary(cfg, run: ItemRun) -> tuple[dict[str, int], list[dict[str, str]], dict[str, Any]]:
+    """What the summary of every one-shard-per-item job has: counts (items of the whole output and
+    of this run, shards), errors (every item not fully read: id, path, status, reason) and extras
+    (input, output, the partial and the skipped items with their reasons)."""
     read = [m for m in run.done if m["status"] in ("ok", "partial")]
     skipped = [m for m in run.done if m["status"] == "skipped"]
-    return {
-        "kind": kind,
-        "input": cfg.input,
-        "output": cfg.output,
+    counts = {
         "items_found": len(run.items),
         "items_already_done": run.already_done,
         "items_processed_this_run": len(run.results),
         "items_pending": len(run.items) - len(run.done),
         "items_read": len(read),
-        "items_partial": [{"item_id": m["item_id"], "path": m["path"], "reason": m["reason"]} for m in read if m["status"] == "partial"],
+        "items_partial_count": sum(m["status"] == "partial" for m in read),
         "items_skipped_count": len(skipped),
-        "items_skipped": [{"item_id": m["item_id"], "path": m["path"], "reason": m["reason"]} for m in skipped],
         "shards": int(sum(bool(m["shard"]) for m in read)),
     }
+    errors = [{"item_id": m["item_id"], "path": m["path"], "status": m["status"], "reason": m["reason"]}
+              for m in run.done if m["status"] != "ok"]
+    extra = {
+        "input": cfg.input,
+        "output": cfg.output,
+        "items_partial": [{"item_id": m["item_id"], "path": m["path"], "reason": m["reason"]} for m in read if m["status"] == "partial"],
+        "items_skipped": [{"item_id": m["item_id"], "path": m["path"], "reason": m["reason"]} for m in skipped],
+    }
+    return counts, errors, extra
 
 
-def finish_item_job(cfg, run: ItemRun, summary: dict[str, Any], what: str, *optional_versions: str) -> dict[str, Any]:
-    """Add timings, versions, the resolved config and the contact sheet to ``summary``, write it as
-    summary.json, and raise the one-line error when not a single item could be read (``what``
-    names the items, e.g. ``"videos/photos"``)."""
+def finish_item_job(cfg, run: ItemRun, job: str, counts: dict[str, Any], errors: list[dict], extra: dict[str, Any],
+                    what: str, *modules: str) -> dict[str, Any]:
+    """Write summary.json (``counts``, ``errors`` and ``extra`` as from :func:`item_summary` plus
+    the job's own, timings, the contact sheet, the versions of ray, OpenCV, pyarrow and
+    ``modules``, the resolved config) and return it; raise the one-line error when not a single
+    item could be read (``what`` names the items, e.g. ``"videos/photos"``). The counts are also
+    kept at the top level, where these summaries had them before ``counts`` existed."""
     results = run.results
-    summary["timings"] = {
-        "total_s": round(time.perf_counter() - run.started, 3),
+    timings = {
+        "wall_s": round(time.perf_counter() - run.started, 3),
         "run_s": round(run.run_seconds, 3),
         "item_s": round(sum(r["seconds"] for r in results), 3),  # summed over items (wall, per actor)
         "cpu_s": round(sum(r["cpu_seconds"] for r in results), 3),  # CPU time spent on them
         "max_worker_rss_mb": max((r["peak_rss_mb"] for r in results), default=None),
     }
-    summary["contact_sheet"] = "contact_sheet.png" if run.contact_sheet else None
-    summary["versions"] = versions("ray", *optional_versions)
-    summary["config"] = cfg.model_dump(mode="json")
-    storage.atomic_write_text(storage.join(cfg.output, "summary.json"), json_text(summary))
-    if summary["items_read"] == 0 and summary["items_skipped_count"]:
+    extra = {**counts, **extra, "contact_sheet": "contact_sheet.png" if run.contact_sheet else None}
+    summary = write_summary(storage.join(cfg.output, SUMMARY_FILE), job=job, counts=counts, errors=errors, timings=timings,
+                            config=cfg.model_dump(mode="json"), extra=extra,
+                            versions=versions("ray", "cv2", "pyarrow", *modules))
+    if counts["items_read"] == 0 and counts["items_skipped_count"]:
         first = summary["items_skipped"][0]
         raise FacepgnError(
             f"{cfg.input}: none of the {len(run.items)} {what} could be read (e.g. {first['path']}: {first['reason']}); "

@@ -32,6 +32,7 @@ import numpy as np
 from facepgn import inference, storage
 from facepgn.config import InferConfig
 from facepgn.errors import FacepgnError
+from facepgn.summary import versions, write_summary
 from facepgn.model import load
 from facepgn.predictor import Predictor
 
@@ -206,7 +207,7 @@ def run_inference(cfg: InferConfig, progress: Callable[[str], None] | None = pri
             results = list(_run_local(cfg, todo, face_model, face_model_name, image_size, log))
         else:
             results = list(_run_ray(cfg, todo, face_model, face_model_name, image_size, log))
-    summary = write_summary(cfg, results, skipped, time.time() - started, {it.item_id: it.kind for it in todo})
+    summary = _write_summary(cfg, results, skipped, time.time() - started, {it.item_id: it.kind for it in todo})
     log(
         f"facepgn infer: {summary['counts']['items_done_this_run']} done, {summary['counts']['items_failed']} failed, "
         f"{summary['counts']['rows_this_run']} rows in {summary['timings']['wall_s']:.1f} s"
@@ -326,10 +327,10 @@ def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: 
         yield stats
 
 
-def write_summary(cfg: InferConfig, results: list[dict], skipped: list[Any], wall_s: float,
-                  kinds: dict[str, str] | None = None) -> dict:
-    """summary.json: counts (all items, and videos and photos apart), errors with reasons, stage
-    timings, versions, the resolved config. ``skipped``: the items (``MediaItem``) skipped as
+def _write_summary(cfg: InferConfig, results: list[dict], skipped: list[Any], wall_s: float,
+                   kinds: dict[str, str] | None = None) -> dict:
+    """summary.json (:mod:`facepgn.summary`'s shape): counts (all items, and videos and photos
+    apart), errors with reasons, stage timings, per item its counts, versions, the resolved config. ``skipped``: the items (``MediaItem``) skipped as
     already done; ``kinds``: item id -> kind of this run's items (for results that lack one)."""
     layout = inference.OutputLayout(cfg.output)
     kinds = dict(kinds or {})
@@ -361,20 +362,19 @@ def write_summary(cfg: InferConfig, results: list[dict], skipped: list[Any], wal
         "tracks_this_run": sum(int(r.get("tracks", 0)) for r in ok),
         "meshes_this_run": sum(int(r.get("meshes", 0)) for r in ok),
     })
-    summary = {
-        "kind": "facepgn.infer.summary/1",
-        "counts": counts,
-        "errors": [{"video_id": r["video_id"], "kind": r["kind"], "path": r.get("source_path", ""), "reason": r["error"]} for r in failed],
-        "items": {r["video_id"]: {k: r.get(k) for k in ("kind", "rows", "tracks", "frames_with_faces", "meshes", "overlay", "overlay_frames")} for r in ok},
-        "timings": {
+    return write_summary(
+        layout.summary, job="infer", counts=counts,
+        errors=[{"video_id": r["video_id"], "kind": r["kind"], "path": r.get("source_path", ""), "reason": r["error"]} for r in failed],
+        timings={
             "wall_s": wall_s,
             "frames_per_s": frames / wall_s if wall_s > 0 else None,
             "stage_s": stage_totals,  # wall seconds per stage, summed over items (includes waiting for a core)
             "cpu_s": sum(stage_totals.get(k, 0.0) for k in ("decode_cpu_s", "model_cpu_s", "finalize_cpu_s")),  # CPU seconds of the stages
         },
-        "schema": "inference_row/1",
-        "versions": inference.versions(),
-        "config": json.loads(cfg.model_dump_json()),
-    }
-    storage.atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=inference._json_default))
-    return summary
+        extra={
+            "items": {r["video_id"]: {k: r.get(k) for k in ("kind", "rows", "tracks", "frames_with_faces", "meshes", "overlay", "overlay_frames")} for r in ok},
+            "schema": "inference_row/1",
+        },
+        config=cfg.model_dump(mode="json"),
+        versions=versions("ray", "torch", "onnxruntime", "cv2", "pyarrow", "decord"),
+    )

@@ -282,26 +282,29 @@ def run_label(cfg: LabelConfig, progress: bool = True) -> dict[str, Any]:
         note=lambda r: f"{r['faces_kept']}/{r['faces_detected']} faces kept" + (f" ({r['reason']})" if r["reason"] else ""),
         log=log, progress=progress, started=started,
     )
-    return common.finish_item_job(cfg, run, _summary(cfg, run), "videos/photos", "decord", "torch")
+    counts, errors, extra = _summary(cfg, run)
+    return common.finish_item_job(cfg, run, "label", counts, errors, extra, "videos/photos", "decord", "torch")
 
 
-def _summary(cfg: LabelConfig, run: common.ItemRun) -> dict[str, Any]:
-    summary = common.item_summary("label", cfg, run)
+def _summary(cfg: LabelConfig, run: common.ItemRun) -> tuple[dict[str, int], list[dict], dict[str, Any]]:
+    counts, errors, extra = common.item_summary(cfg, run)
     t = common.totals(run.done, run.results, "rejected", "labeller_s")
     faces_run = sum(r["faces_detected"] for r in run.results)
     frames_run = sum(r["frames"] for r in run.results)
     stages = common.stage_throughput(faces_run, t.wall_s, t.cpu_s, STAGES, t.inner_s, "label")
     stages["decode"]["frames_per_s_per_core"] = round(frames_run / t.cpu_s["decode"], 2) if t.cpu_s.get("decode") else None
-    summary.update({
+    counts.update({
         "videos_found": sum(it["kind"] == "video" for it in run.items),
         "photos_found": sum(it["kind"] == "photo" for it in run.items),
         "frames": int(sum(m["frames"] for m in t.read)),
         "faces_detected": int(sum(m["faces_detected"] for m in t.read)),
         "faces_kept": int(sum(m["faces_kept"] for m in t.read)),
-        "faces_rejected": t.reasons,  # by LabelOutcome.reason
         "faces_kept_this_run": int(sum(r["faces_kept"] for r in run.results)),
-        "yaw_histogram_deg": common.yaw_histogram_labels(t.yaw_histogram),  # kept faces, |yaw| from the record's pose
         "kept_without_pose": int(sum(m["kept_without_pose"] for m in t.read)),
+    })
+    extra.update({
+        "faces_rejected": t.reasons,  # by LabelOutcome.reason
+        "yaw_histogram_deg": common.yaw_histogram_labels(t.yaw_histogram),  # kept faces, |yaw| from the record's pose
         "throughput": {
             "unit": "faces (detected, this run) per CPU second of each stage (per core); label.*: per second of the labeller's own stage timings",
             "faces": faces_run,
@@ -311,4 +314,4 @@ def _summary(cfg: LabelConfig, run: common.ItemRun) -> dict[str, Any]:
             "faces_per_s": round(faces_run / run.run_seconds, 2) if run.run_seconds > 0 and faces_run else None,  # wall, all actors
         },
     })
-    return summary
+    return counts, errors, extra

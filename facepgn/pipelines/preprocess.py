@@ -11,7 +11,7 @@ Output layout (a local folder or an ``s3://`` prefix)::
 
     shards/<video_id>/part-00000.parquet   frame pairs, FRAME_PAIR_SCHEMA (the only Parquet files)
     videos/<video_id>.json                 done marker: the video's result (ok / partial / skipped + reason)
-    summary.json                           counts, skipped videos and why, rejections, timings, config
+    summary.json                           counts, errors (videos not fully read and why), rejections, timings, versions, config
     errors.csv                             video_id, path, status, reason of every video not fully read
 
 Resume: a video counts as done when its marker exists; markers are written after the video's
@@ -37,6 +37,7 @@ from facepgn import paths, records, storage
 from facepgn.config import PreprocessConfig
 from facepgn.errors import FacepgnError, InputError
 from facepgn.pipelines import common
+from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
 log = logging.getLogger("facepgn.preprocess")
 
@@ -406,8 +407,7 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, An
             log.warning("%s: %s", item.path, crashed["reason"])
     run_seconds = time.perf_counter() - run_started
 
-    summary = _summary(cfg, items, markers, results, already_done, run_seconds, time.perf_counter() - started)
-    storage.atomic_write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=1))
+    summary = _write_summary(cfg, items, markers, results, already_done, run_seconds, time.perf_counter() - started)
     storage.atomic_write_text(storage.join(output, "errors.csv"), common.errors_csv([markers.get(it.video_id) for it in items], "video_id"))
     if summary["videos_read"] == 0 and summary["videos_skipped_count"]:
         first = summary["videos_skipped"][0]
@@ -445,7 +445,9 @@ def _execute(pending: list, cfg: PreprocessConfig, output: str) -> Iterable[dict
             yield json.loads(row["result"])
 
 
-def _summary(cfg, items, markers, results, already_done, run_seconds, total_seconds) -> dict[str, Any]:
+def _write_summary(cfg, items, markers, results, already_done, run_seconds, total_seconds) -> dict[str, Any]:
+    """summary.json (:mod:`facepgn.summary`'s shape); the counts are also kept at the top level,
+    where this summary had them before ``counts`` existed."""
     by_id = {it.video_id: it for it in items}
     read = [m for vid, m in markers.items() if vid in by_id and m["status"] in ("ok", "partial")]
     skipped = [m for vid, m in markers.items() if vid in by_id and m["status"] == "skipped"]
@@ -458,36 +460,43 @@ def _summary(cfg, items, markers, results, already_done, run_seconds, total_seco
         for k, v in r["rejections"].items():
             rejections[k] += v
     frames = sum(r["frames_sampled"] for r in results)
-    return {
-        "kind": "preprocess",
-        "input": cfg.input,
-        "output": cfg.output,
+    counts = {
         "videos_found": len(items),
         "videos_already_done": already_done,
         "videos_processed_this_run": len(results),
         "videos_pending": len(items) - len(read) - len(skipped),
         "videos_read": len(read),
-        "videos_partial": [{"video_id": m["video_id"], "path": m["path"], "reason": m["reason"]} for m in partial],
+        "videos_partial_count": len(partial),
         "videos_skipped_count": len(skipped),
-        "videos_skipped": [{"video_id": m["video_id"], "path": m["path"], "reason": m["reason"]} for m in skipped],
         "pairs_written": int(sum(m["pairs"] for m in read)),
         "pairs_written_this_run": int(sum(r["pairs"] for r in results)),
         "shards": int(sum(len(m["shards"]) for m in read)),
         "tracks": int(sum(m.get("tracks", 0) for m in read)),
         "frames_sampled_this_run": int(frames),
-        "rejections_this_run": dict(rejections),
-        "timings": {
-            "total_s": round(total_seconds, 3),
-            "run_s": round(run_seconds, 3),
-            "frames_per_s": round(frames / run_seconds, 2) if run_seconds > 0 else None,
-            "stage_s": {k: round(stage.get(k, 0.0), 3) for k in STAGES},
-            "video_s": round(sum(r["seconds"] for r in results), 3),  # summed over videos (wall, per worker)
-            "cpu_s": round(sum(r.get("cpu_seconds", 0.0) for r in results), 3),  # CPU time spent on them
-            "max_worker_rss_mb": max((r["peak_rss_mb"] for r in results), default=None),
-        },
-        "versions": common.versions("ray", "decord"),
-        "config": cfg.model_dump(mode="json"),
     }
+    errors = [{"video_id": markers[it.video_id]["video_id"], "path": markers[it.video_id]["path"],
+               "status": markers[it.video_id]["status"], "reason": markers[it.video_id]["reason"]}
+              for it in items if it.video_id in markers and markers[it.video_id]["status"] != "ok"]
+    timings = {
+        "wall_s": round(total_seconds, 3),
+        "run_s": round(run_seconds, 3),
+        "frames_per_s": round(frames / run_seconds, 2) if run_seconds > 0 else None,
+        "stage_s": {k: round(stage.get(k, 0.0), 3) for k in STAGES},
+        "video_s": round(sum(r["seconds"] for r in results), 3),  # summed over videos (wall, per worker)
+        "cpu_s": round(sum(r.get("cpu_seconds", 0.0) for r in results), 3),  # CPU time spent on them
+        "max_worker_rss_mb": max((r["peak_rss_mb"] for r in results), default=None),
+    }
+    extra = {
+        **counts,
+        "input": cfg.input,
+        "output": cfg.output,
+        "videos_partial": [{"video_id": m["video_id"], "path": m["path"], "reason": m["reason"]} for m in partial],
+        "videos_skipped": [{"video_id": m["video_id"], "path": m["path"], "reason": m["reason"]} for m in skipped],
+        "rejections_this_run": dict(rejections),
+    }
+    return write_summary(storage.join(cfg.output.rstrip("/"), SUMMARY_FILE), job="preprocess", counts=counts, errors=errors,
+                         timings=timings, config=cfg.model_dump(mode="json"), extra=extra,
+                         versions=versions("ray", "cv2", "pyarrow", "decord"))
 
 
 # ---- reading shards back ---------------------------------------------------------------------

@@ -178,17 +178,20 @@ def run_profile(cfg: ProfileConfig, progress: bool = True) -> dict[str, Any]:
             f" ({', '.join(f'{k} {v}' for k, v in r['skipped_records'].items())} skipped)" if r["skipped_records"] else ""),
         log=log, progress=progress, started=started,
     )
-    return common.finish_item_job(cfg, run, _summary(cfg, run), "face-record shards", "torch")
+    counts, errors, extra = _summary(cfg, run)
+    return common.finish_item_job(cfg, run, "profile", counts, errors, extra, "face-record shards", "torch")
 
 
-def _summary(cfg: ProfileConfig, run: common.ItemRun) -> dict[str, Any]:
-    summary = common.item_summary("profile", cfg, run)
+def _summary(cfg: ProfileConfig, run: common.ItemRun) -> tuple[dict[str, int], list[dict], dict[str, Any]]:
+    counts, errors, extra = common.item_summary(cfg, run)
     t = common.totals(run.done, run.results, "skipped_records", "profiler_s")
     views_run = sum(r["views"] for r in run.results)
-    summary.update({
+    counts.update({
         "records_in": int(sum(m["records_in"] for m in t.read)),
         "views_written": int(sum(m["views"] for m in t.read)),
         "views_written_this_run": int(views_run),
+    })
+    extra.update({
         "records_skipped": t.reasons,  # by profiling.SKIP_REASONS
         "yaw_histogram_deg": common.yaw_histogram_labels(t.yaw_histogram),  # views written, |yaw| of their pose
         "throughput": {
@@ -198,4 +201,4 @@ def _summary(cfg: ProfileConfig, run: common.ItemRun) -> dict[str, Any]:
             "views_per_s": round(views_run / run.run_seconds, 2) if run.run_seconds > 0 and views_run else None,  # wall, all actors
         },
     })
-    return summary
+    return counts, errors, extra
