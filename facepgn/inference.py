@@ -17,32 +17,24 @@ The Ray Data graph (``facepgn.pipelines.infer``) and the plain-loop baseline (sa
    frames, the overlay (a video, or an image for a photo), and last the done marker. Every file is
    written atomically, so a rerun skips finished items and redoes the rest.
 
-Output layout (a folder or an ``s3://`` prefix); ``<video_id>`` is the item id of a video or photo::
-
-    rows/<video_id>.parquet      one row per face per sampled frame (kind "inference_row"); photos: per face
-    overlays/<video_id>.mp4      --overlay: the sampled frames with the mesh or landmarks drawn
-    overlays/<video_id>.jpg|png  --overlay, a photo: the photo (at most photo_max_side) with the same drawing
-    meshes/<video_id>/f<frame>_t<track>.obj|.ply   --meshes every:N | frames:a,b
-    done/<video_id>.json         per-video marker + stats (written last)
-    errors/<video_id>.json       why a video failed (removed once it succeeds)
-    summary.json                 counts, errors, timings, versions, resolved config
+The output layout and the row tables are ``facepgn.outputs``; overlays ``facepgn.overlay``; mesh
+files ``facepgn.meshio``.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import tempfile
 import time as _time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from facepgn import records, storage
+from facepgn import storage
 from facepgn.config import InferConfig
-from facepgn.errors import FacepgnError, InputError
+from facepgn.errors import InputError
+from facepgn.meshio import mesh_bytes
+from facepgn.outputs import OutputLayout, mesh_selected, parse_mesh_selection, rows_table, write_parquet
+from facepgn.overlay import posed_vertices, write_overlay, write_photo_overlay
 
 if TYPE_CHECKING:
     from facepgn.predictor import Predictor
@@ -55,12 +47,6 @@ KIND_FOOTER = 1
 # --------------------------------------------------------------------------------------------
 # stage 1: decode, detect, track, crop
 # --------------------------------------------------------------------------------------------
-
-
-def sampled_indices(num_frames: int, stride: int, max_frames: int | None) -> list[int]:
-    """The frames inference looks at: every ``stride``-th of the first ``max_frames``."""
-    stop = num_frames if max_frames is None else min(num_frames, int(max_frames))
-    return list(range(0, max(0, stop), max(1, int(stride))))
 
 
 def _empty_face_batch() -> dict[str, list]:
@@ -118,7 +104,7 @@ def iter_face_batches(video_path: str, video_id: str, cfg: InferConfig, image_si
             reader = video.VideoReader(local, display_path=video_path)
             meta = reader.info
             info.update(num_frames=meta.num_frames, fps=meta.fps, width=meta.width, height=meta.height)
-            indices = sampled_indices(meta.num_frames, cfg.stride, cfg.max_frames)
+            indices = video.stride_indices(meta.num_frames, cfg.stride, cfg.max_frames)
             info["sampled_frames"] = len(indices)
             frames_iter = reader.frames(indices, chunk_size=cfg.chunk_frames)
             done = False
@@ -310,7 +296,6 @@ def frame_outputs(outputs: dict[str, np.ndarray], crop_to_frame: np.ndarray, det
         return np.concatenate([xy, pts[..., 2:] * a[:, None, None]], axis=-1)
 
     lm3d = to_frame(outputs["landmarks_3d"])
-    mesh_lm = to_frame(outputs["mesh_landmarks"])
     rot = np.asarray(outputs["rotation"], np.float64)
     rot_f = _FLIP @ q3 @ _FLIP @ rot
     t = np.asarray(outputs["translation"], np.float64)
@@ -373,61 +358,6 @@ def infer_batch(runner: Predictor, batch: dict[str, np.ndarray]) -> dict[str, np
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OutputLayout:
-    root: str
-
-    def rows(self, video_id: str) -> str:
-        return storage.join(self.root, "rows", f"{video_id}.parquet")
-
-    def overlay(self, video_id: str) -> str:
-        return storage.join(self.root, "overlays", f"{video_id}.mp4")
-
-    def overlay_image(self, item_id: str, source_path: str) -> str:
-        """A photo's overlay: PNG for a PNG photo, else JPEG."""
-        ext = ".png" if str(source_path).lower().endswith(".png") else ".jpg"
-        return storage.join(self.root, "overlays", f"{item_id}{ext}")
-
-    def mesh(self, video_id: str, frame: int, track: int, fmt: str) -> str:
-        return storage.join(self.root, "meshes", video_id, f"f{frame:06d}_t{track}.{fmt}")
-
-    def done(self, video_id: str) -> str:
-        return storage.join(self.root, "done", f"{video_id}.json")
-
-    def error(self, video_id: str) -> str:
-        return storage.join(self.root, "errors", f"{video_id}.json")
-
-    @property
-    def summary(self) -> str:
-        return storage.join(self.root, "summary.json")
-
-    def done_ids(self) -> set[str]:
-        files = storage.list_files(storage.join(self.root, "done"), extensions=[".json"], recursive=False)
-        return {storage.basename(f)[: -len(".json")] for f in files}
-
-
-def parse_mesh_selection(spec: str | None) -> tuple[str, Any] | None:
-    """``"every:30"`` -> ("every", 30); ``"frames:0,10"`` -> ("frames", {0, 10}); None -> None."""
-    if not spec:
-        return None
-    kind, _, arg = str(spec).partition(":")
-    try:
-        if kind == "every" and int(arg) > 0:
-            return "every", int(arg)
-        if kind == "frames":
-            return "frames", {int(v) for v in arg.split(",") if v.strip()}
-    except ValueError:
-        pass
-    raise FacepgnError(f"meshes {spec!r}: expected every:N (N > 0) or frames:A,B,...")
-
-
-def mesh_selected(selection: tuple[str, Any] | None, frame_index: int) -> bool:
-    if selection is None:
-        return False
-    kind, arg = selection
-    return frame_index % arg == 0 if kind == "every" else frame_index in arg
-
-
 def smooth_rows(rows: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
     """Temporal smoothing (``SmoothingConfig``) of one video's rows, per track, in place of the raw
     values: landmarks, rotation (re-orthonormalised; Euler angles recomputed), scale, translation,
@@ -458,158 +388,6 @@ def smooth_rows(rows: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
                 out["id_coeffs"][ids] = smoothing.smooth_series(out["id_coeffs"][ids], t, **kw).astype(np.float32)
     out["smoothed"] = np.ones(len(out["frame_index"]), bool)
     return out
-
-
-def rows_table(rows: dict[str, np.ndarray]):
-    """Column arrays -> a validated ``inference_row`` table."""
-    import pyarrow as pa
-
-    n = len(rows["frame_index"])
-    columns = {}
-    for field in records.FACE_TRACK_SCHEMA:
-        if field.name == "schema_version":
-            columns[field.name] = pa.array(np.full(n, records.INFERENCE_ROW_VERSION, np.int32))
-            continue
-        value = rows[field.name]
-        if pa.types.is_list(field.type):
-            flat = np.asarray(value, np.float32).reshape(n, -1)
-            width = flat.shape[1]
-            offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)) if n else pa.array([0], pa.int32())
-            columns[field.name] = pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1), pa.float32()))
-        else:
-            columns[field.name] = pa.array(list(value) if np.asarray(value).dtype == object else np.asarray(value), type=field.type)
-    table = pa.Table.from_pydict(columns, schema=records.FACE_TRACK_SCHEMA)
-    records.check_table(table, "inference_row")
-    return table
-
-
-def write_parquet(table, path: str) -> None:
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    storage.atomic_write_bytes(path, buf.getvalue())
-
-
-def mesh_bytes(vertices: np.ndarray, triangles: np.ndarray, fmt: str) -> bytes:
-    """A triangle mesh as Wavefront OBJ text or binary little-endian PLY."""
-    v = np.asarray(vertices, np.float32).reshape(-1, 3)
-    f = np.asarray(triangles, np.int64).reshape(-1, 3)
-    if fmt == "obj":
-        buf = io.StringIO()
-        buf.write("# facepgn mesh: frame pixels, x right, y down, z towards the camera\n")
-        np.savetxt(buf, v, fmt="v %.3f %.3f %.3f")
-        np.savetxt(buf, f + 1, fmt="f %d %d %d")
-        return buf.getvalue().encode()
-    if fmt == "ply":
-        header = (
-            "ply\nformat binary_little_endian 1.0\ncomment facepgn mesh: frame pixels, x right, y down, z towards the camera\n"
-            f"element vertex {len(v)}\nproperty float x\nproperty float y\nproperty float z\n"
-            f"element face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n"
-        ).encode()
-        faces = np.zeros(len(f), dtype=[("n", "u1"), ("i", "<i4", (3,))])
-        faces["n"] = 3
-        faces["i"] = f
-        return header + v.astype("<f4").tobytes() + faces.tobytes()
-    raise FacepgnError(f"mesh format {fmt!r}: expected obj or ply")
-
-
-def posed_vertices(face_model, row: dict[str, np.ndarray]) -> np.ndarray:
-    """The mesh of one row in frame pixels (V, 3)."""
-    from facepgn import geometry
-
-    verts = face_model.vertices(np.asarray(row["id_coeffs"], np.float32), np.asarray(row["exp_coeffs"], np.float32))
-    return np.asarray(
-        geometry.project(np.asarray(verts, np.float64), np.float64(row["scale"]), np.asarray(row["rotation"], np.float64).reshape(3, 3),
-                         np.asarray(row["translation"], np.float64)),
-        np.float32,
-    )
-
-
-def front_triangles(face_model, rotation: np.ndarray) -> np.ndarray:
-    """Triangles whose normal faces the camera under ``rotation`` (back-face culling)."""
-    v = face_model.mean.astype(np.float64)
-    tri = face_model.triangles
-    n = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])
-    outward = 1.0 if n[:, 2].sum() >= 0 else -1.0
-    nz = (n @ np.asarray(rotation, np.float64).reshape(3, 3).T)[:, 2] * outward
-    return tri[nz > 0]
-
-
-def draw_overlay_frame(frame: np.ndarray, rows: list[dict], style: str, face_model=None) -> np.ndarray:
-    """The frame (RGB) with each face's mesh (wireframe, back faces culled) or landmarks drawn."""
-    import cv2
-
-    from facepgn import render
-
-    out = frame
-    for row in rows:
-        if style == "mesh" and face_model is not None:
-            verts = posed_vertices(face_model, row)
-            out = render.draw_mesh(out, verts[:, :2], front_triangles(face_model, row["rotation"]), mode="wireframe", alpha=0.4)
-        out = render.draw_landmarks(out, np.asarray(row["landmarks_2d"]).reshape(68, 2))
-        x, y, w, h = (int(round(float(c))) for c in np.asarray(row["box"]).reshape(4))
-        out = np.ascontiguousarray(out)
-        cv2.rectangle(out, (x, y), (x + w, y + h), (255, 200, 0), 1)
-        cv2.putText(out, f"#{int(row['track_id'])}", (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 200, 0), 1, cv2.LINE_AA)
-    return out
-
-
-def write_overlay(video_path: str, rows: dict[str, np.ndarray], cfg: InferConfig, dest: str, face_model=None) -> int:
-    """Re-decode the sampled frames in chunks, draw each frame's faces, write an mp4 (mp4v) to
-    ``dest`` atomically. Returns the number of frames written."""
-    import cv2
-
-    from facepgn import video
-
-    by_frame: dict[int, list[dict]] = {}
-    for i in range(len(rows["frame_index"])):
-        by_frame.setdefault(int(rows["frame_index"][i]), []).append({k: rows[k][i] for k in _OVERLAY_KEYS})
-    written = 0
-    with video.local_video(video_path) as local, tempfile.TemporaryDirectory(prefix="facepgn-overlay-") as tmp:
-        reader = video.VideoReader(local, display_path=video_path)
-        info = reader.info
-        indices = sampled_indices(info.num_frames, cfg.stride, cfg.max_frames)
-        out_path = os.path.join(tmp, "overlay.mp4")
-        writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), max(1.0, info.fps / max(1, cfg.stride)), (info.width, info.height))
-        if not writer.isOpened():
-            raise FacepgnError(f"{dest}: cannot open an mp4 video writer (OpenCV without the mp4v codec?)")
-        try:
-            for frame in reader.frames(indices, chunk_size=cfg.chunk_frames):
-                drawn = draw_overlay_frame(frame.rgb, by_frame.get(frame.index, []), cfg.overlay_style, face_model)
-                writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-                written += 1
-        finally:
-            writer.release()
-        storage.atomic_write_file(out_path, dest)
-    return written
-
-
-_OVERLAY_KEYS = ("landmarks_2d", "box", "track_id", "id_coeffs", "exp_coeffs", "scale", "rotation", "translation")
-
-
-def write_photo_overlay(photo_path: str, rows: dict[str, np.ndarray], cfg: InferConfig, dest: str, face_model=None) -> int:
-    """Re-read the photo (downscaled to ``cfg.photo_max_side``, as it was for detection), draw its
-    faces (the rows' photo-pixel coordinates scaled to the image drawn on), and write it to
-    ``dest`` (JPEG or PNG by its extension) atomically. Returns 1 (the overlay's frame count)."""
-    from facepgn import video
-
-    photo = video.read_photo(photo_path, cfg.photo_max_side)
-    k = 1.0 / photo.to_source  # photo pixels -> pixels of the image drawn on
-    drawn_rows = []
-    for i in range(len(rows["frame_index"])):
-        row = {key: rows[key][i] for key in _OVERLAY_KEYS}
-        row["landmarks_2d"] = np.asarray(row["landmarks_2d"], np.float32) * np.float32(k)
-        row["box"] = np.asarray(row["box"], np.float32) * np.float32(k)
-        row["scale"] = np.float32(row["scale"]) * np.float32(k)  # the posed mesh scales with s and t
-        row["translation"] = np.asarray(row["translation"], np.float32) * np.float32(k)
-        drawn_rows.append(row)
-    small = photo.small
-    del photo
-    drawn = draw_overlay_frame(small, drawn_rows, cfg.overlay_style, face_model)
-    fmt = ".png" if dest.lower().endswith(".png") else ".jpg"
-    storage.atomic_write_bytes(dest, records.encode_image(np.ascontiguousarray(drawn), fmt, quality=90))
-    return 1
 
 
 def collect_rows(batches: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], dict]:
@@ -712,30 +490,3 @@ def _json_default(value: Any):
     return str(value)
 
 
-def read_rows(output: str, video_id: str | None = None):
-    """The inference rows of a run (one video or all) as a pyarrow table, schema-checked."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    layout = OutputLayout(output)
-    if video_id is not None:
-        paths = [layout.rows(video_id)]
-    else:
-        paths = storage.list_files(storage.join(output, "rows"), extensions=[".parquet"], recursive=False)
-    tables = []
-    for p in paths:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(p)))
-        records.check_table(table, "inference_row", p)
-        tables.append(table)
-    return pa.concat_tables(tables) if tables else records.FACE_TRACK_SCHEMA.empty_table()
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for name in ("facepgn", "torch", "ray", "onnxruntime", "numpy", "pyarrow", "cv2", "decord"):
-        try:
-            module = __import__(name)
-            out[name] = str(getattr(module, "__version__", "?"))
-        except Exception:  # noqa: BLE001
-            continue
-    return out

@@ -357,6 +357,12 @@ class VideoReader:
             del batch
 
 
+def stride_indices(num_frames: int, stride: int, max_frames: int | None) -> list[int]:
+    """The frames inference looks at: every ``stride``-th of the first ``max_frames``."""
+    stop = num_frames if max_frames is None else min(num_frames, int(max_frames))
+    return list(range(0, max(0, stop), max(1, int(stride))))
+
+
 def sample_indices(num_frames: int, fps: float, target_fps: float | None, max_frames: int | None = None) -> list[int]:
     """Evenly spaced frame indices at ``target_fps`` (deterministic), at most ``max_frames``."""
     if num_frames <= 0:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from facepgn import inference
+from facepgn import outputs
 from facepgn import model as model_lib
 from facepgn.export import export_onnx
 from facepgn.predictor import Predictor
@@ -92,7 +92,7 @@ def test_onnx_runtime_in_the_pipeline_gives_the_torch_rows(shared, model_file, t
         cfg = InferConfig(model=model_file, input=str(shared / "media/videos/d6.mp4"), output=str(tmp_path / runtime),
                           max_frames=8, runtime=runtime, executor="local")
         run_inference(cfg, progress=None)
-        tables[runtime] = inference.read_rows(cfg.output).to_pydict()
+        tables[runtime] = outputs.read_rows(cfg.output).to_pydict()
     assert tables["torch"]["frame_index"] == tables["onnx"]["frame_index"]
     np.testing.assert_allclose(np.asarray(tables["onnx"]["landmarks_3d"]), np.asarray(tables["torch"]["landmarks_3d"]), atol=1e-2)
 

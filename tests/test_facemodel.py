@@ -174,7 +174,7 @@ def test_ict_upstream_converter_reproduces_shared_npz(shared, tmp_path):
 
 
 def test_obj_reader_errors(tmp_path):
-    from facepgn.facemodel import read_obj
+    from facepgn.meshio import read_obj
 
     bad = tmp_path / "bad.obj"
     bad.write_text("v 1 2\nv 3 4 5\n")

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from facepgn import inference, storage
+from facepgn import inference, meshio, outputs, records, storage
 from facepgn import model as model_lib
 from facepgn.predictor import Predictor
 from facepgn.config import InferConfig
@@ -66,7 +66,7 @@ def real_run(ray_session, shared, model_file, tmp_path_factory):
 def test_real_videos_one_row_per_face_per_frame(real_run):
     cfg, summary = real_run
     assert summary["counts"]["videos_done_this_run"] == 3 and not summary["errors"]
-    table = inference.read_rows(cfg.output)
+    table = outputs.read_rows(cfg.output)
     rows = table.to_pydict()
     keys = set(zip(rows["video_id"], rows["frame_index"], rows["track_id"]))
     assert len(keys) == table.num_rows  # no duplicates
@@ -83,7 +83,7 @@ def test_real_videos_one_row_per_face_per_frame(real_run):
 
 def test_real_videos_tracks_and_landmarks_in_frame(real_run):
     cfg, _ = real_run
-    rows = inference.read_rows(cfg.output).to_pydict()
+    rows = outputs.read_rows(cfg.output).to_pydict()
     tracks: dict[str, set[int]] = {}
     for i, vid in enumerate(rows["video_id"]):
         tracks.setdefault(vid, set()).add(rows["track_id"][i])
@@ -132,11 +132,11 @@ def test_rerun_skips_done_videos_and_redoes_missing(real_run):
     lean = cfg.model_copy(update={"overlay": False, "meshes": None})
     summary = run_inference(lean, progress=None)
     assert summary["counts"]["videos_skipped_already_done"] == 3 and summary["counts"]["rows_this_run"] == 0
-    before = inference.read_rows(cfg.output, "d6").to_pydict()
+    before = outputs.read_rows(cfg.output, "d6").to_pydict()
     os.remove(os.path.join(cfg.output, "done", "d6.json"))
     summary = run_inference(lean.model_copy(update={"executor": "local"}), progress=None)
     assert summary["counts"]["videos_done_this_run"] == 1 and summary["counts"]["videos_skipped_already_done"] == 2
-    after = inference.read_rows(cfg.output, "d6").to_pydict()
+    after = outputs.read_rows(cfg.output, "d6").to_pydict()
     assert after["frame_index"] == before["frame_index"]  # the plain loop agrees with the Ray pipeline
     np.testing.assert_allclose(np.asarray(after["landmarks_2d"]), np.asarray(before["landmarks_2d"]), atol=1e-3)
 
@@ -159,7 +159,7 @@ def test_s3_input_and_output_with_a_corrupt_video(ray_session, shared, model_fil
     saved = json.loads(storage.read_text(f"{s3_bucket}/out/summary.json"))
     assert saved["errors"][0]["video_id"] == "broken"
     assert storage.exists(f"{s3_bucket}/out/errors/broken.json") and storage.exists(f"{s3_bucket}/out/done/good.json")
-    table = inference.read_rows(f"{s3_bucket}/out")
+    table = outputs.read_rows(f"{s3_bucket}/out")
     assert table.num_rows == 12 and set(table.column("smoothed").to_pylist()) == {True}
 
 
@@ -187,7 +187,7 @@ def test_synthetic_ground_truth_metrics_and_smoothing(synthetic_video, model_fil
         cfg = InferConfig(model=model_file, input=str(video_path), output=str(tmp_path / f"s{int(smooth)}"), executor="local",
                           smoothing={"enabled": smooth})
         run_inference(cfg, progress=None)
-        rows = inference.read_rows(cfg.output).to_pydict()
+        rows = outputs.read_rows(cfg.output).to_pydict()
         assert set(rows["track_id"]) == {0}
         frames = np.asarray(rows["frame_index"])
         assert len(frames) >= 0.9 * len(truth["frame_index"])
@@ -230,7 +230,7 @@ def test_frame_outputs_map_pose_and_landmarks_through_a_rotated_crop():
     outputs = {"landmarks_3d": crop_pts, "mesh_landmarks": crop_pts, "rotation": R, "translation": t, "scale": s,
                "id_coeffs": np.zeros((b, 4)), "exp_coeffs": np.zeros((b, 2))}
     out = inference.frame_outputs(outputs, A, np.ones(b), 128)
-    expected = np.stack([inference.records.apply_affine(A[i], crop_pts[i]) for i in range(b)])
+    expected = np.stack([records.apply_affine(A[i], crop_pts[i]) for i in range(b)])
     np.testing.assert_allclose(out["landmarks_3d"], expected, atol=1e-3)
     reprojected = geometry.project(X, out["scale"].astype(np.float64), out["rotation"].astype(np.float64), out["translation"].astype(np.float64))
     np.testing.assert_allclose(reprojected, expected, atol=1e-2)  # the frame pose explains the frame landmarks
@@ -258,18 +258,18 @@ def test_assembler_completes_a_video_only_when_all_its_rows_arrived():
 def test_mesh_files_and_selection():
     verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
     tris = np.array([[0, 1, 2], [0, 2, 3]])
-    ply = inference.mesh_bytes(verts, tris, "ply")
+    ply = meshio.mesh_bytes(verts, tris, "ply")
     header, body = ply.split(b"end_header\n", 1)
     assert b"element vertex 4" in header and b"element face 2" in header
     np.testing.assert_array_equal(np.frombuffer(body[: 4 * 12], "<f4").reshape(4, 3), verts)
     faces = np.frombuffer(body[4 * 12:], dtype=[("n", "u1"), ("i", "<i4", (3,))])
     np.testing.assert_array_equal(faces["i"], tris)
-    obj = inference.mesh_bytes(verts, tris, "obj").decode()
+    obj = meshio.mesh_bytes(verts, tris, "obj").decode()
     assert obj.count("\nv ") == 4 and "f 1 3 4" in obj
-    assert inference.parse_mesh_selection("every:30") == ("every", 30)
-    assert inference.mesh_selected(("frames", {3, 5}), 5) and not inference.mesh_selected(("every", 30), 31)
+    assert outputs.parse_mesh_selection("every:30") == ("every", 30)
+    assert outputs.mesh_selected(("frames", {3, 5}), 5) and not outputs.mesh_selected(("every", 30), 31)
     with pytest.raises(FacepgnError, match="every:N"):
-        inference.parse_mesh_selection("sometimes")
+        outputs.parse_mesh_selection("sometimes")
 
 
 def test_bad_model_and_input_are_one_line_errors(tmp_path):
@@ -375,7 +375,7 @@ def test_photos_and_a_video_in_one_input_one_row_per_face(photo_run, shared, mod
     cfg, summary = photo_run
     counts = summary["counts"]
     assert (counts["videos_done_this_run"], counts["photos_done_this_run"], counts["photos_failed"]) == (1, len(PHOTOS), 3)
-    table = inference.read_rows(cfg.output)  # schema-checked (inference_row/1)
+    table = outputs.read_rows(cfg.output)  # schema-checked (inference_row/1)
     rows = table.to_pydict()
     assert counts["rows_this_run"] == table.num_rows
     video_rows = [i for i, v in enumerate(rows["video_id"]) if v == "d0"]
@@ -481,7 +481,7 @@ def test_photo_manifest_with_the_default_model(shared, model_file, tmp_path, mon
     summary = run_inference(cfg, progress=None)
     assert summary["config"]["model"] == str(release / model_lib.PRETRAINED_FILE)
     assert summary["counts"]["photos_done_this_run"] == 2 and not summary["errors"]
-    rows = inference.read_rows(cfg.output).to_pydict()
+    rows = outputs.read_rows(cfg.output).to_pydict()
     assert sorted(zip(rows["video_id"], rows["track_id"])) == [("p0", 0), ("p0", 1), ("p1", 0)]
     assert sorted(os.listdir(tmp_path / "out" / "overlays")) == ["p0.jpg", "p1.jpg"]
 
@@ -536,7 +536,7 @@ def test_infer_without_model_runs_the_shipped_model_on_photo_and_video_folders(s
         assert main(["infer", "--input", str(folder), "--output", str(out), "--local", "--set", "overlay=true", *extra]) == 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary["config"]["model"] == pretrained_model_file()
-        rows = inference.read_rows(str(out)).to_pydict()
+        rows = outputs.read_rows(str(out)).to_pydict()
         assert len(rows["video_id"]) >= (2 if folder is photos else 6) and not summary["errors"]
         paths = {it.item_id: it.path for it in video.list_media(str(folder))}
         if folder is photos:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from facepgn import inference, storage
+from facepgn import inference, outputs, storage
 from facepgn.config import InferConfig
 from facepgn.errors import FacepgnError
 from facepgn.summary import versions, write_summary
@@ -132,7 +132,7 @@ class _Finalizer:
             except Exception as exc:  # noqa: BLE001 - a failed finalisation fails that video only
                 reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
                 stats = {"video_id": vid, "error": f"{vid}: writing outputs failed ({exc.__class__.__name__}: {reason})"}
-                storage.atomic_write_text(inference.OutputLayout(self.cfg.output).error(vid), json.dumps(stats))
+                storage.atomic_write_text(outputs.OutputLayout(self.cfg.output).error(vid), json.dumps(stats))
             yield stats
         if block and self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -175,7 +175,7 @@ def plan_items(cfg: InferConfig) -> tuple[list[Any], list[Any]]:
         from facepgn.errors import InputError
 
         raise InputError(cfg.input, f"no videos or photos found ({', '.join(cfg.video_extensions + cfg.image_extensions)})")
-    layout = inference.OutputLayout(cfg.output)
+    layout = outputs.OutputLayout(cfg.output)
     done = layout.done_ids() if cfg.resume else set()
     todo = [it for it in items if it.item_id not in done]
     skipped = [it for it in items if it.item_id in done]
@@ -323,7 +323,7 @@ def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: 
         yield stats
     for vid in assembler.pending():  # never completes unless a stage lost rows: record it
         stats = {"video_id": vid, "error": f"{vid}: incomplete output stream (rows lost between stages)"}
-        storage.atomic_write_text(inference.OutputLayout(cfg.output).error(vid), json.dumps(stats))
+        storage.atomic_write_text(outputs.OutputLayout(cfg.output).error(vid), json.dumps(stats))
         yield stats
 
 
@@ -332,7 +332,7 @@ def _write_summary(cfg: InferConfig, results: list[dict], skipped: list[Any], wa
     """summary.json (:mod:`facepgn.summary`'s shape): counts (all items, and videos and photos
     apart), errors with reasons, stage timings, per item its counts, versions, the resolved config. ``skipped``: the items (``MediaItem``) skipped as
     already done; ``kinds``: item id -> kind of this run's items (for results that lack one)."""
-    layout = inference.OutputLayout(cfg.output)
+    layout = outputs.OutputLayout(cfg.output)
     kinds = dict(kinds or {})
     for r in results:
         r.setdefault("kind", kinds.get(r["video_id"], "video"))
