@@ -11,10 +11,8 @@ The helpers (optimizer, schedule, checkpoints) are shared with the Ray trainer.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
-import platform
 import time
 from typing import Any, Callable, Iterator
 
@@ -25,6 +23,7 @@ from facepgn import storage
 from facepgn.config import OptimConfig, TrainConfig
 from facepgn.errors import FacepgnError, InputError
 from facepgn.model import FaceReconstructor, build_model, model_file_payload, model_from_payload, read_torch_file, save_model_file, unwrap
+from facepgn.summary import SUMMARY_FILE, versions, write_summary
 from facepgn.train import data as train_data
 from facepgn.train.step import autocast_settings, train_step
 
@@ -261,20 +260,23 @@ def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, on_metri
         writer.close()
     loop_seconds = time.perf_counter() - t_loop
     steps_run = final_step - start
-    summary = {
-        "steps": final_step,
-        "steps_this_run": steps_run,
-        "resumed_from": start,
-        "seconds": time.perf_counter() - t_start,
-        "steps_per_second": steps_run / loop_seconds if loop_seconds > 0 and steps_run else None,
-        "data_seconds": data_seconds,
-        "final_metrics": history[-1] if history else None,
-        "history": history,
-        "model_file": model_path,
-        "checkpoint": ckpt_path,
-        "device": str(device),
-        "config": cfg.model_dump(mode="json"),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-    }
-    storage.atomic_write_text(storage.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
-    return summary
+    seconds = time.perf_counter() - t_start
+    steps_per_second = steps_run / loop_seconds if loop_seconds > 0 and steps_run else None
+    counts = {"steps": final_step, "steps_this_run": steps_run, "resumed_from": start}
+    return write_summary(
+        storage.join(out_dir, SUMMARY_FILE), job="train --local", counts=counts, errors=[],
+        timings={"wall_s": seconds, "data_s": data_seconds, "steps_per_s": steps_per_second},
+        extra={  # the counts and timings also at the top level, under the names they had before
+            **counts,
+            "seconds": seconds,
+            "steps_per_second": steps_per_second,
+            "data_seconds": data_seconds,
+            "final_metrics": history[-1] if history else None,
+            "history": history,
+            "model_file": model_path,
+            "checkpoint": ckpt_path,
+            "device": str(device),
+        },
+        config=cfg.model_dump(mode="json"),
+        versions=versions("torch", "pyarrow"),
+    )

@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import platform
 import tempfile
 import time
 import zlib
@@ -44,6 +43,7 @@ from typing import Any, Iterator, Sequence
 from facepgn import storage
 from facepgn.config import DistributedTrainConfig
 from facepgn.errors import ConfigError, FacepgnError, InputError
+from facepgn.summary import versions, write_summary
 
 log = logging.getLogger("facepgn.train")
 
@@ -416,18 +416,6 @@ def ensure_ray() -> None:
         ray.init(configure_logging=False, log_to_driver=True)
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("facepgn", "ray", "torch", "numpy", "pyarrow"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def run_training(cfg: DistributedTrainConfig) -> dict[str, Any]:
     """Check, train on Ray, export the model and write ``summary.json``; returns the summary."""
     started = time.time()
@@ -448,13 +436,9 @@ def run_training(cfg: DistributedTrainConfig) -> dict[str, Any]:
     except Exception as exc:  # ray.train.TrainingFailedError and friends: name the run and the cause
         raise FacepgnError(f"{plan.run_path}: training failed ({_first_line(exc)})") from exc
     metrics = dict(result.metrics or {})
-    summary = {
-        "kind": "facepgn.train/1",
-        "run": plan.run_path,
-        "resumed": plan.run_exists,
-        "model_file": storage.join(cfg.output_dir, MODEL_FILE),
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "counts": {
+    return write_summary(
+        storage.join(cfg.output_dir, SUMMARY_FILE), job="train",
+        counts={
             "workers": cfg.scaling.num_workers,
             "labelled_records": plan.labelled_rows,
             "frame_pairs": plan.pair_rows,
@@ -463,29 +447,23 @@ def run_training(cfg: DistributedTrainConfig) -> dict[str, Any]:
             "steps": metrics.get("step"),
             "epochs": metrics.get("epoch"),
         },
-        "final_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None},
-        "errors": [],
-        "timings": {"wall_s": round(time.time() - started, 3)},
-        "versions": _versions(),
-        "config": cfg.model_dump(mode="json"),
-    }
-    storage.atomic_write_text(storage.join(cfg.output_dir, SUMMARY_FILE), json.dumps(_json_safe(summary), indent=2))
-    return summary
+        errors=[],
+        timings={"wall_s": round(time.time() - started, 3)},
+        extra={
+            "run": plan.run_path,
+            "resumed": plan.run_exists,
+            "model_file": storage.join(cfg.output_dir, MODEL_FILE),
+            "checkpoint": result.checkpoint.path if result.checkpoint else None,
+            "final_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None},
+        },
+        config=cfg.model_dump(mode="json"),
+        versions=versions("ray", "torch", "pyarrow"),
+    )
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ---- on each worker ---------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import time
@@ -39,6 +38,7 @@ from facepgn.config import (
     read_yaml,
 )
 from facepgn.errors import FacepgnError
+from facepgn.summary import versions, write_summary
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -331,23 +331,24 @@ def run_sweep(cfg: TuneJobConfig) -> dict[str, Any]:
         data = set_dotted(data, "output_dir", storage.join(cfg.output_dir, "best-model"))
         best_yaml = storage.join(cfg.output_dir, BEST_YAML)
         dump_config(DistributedTrainConfig.model_validate(data), best_yaml)
-    summary = {
-        "kind": "facepgn.tune/1",
-        "counts": {
+    summary = write_summary(
+        storage.join(cfg.output_dir, SUMMARY_FILE), job="tune",
+        counts={
             "trials": len(rows),
             "completed": sum(r["status"] == "completed" for r in rows),
             "stopped_early": sum(r["status"] == "stopped early" for r in rows),
             "errors": sum(r["status"].startswith("error") for r in rows),
         },
-        "best": best,
-        "best_config": best_yaml,
-        "results": {"csv": storage.join(cfg.output_dir, RESULTS_CSV), "markdown": storage.join(cfg.output_dir, RESULTS_MD)},
-        "errors": [{"trial_id": r["trial_id"], "reason": r["status"]} for r in rows if r["status"].startswith("error")],
-        "timings": {"wall_s": round(time.time() - started, 3)},
-        "versions": ray_trainer._versions(),
-        "config": cfg.model_dump(mode="json"),
-    }
-    storage.atomic_write_text(storage.join(cfg.output_dir, SUMMARY_FILE), json.dumps(ray_trainer._json_safe(summary), indent=2))
+        errors=[{"trial_id": r["trial_id"], "reason": r["status"]} for r in rows if r["status"].startswith("error")],
+        timings={"wall_s": round(time.time() - started, 3)},
+        extra={
+            "best": best,
+            "best_config": best_yaml,
+            "results": {"csv": storage.join(cfg.output_dir, RESULTS_CSV), "markdown": storage.join(cfg.output_dir, RESULTS_MD)},
+        },
+        config=cfg.model_dump(mode="json"),
+        versions=versions("ray", "torch", "pyarrow"),
+    )
     if best is None:
         raise FacepgnError(f"{cfg.output_dir}: no trial reported {cfg.sweep.metric} (see {RESULTS_MD})")
     return summary
