@@ -516,18 +516,6 @@ def _triangulate(polygons: list[list[int]], num_vertices: int) -> np.ndarray:
     return np.asarray(tris, dtype=np.int32).reshape(-1, 3)
 
 
-def ict_upstream_files(folder: str | os.PathLike | None = None, expressions: list[str] | None = None) -> list[str]:
-    """The upstream FaceXModel file names the converter needs (neutral, 100 identities, expressions, json)."""
-    if expressions is None:
-        import json
-
-        expressions = json.loads(Path(folder, "vertex_indices.json").read_text())["expressions"]  # type: ignore[arg-type]
-    names = ["generic_neutral_mesh.obj", "vertex_indices.json"]
-    names += [f"identity{i:03d}.obj" for i in range(ICT_NUM_IDENTITIES)]
-    names += [f"{e}.obj" for e in expressions]
-    return names
-
-
 def convert_ict_upstream(folder: str | os.PathLike, allow_missing: bool = False,
                          num_vertices: int = ICT_FACE_AREA_VERTICES, progress: bool = False) -> FaceModel:
     """Build the ICT face-area model from the upstream FaceXModel layout (``.obj`` + ``vertex_indices.json``).

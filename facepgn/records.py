@@ -258,10 +258,3 @@ def upgrade_table(table: pa.Table, kind: str) -> pa.Table:
             columns.append(pa.nulls(table.num_rows, f.type))
     return pa.Table.from_arrays(columns, schema=schema)
 
-
-def row_array(row: Mapping[str, Any], name: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A list column of one row as a float32 array of ``shape`` (None stays None)."""
-    value = row.get(name)
-    if value is None:
-        return None
-    return np.asarray(value, dtype=np.float32).reshape(shape)

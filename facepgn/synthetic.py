@@ -86,7 +86,7 @@ _IRIS_COLOURS = np.array([[0.25, 0.15, 0.08], [0.12, 0.08, 0.05], [0.30, 0.40, 0
 class FaceSkin:
     """The face model's mesh made renderable, and where its facial features are.
 
-    ``triangles`` index the model's vertices followed by ``num_extra`` extra vertices that close the
+    ``triangles`` index the model's vertices followed by the extra vertices (E) that close the
     eye and mouth holes (``extra = fill_weights @ verts[fill_ids] + fill_offsets`` in model units);
     ``regions`` are per-vertex weights in [0, 1] over all vertices (lips, brows, lash lines, nostrils,
     eye fill: sclera/iris/pupil, mouth inside) plus ``height`` (0 at the brows, 1 at the top of the
@@ -100,12 +100,8 @@ class FaceSkin:
     regions: dict[str, np.ndarray]
     texture_coords: np.ndarray  # (V_all, 3) mean-shape positions normalised by the face height
 
-    @property
-    def num_extra(self) -> int:
-        return int(self.fill_weights.shape[0])
-
     def close(self, verts: np.ndarray) -> np.ndarray:
-        """Model-frame vertices (V, 3) -> (V + num_extra, 3) with the hole-filling vertices appended."""
+        """Model-frame vertices (V, 3) -> (V + E, 3) with the E hole-filling vertices appended."""
         extra = np.einsum("ek,kc->ec", self.fill_weights, verts[self.fill_ids]) + self.fill_offsets
         return np.concatenate([verts, extra.astype(verts.dtype)], 0)
 
@@ -1503,13 +1499,6 @@ def render_pair(seed: int, size: int = 128, max_rotation_deg: float = 6.0, max_s
     face_b = render_face(model, params_b, albedo, size, size, background, vertex_colours=colours)
     flow, valid = exact_flow(face_a.rendering.raster, skin.triangles, face_a.verts, face_b.verts, face_b.rendering.raster)
     return FramePair(face_a.image, face_b.image, flow, valid, face_a, face_b)
-
-
-def warp_back(image_b: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Image B sampled at x + flow(x): reproduces A where the flow is valid (bilinear)."""
-    h, w = flow.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return cv2.remap(image_b, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _five_points(landmarks: np.ndarray) -> np.ndarray:

@@ -378,11 +378,6 @@ def sample_indices(num_frames: int, fps: float, target_fps: float | None, max_fr
     return indices
 
 
-def probe_video(path: str) -> VideoInfo:
-    """Frame count, fps and size of a local video, or an InputError."""
-    return VideoReader(path).info
-
-
 __all__ = [
     "VIDEO_EXTENSIONS",
     "IMAGE_EXTENSIONS",
@@ -401,6 +396,5 @@ __all__ = [
     "video_id_for",
     "sample_indices",
     "local_video",
-    "probe_video",
     "FacepgnError",
 ]

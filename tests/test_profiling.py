@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from facepgn import profiling, records, render, synthetic
+from facepgn.flow import warp_by_flow
 from facepgn.geometry import euler_to_matrix, project
 
 SETTINGS = synthetic.FaceSettings(size=128, yaw_max_deg=25, pitch_max_deg=10, roll_max_deg=10)
@@ -218,7 +219,7 @@ def test_a_profiled_sequence_has_exact_labels_shape_and_flow(model, source):
         flow = records.decode_flow(pair["flow"], 128)
         assert valid.mean() > 0.8
         # B warped back by the flow is A, on the head and on the surroundings that moved with it.
-        back = synthetic.warp_back(b, flow).astype(np.float64)
+        back = warp_by_flow(b, flow).astype(np.float64)
         err, still = np.abs(back - a).mean(-1), np.abs(b.astype(np.float64) - a).mean(-1)
         head = geos[k].raster.mask & (geos[k].alpha >= 0.5)
         around = ~head & valid & (np.linalg.norm(flow, axis=-1) > 0.5)
