@@ -709,6 +709,24 @@ def _read_sfm_blendshapes(path: Path, num_vertices: int) -> tuple[list[str], np.
     return names, np.stack(offsets) if offsets else np.zeros((0, num_vertices, 3), np.float32)
 
 
+def read_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a MATLAB 5 ``.mat`` file (local or ``s3://``) into a dict of arrays (no ``__`` keys):
+    BFM model files here, the labelled datasets' annotations in :mod:`facepgn.labelled`."""
+    import scipy.io
+
+    from facepgn import storage
+
+    path = str(path)
+    data = storage.read_nonempty(path, "a MATLAB .mat file")
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(data))
+    except NotImplementedError:
+        raise InputError(path, "MATLAB v7.3 (HDF5) .mat files are not supported; save as -v7") from None
+    except Exception as exc:  # scipy raises ValueError/TypeError/struct.error on corrupt files
+        raise InputError(path, f"not a readable MATLAB .mat file ({type(exc).__name__})") from None
+    return {k: v for k, v in mat.items() if not k.startswith("__")}
+
+
 def load_bfm(model_path: str | os.PathLike, expression_path: str | os.PathLike | None = None,
              landmark_ids: np.ndarray | None = None) -> FaceModel:
     """The Basel Face Model 2009 layout (``01_MorphableModel.mat``) plus an optional expression basis.
@@ -726,8 +744,6 @@ def load_bfm(model_path: str | os.PathLike, expression_path: str | os.PathLike |
     Units: micrometres ("um"); AFLW2000-3D's ``Pose_Para`` scale of ~1.6e-3 px/unit on 450 px
     images agrees (a ~150 mm face spans ~240 px).
     """
-    from facepgn.labelled import read_mat
-
     model_path = Path(model_path)
     mat = read_mat(model_path)
     missing = [k for k in ("shapeMU", "shapePC", "shapeEV", "tl") if k not in mat]

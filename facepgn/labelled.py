@@ -17,7 +17,8 @@ The ``.mat`` files (MATLAB 5, from the 3DDFA authors) hold:
 Coordinates are taken as published (MATLAB-derived; a possible 1-based offset of up to one pixel is
 not corrected, so that numbers match the published evaluation protocol).
 
-``read_mat`` is the project's one ``.mat`` reader.
+``read_mat`` (from :mod:`facepgn.facemodel`, which reads the BFM's ``.mat`` files too) is the
+project's one ``.mat`` reader.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 
 from facepgn import records, storage
 from facepgn.errors import InputError
+from facepgn.facemodel import read_mat
 from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
 log = logging.getLogger(__name__)
@@ -80,36 +82,10 @@ class LabelledFace:
 # ---- files -------------------------------------------------------------------------------------
 
 
-def _read_nonempty(path: str, expected: str) -> bytes:
-    """The bytes of a local or ``s3://`` file, or a one-line InputError if it is missing or empty."""
-    try:
-        data = storage.read_bytes(path)
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    if not data:
-        raise InputError(path, f"empty file, expected {expected}")
-    return data
-
-
-def read_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a MATLAB 5 ``.mat`` file (local or ``s3://``) into a dict of arrays (no ``__`` keys)."""
-    import scipy.io
-
-    path = str(path)
-    data = _read_nonempty(path, "a MATLAB .mat file")
-    try:
-        mat = scipy.io.loadmat(io.BytesIO(data))
-    except NotImplementedError:
-        raise InputError(path, "MATLAB v7.3 (HDF5) .mat files are not supported; save as -v7") from None
-    except Exception as exc:  # scipy raises ValueError/TypeError/struct.error on corrupt files
-        raise InputError(path, f"not a readable MATLAB .mat file ({type(exc).__name__})") from None
-    return {k: v for k, v in mat.items() if not k.startswith("__")}
-
-
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a JPEG/PNG (local or ``s3://``) as RGB uint8, or raise a one-line InputError."""
     path = str(path)
-    data = _read_nonempty(path, "an image")
+    data = storage.read_nonempty(path, "an image")
     try:
         return records.decode_image(data)
     except ValueError:

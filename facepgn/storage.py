@@ -16,6 +16,8 @@ from typing import Iterable
 
 import fsspec
 
+from facepgn.errors import InputError
+
 
 def is_remote(path: str) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
@@ -89,6 +91,18 @@ def read_bytes(path: str) -> bytes:
 
 def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
+
+
+def read_nonempty(path: str, expected: str) -> bytes:
+    """The bytes of a local or ``s3://`` file, or a one-line InputError if it is missing or empty
+    (``expected`` names what it should hold, e.g. ``"an image"``)."""
+    try:
+        data = read_bytes(path)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    if not data:
+        raise InputError(path, f"empty file, expected {expected}")
+    return data
 
 
 def size(path: str) -> int:

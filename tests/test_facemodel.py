@@ -270,3 +270,11 @@ def test_bfm_errors(tmp_path):
 def _touch(path):
     path.write_bytes(b"x")
     return path
+
+
+def test_the_face_model_does_not_import_the_dataset_reader():
+    import subprocess
+    import sys
+
+    code = "import sys, facepgn.facemodel; print('facepgn.labelled' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
