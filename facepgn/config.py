@@ -9,7 +9,6 @@ Each job's config lives in this module, in its own section below.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 import yaml
