@@ -65,7 +65,7 @@ def export_onnx(model, path: str, opset: int = 17) -> list[str]:
         torch.onnx.export(
             networks_module(model),
             (dummy,),
-            buf,
+            buf,  # type: ignore[arg-type]  # a file-like object works (torch's stub says a path)
             input_names=["images"],
             output_names=names,
             dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},

@@ -142,7 +142,7 @@ class _TopEigenvector(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, sym: Tensor, rel_eps: float):  # type: ignore[override]
+    def forward(ctx, sym: Tensor, rel_eps: float):
         # A diverged network can hand us inf/NaN landmarks; LAPACK then fails to converge and the
         # whole (distributed) step dies. Zero the bad entries instead: the loss stays non-finite,
         # which the training step reports and skips, but nothing crashes here.
@@ -157,7 +157,7 @@ class _TopEigenvector(torch.autograd.Function):
         return evals[..., -1], evecs[..., :, -1]
 
     @staticmethod
-    def backward(ctx, grad_val: Tensor, grad_vec: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_val: Tensor, grad_vec: Tensor):
         evals, evecs = ctx.saved_tensors
         top_val = evals[..., -1:]
         top_vec = evecs[..., :, -1]

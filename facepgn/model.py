@@ -20,7 +20,7 @@ autocast. The truncated face model is stored as buffers, so a model file is stan
 from __future__ import annotations
 
 import os
-from typing import Any, TypedDict
+from typing import Any, Mapping, TypedDict
 
 import numpy as np
 import torch
@@ -78,7 +78,19 @@ def _no_autocast(device_type: str):
 
 
 class FaceReconstructor(nn.Module):
-    def __init__(self, cfg: ModelConfig, face_arrays: dict[str, np.ndarray | torch.Tensor], face_model_name: str = ""):
+    # the truncated face model, as buffers (saved in the model file; declared for the type checker)
+    fm_mean: torch.Tensor
+    fm_id_basis: torch.Tensor
+    fm_exp_basis: torch.Tensor
+    fm_triangles: torch.Tensor
+    fm_landmark_ids: torch.Tensor
+    fm_landmark_mask: torch.Tensor
+    fm_normal_sign: torch.Tensor
+    fm_mean_normals: torch.Tensor
+    reference_scale: torch.Tensor
+    pgn: PoseGuidanceNetwork | None
+
+    def __init__(self, cfg: ModelConfig, face_arrays: Mapping[str, np.ndarray | torch.Tensor], face_model_name: str = ""):
         super().__init__()
         self.cfg = cfg
         self.face_model_name = face_model_name
@@ -159,14 +171,12 @@ class FaceReconstructor(nn.Module):
             both = self.pgn(torch.cat([images, images.flip(-1)]))
             lm, conf = both["landmarks_3d"].float(), both["landmark_confidence"].float()
             perm = torch.as_tensor(geometry.FLIP_PERMUTATION, device=lm.device)
-            out.update(
-                landmarks_3d=0.5 * (lm[:b] + geometry.mirror_landmarks(lm[b:], self.input_size)),
-                landmark_confidence=0.5 * (conf[:b] + conf[b:][:, perm]),
-                heatmaps=both["heatmaps"][:b],
-            )
+            out["landmarks_3d"] = 0.5 * (lm[:b] + geometry.mirror_landmarks(lm[b:], self.input_size))
+            out["landmark_confidence"] = 0.5 * (conf[:b] + conf[b:][:, perm])
+            out["heatmaps"] = both["heatmaps"][:b]
         else:
             pgn = self.pgn(images)
-            out.update(landmarks_3d=pgn["landmarks_3d"], landmark_confidence=pgn["landmark_confidence"], heatmaps=pgn["heatmaps"])
+            out["landmarks_3d"], out["landmark_confidence"], out["heatmaps"] = pgn["landmarks_3d"], pgn["landmark_confidence"], pgn["heatmaps"]
         return out
 
     def solve(self, net: NetOutputs) -> Reconstruction:
@@ -184,24 +194,17 @@ class FaceReconstructor(nn.Module):
                 floor = self.cfg.fit_weight_floor
                 weights = mask * (floor + (1.0 - floor) * conf.detach())
                 scale, rotation, translation = geometry.fit_pose(model_lm, lm3d, weights)
-                out.update(landmarks_3d=lm3d, landmark_confidence=conf)
+                out["landmarks_3d"], out["landmark_confidence"] = lm3d, conf
                 if "heatmaps" in net:
                     out["heatmaps"] = net["heatmaps"]
                 mesh_lm = geometry.project(model_lm, scale, rotation, translation)
             else:
                 scale, rotation, translation = self._direct_pose(net["pose_params"].float(), model_lm, mask)
                 mesh_lm = geometry.project(model_lm, scale, rotation, translation)
-                out.update(landmarks_3d=mesh_lm, landmark_confidence=mask.clone())
-        out.update(
-            id_coeffs=id_c,
-            exp_coeffs=exp_c,
-            scale=scale,
-            rotation=rotation,
-            translation=translation,
-            model_landmarks=model_lm,
-            mesh_landmarks=mesh_lm,
-            landmark_mask=mask,
-        )
+                out["landmarks_3d"], out["landmark_confidence"] = mesh_lm, mask.clone()
+        out["id_coeffs"], out["exp_coeffs"] = id_c, exp_c
+        out["scale"], out["rotation"], out["translation"] = scale, rotation, translation
+        out["model_landmarks"], out["mesh_landmarks"], out["landmark_mask"] = model_lm, mesh_lm, mask
         return out
 
     def _direct_pose(self, params: torch.Tensor, model_lm: torch.Tensor, mask: torch.Tensor):
@@ -215,7 +218,7 @@ class FaceReconstructor(nn.Module):
 
     # ---- helpers on outputs ----------------------------------------------------------------
 
-    def mesh_vertices(self, outputs: dict[str, torch.Tensor], vertex_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def mesh_vertices(self, outputs: Mapping[str, Any], vertex_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The posed mesh in crop pixels (B, V, 3) (or only ``vertex_ids``)."""
         verts = self.model_vertices(outputs["id_coeffs"], outputs["exp_coeffs"], vertex_ids)
         with _no_autocast(verts.device.type):
@@ -223,7 +226,7 @@ class FaceReconstructor(nn.Module):
 
     def vertex_visibility(
         self,
-        outputs: dict[str, torch.Tensor],
+        outputs: Mapping[str, Any],
         vertex_ids: torch.Tensor | None = None,
         min_cos: float = 0.1,
         zbuffer: bool = True,
@@ -249,7 +252,7 @@ class FaceReconstructor(nn.Module):
                 visible &= _point_zbuffer(projected.detach().float(), 2.0, tolerance, self.input_size)
             return visible.float()
 
-    def pose_angles(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def pose_angles(self, outputs: Mapping[str, Any]) -> torch.Tensor:
         """(pitch, yaw, roll) radians (B, 3), AFLW2000-3D ``Pose_Para`` convention."""
         return geometry.matrix_to_euler(outputs["rotation"].detach().float())
 
@@ -311,7 +314,7 @@ def face_arrays_from_model(face_model: Any, num_id: int, num_exp: int, landmarks
     the named landmark definition (applied after truncating, see ``FaceModel.with_landmarks``)."""
     if hasattr(face_model, "truncated"):
         face_model = face_model.truncated(num_id, num_exp).with_landmarks(landmarks)
-    out = {
+    out: dict[str, np.ndarray] = {
         "mean": np.asarray(face_model.mean, dtype=np.float32),
         "id_basis": np.asarray(face_model.id_basis, dtype=np.float32)[:num_id],
         "exp_basis": np.asarray(face_model.exp_basis, dtype=np.float32)[:num_exp],
@@ -504,6 +507,7 @@ def _find_model_payload(payload: Any, depth: int = 0) -> dict | None:
 
 def unwrap(model: nn.Module) -> FaceReconstructor:
     """The FaceReconstructor inside a DDP / compiled wrapper."""
-    while hasattr(model, "module"):
-        model = model.module
-    return getattr(model, "_orig_mod", model)  # type: ignore[return-value]
+    inner: Any = model
+    while hasattr(inner, "module"):
+        inner = inner.module
+    return getattr(inner, "_orig_mod", inner)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from facepgn import storage
 from facepgn.errors import FacepgnError
+
+if TYPE_CHECKING:
+    from facepgn.model import Reconstruction
 
 #: what ``Predictor.__call__`` returns (crop pixels; ``pose`` is pitch, yaw, roll radians)
 OUTPUT_KEYS = ("landmarks_3d", "landmark_confidence", "mesh_landmarks", "landmark_mask", "id_coeffs", "exp_coeffs",
@@ -81,7 +84,7 @@ class Predictor:
         # output names are "<network>.<key>" (facepgn.export): the key is what solve() reads
         return {o.name.split(".", 1)[-1]: torch.from_numpy(v).to(self.device) for o, v in zip(self._session.get_outputs(), flat)}
 
-    def torch_outputs(self, crops: np.ndarray) -> dict:
+    def torch_outputs(self, crops: np.ndarray) -> Reconstruction:
         """The model's ``Reconstruction`` (torch tensors) for uint8 crops."""
         import torch
 
@@ -89,7 +92,7 @@ class Predictor:
             return self.model.solve(self.networks(self.to_images(crops)))
 
     def __call__(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.torch_outputs(crops)
+        out: dict[str, Any] = dict(self.torch_outputs(crops))
         result = {k: out[k].detach().float().cpu().numpy() for k in OUTPUT_KEYS if k in out}
         result["pose"] = self.model.pose_angles(out).cpu().numpy()
         return result
