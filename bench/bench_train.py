@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from facepgn.config import DistributedTrainConfig, TrainConfig, build_config
     from facepgn.train.loop import train as plain_train
-    from facepgn.train.ray_trainer import read_tensorboard, run_training
+    from facepgn.train.ray_trainer import run_training
+    from facepgn.train.tensorboard import read_tensorboard
 
     root = args.data or tempfile.mkdtemp(prefix="facepgn-bench-train-")
     t0 = time.perf_counter()

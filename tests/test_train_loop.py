@@ -15,7 +15,9 @@ from facepgn.errors import InputError
 from facepgn.losses import TERMS
 from facepgn.model import build_model, load_model_file
 from facepgn.train import data as train_data
-from facepgn.train.loop import load_checkpoint, make_optimizer, model_from_checkpoint, read_checkpoint, train
+from facepgn.train.checkpoint import load_checkpoint, model_from_checkpoint, read_checkpoint
+from facepgn.train.loop import train
+from facepgn.train.optim import make_optimizer
 from facepgn.train.step import eval_losses, train_step
 
 
@@ -168,6 +170,28 @@ def test_checkpoint_resume_and_identical_outputs(synthetic_faces_dir, synthetic_
         read_checkpoint(str(tmp_path / "model.pt"))
 
 
+def test_checkpoints_of_an_earlier_model_config_schema_still_resume(tmp_path):
+    """A checkpoint written before a ModelConfig setting existed (mirror_test, added with its
+    default) resumes: weights, optimiser, step; a checkpoint of another model config is refused."""
+    from facepgn.train.checkpoint import save_checkpoint
+
+    cfg = TrainConfig.model_validate({"model": {"input_size": 64, "num_id": 10, "num_exp": 5, "pgn_width": 0.25, "regressor_width": 0.25}})
+    model = build_model(cfg.model)
+    opt = make_optimizer(model, cfg.optim)
+    path = str(tmp_path / "checkpoint.pt")
+    save_checkpoint(path, model, opt, step=7, train_config=cfg)
+    payload = torch.load(path, weights_only=True)
+    del payload["model"]["config"]["mirror_test"]  # as the checkpoints written before it existed
+    torch.save(payload, path)
+    fresh = build_model(cfg.model)
+    assert load_checkpoint(path, fresh, make_optimizer(fresh, cfg.optim)) == 7
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    payload["model"]["config"]["num_exp"] = 4
+    torch.save(payload, path)
+    with pytest.raises(InputError, match="another model config"):
+        load_checkpoint(path, fresh)
+
+
 def test_a_step_on_real_video_pairs(frame_pair_shards, small_model, faces_table):
     """Frame pairs from real videos (H4's preprocess, 64 px crops, DIS flow) go through the step."""
     table = train_data.read_records([frame_pair_shards], "frame_pair")
@@ -208,8 +232,9 @@ def test_records_in_another_landmark_definition_are_refused(synthetic_faces_dir,
     data, before training, in the plain loop and in the Ray trainer's preflight (footer statistics)."""
     from facepgn.config import DistributedTrainConfig, TrainConfig
     from facepgn.errors import InputError
-    from facepgn.train import loop, ray_trainer
+    from facepgn.train import loop
     from facepgn.train.data import read_records
+    from facepgn.train.plan import preflight
 
     table = read_records([synthetic_faces_dir], "face_record")
     definitions = set(table.column("landmark_definition").to_pylist())
@@ -219,7 +244,7 @@ def test_records_in_another_landmark_definition_are_refused(synthetic_faces_dir,
     with pytest.raises(InputError, match="definition calibrated but the model uses 'upstream'"):
         loop.train(TrainConfig.model_validate(cfg))
     with pytest.raises(InputError, match="definition calibrated but the model uses 'upstream'"):
-        ray_trainer.preflight(DistributedTrainConfig.model_validate({**cfg, "ray": {"storage_path": str(tmp_path / "ray")}}))
+        preflight(DistributedTrainConfig.model_validate({**cfg, "ray": {"storage_path": str(tmp_path / "ray")}}))
 
 
 def test_init_from_starts_with_the_given_weights(trained_model_file, synthetic_faces_dir, tmp_path):
@@ -241,7 +266,7 @@ def test_init_from_starts_with_the_given_weights(trained_model_file, synthetic_f
     params = dict(trained.named_parameters())  # (batch-norm running statistics move with the step)
     for k, v in source.named_parameters():
         assert torch.equal(v, params[k]), k
-    fresh = dict(loop.build_model(source.cfg).named_parameters())
+    fresh = dict(build_model(source.cfg).named_parameters())
     assert not all(torch.equal(v, fresh[k]) for k, v in source.named_parameters())
     other = {**base["model"], "pgn_width": 0.5 if base["model"]["pgn_width"] != 0.5 else 1.0}
     with pytest.raises(InputError, match="init_from weights do not fit"):

@@ -53,7 +53,7 @@ def test_pretrain_sweep_is_scored_on_real_faces_and_starts_from_the_shipped_mode
 
     from facepgn.model import build_model, load
     from facepgn.paths import REPO_ROOT
-    from facepgn.train.loop import init_weights
+    from facepgn.train.checkpoint import init_weights
     from facepgn.train.tune import load_tune_config, trial_config
 
     cfg = load_tune_config(str(REPO_ROOT / "configs" / "tune-pretrain.yaml"))

@@ -177,11 +177,12 @@ def _trial(params: dict[str, Any], *, sweep: dict[str, Any], datasets: dict[str,
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from facepgn.train import ray_trainer
+    from facepgn.train.plan import preflight
 
     cfg = TuneJobConfig.model_validate(sweep)
     trial_id = tune.get_context().get_trial_id()
     train_cfg = trial_config(cfg, params, trial_id)
-    plan = ray_trainer.preflight(train_cfg, require_validation=True)
+    plan = preflight(train_cfg, require_validation=True)
     trainer = ray_trainer.build_trainer(plan, callbacks=[TuneReportCallback()], epoch_reports_only=True, datasets=datasets)
     trainer.fit()
 
@@ -264,21 +265,23 @@ def run_sweep(cfg: TuneJobConfig) -> dict[str, Any]:
     from ray.tune.schedulers import ASHAScheduler
 
     from facepgn.train import ray_trainer
+    from facepgn.train.datasets import build_datasets
+    from facepgn.train.plan import absolute_path, check_writable, preflight
 
     started = time.time()
     # everything checkable before a trial starts: the base config's data, storage, validation set
-    base_plan = ray_trainer.preflight(cfg.train, require_validation=True)
+    base_plan = preflight(cfg.train, require_validation=True)
     cfg = cfg.model_copy(update={
         "train": base_plan.config,
-        "storage_path": ray_trainer._absolute(cfg.storage_path),
-        "output_dir": ray_trainer._absolute(cfg.output_dir),
+        "storage_path": absolute_path(cfg.storage_path),
+        "output_dir": absolute_path(cfg.output_dir),
     })
-    ray_trainer.check_writable(cfg.storage_path, "storage_path")
-    ray_trainer.check_writable(cfg.output_dir, "output_dir")
+    check_writable(cfg.storage_path, "storage_path")
+    check_writable(cfg.output_dir, "output_dir")
     ray_trainer.ensure_ray()
 
     shared = not any(k.startswith(_PER_TRIAL_DATA_SECTIONS) for k in cfg.search_space)
-    datasets = ray_trainer.build_datasets(base_plan) if shared else None
+    datasets = build_datasets(base_plan) if shared else None
     concurrency = cfg.sweep.max_concurrent_trials or default_concurrency(cfg, ray.cluster_resources())
     grid = 1
     for dim in cfg.search_space.values():
