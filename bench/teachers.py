@@ -21,6 +21,7 @@ import numpy as np
 
 from facepgn import evaluation, faces, labelled, paths, records
 from facepgn.pseudolabel import FaceLabeller, FaceToLabel
+from facepgn.teachers import MediaPipe68
 
 PERMISSIVE = dict(min_presence=0.0, min_face_size=0.0, max_teacher_disagreement=np.inf, max_fit_residual=np.inf,
                   max_abs_yaw_deg=np.inf)
@@ -63,7 +64,8 @@ def main() -> None:
     outs = [o for i in range(0, len(items), 32) for o in everything.label(items[i:i + 32])]
     seconds = time.perf_counter() - t0
     peppa = np.stack([everything.peppa.predict(it.image, it.box) for it in items])
-    mesh68 = np.stack([everything.mesh.predict(it.image, it.box, it.points[:2]).points[everything.map68, :2] for it in items])
+    mediapipe68 = MediaPipe68(mesh=everything.mesh, map68=everything.map68)  # the labeller's teacher and mapping
+    mesh68 = np.stack([mediapipe68.predict(it.image, it.box, it.points[:2]) for it in items])
     fitted = np.stack([frame_landmarks(o.record) for o in outs])
 
     keeper = FaceLabeller()

@@ -57,6 +57,11 @@ STANDARD_NUM_IMAGES = 2000
 # predict_fn: RGB uint8 crops (B, S, S, 3) -> (B, 68, 2|3) crop-pixel landmarks, or a mapping of
 # named landmark sets (B, 68, 2|3) plus an optional "pose" (B, 3): pitch, yaw, roll radians.
 PredictFn = Callable[[np.ndarray], "np.ndarray | Mapping[str, np.ndarray]"]
+# A compared model's sets are named "<name>/<set>" and its pose "<name>/pose" (see with_compared_models).
+# frame_peer_fn: (RGB image, the model crop's crop->frame affine (2, 3), crop side px) -> (68, 2|3)
+# landmarks in image pixels: a peer that crops the image itself (see mediapipe_peer).
+FramePeerFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+POSE_KEY = "pose"
 
 
 # ---- array helpers -----------------------------------------------------------------------------
@@ -336,9 +341,12 @@ def evaluate_landmarks(
     gt_pose_degrees: np.ndarray | None = None,
     names: Sequence[str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    other_poses_degrees: Mapping[str, np.ndarray] | None = None,
 ) -> EvaluationResult:
     """NME (2D/3D, 68/51 points, per yaw bucket) of one or more named landmark sets in image pixels,
-    and the pose MAE when both poses are given."""
+    and the pose MAE when both poses are given (``metrics["pose_mae_deg"]``); ``other_poses_degrees``
+    (name -> (N, 3), compared models) adds ``metrics["pose_mae_deg_compared"][name]`` and the
+    ``<name>/pose_error.*`` columns."""
     gt = as_landmarks(gt, "ground truth")
     n = gt.shape[0]
     yaw = np.asarray(yaw_degrees, dtype=np.float64).reshape(-1)
@@ -365,6 +373,13 @@ def evaluate_landmarks(
         for i, angle in enumerate(("pitch", "yaw", "roll")):
             per_image[f"pose_error.{angle}"] = err[:, i]
         metrics["pose_mae_deg"] = pose_mae(pred_pose_degrees, gt_pose_degrees)
+    if other_poses_degrees and gt_pose_degrees is not None:
+        metrics["pose_mae_deg_compared"] = {}
+        for model_name, pose in other_poses_degrees.items():
+            err = pose_errors(pose, gt_pose_degrees)
+            for i, angle in enumerate(("pitch", "yaw", "roll")):
+                per_image[f"{model_name}/pose_error.{angle}"] = err[:, i]
+            metrics["pose_mae_deg_compared"][model_name] = pose_mae(pose, gt_pose_degrees)
     if extra:
         metrics.update(extra)
     return EvaluationResult(metrics, per_image, list(names) if names is not None else [str(i) for i in range(n)])
@@ -390,11 +405,50 @@ def _nme_table(landmarks: Mapping[str, Any], counts: Mapping[str, int]) -> list[
     return lines
 
 
-def _pose_lines(p: Mapping[str, float] | None) -> list[str]:
+def _pose_lines(p: Mapping[str, float] | None, compared: Mapping[str, Mapping[str, float]] | None = None,
+                main: str = "the evaluated model") -> list[str]:
     if not p:
         return []
-    return ["", "Pose MAE (degrees, wrapped):", "", "| yaw | pitch | roll | mean |", "|---|---|---|---|",
-            f"| {p['yaw']:.2f} | {p['pitch']:.2f} | {p['roll']:.2f} | {p['mean']:.2f} |"]
+    if not compared:
+        return ["", "Pose MAE (degrees, wrapped):", "", "| yaw | pitch | roll | mean |", "|---|---|---|---|",
+                f"| {p['yaw']:.2f} | {p['pitch']:.2f} | {p['roll']:.2f} | {p['mean']:.2f} |"]
+    rows = [(main, p)] + [(f"{name} (compared)", v) for name, v in compared.items()]
+    return ["", "Pose MAE (degrees, wrapped), per model:", "", "| model | yaw | pitch | roll | mean |", "|---|---|---|---|---|"] + [
+        f"| {label} | {v['yaw']:.2f} | {v['pitch']:.2f} | {v['roll']:.2f} | {v['mean']:.2f} |" for label, v in rows]
+
+
+def _crop_note_lines(m: Mapping[str, Any]) -> list[str]:
+    notes = m.get("crop_notes") or {}
+    if not notes:
+        return []
+    return ["Every row set is given these crops (what the model sees), except: "
+            + "; ".join(f"`{name}`: {note}" for name, note in notes.items()) + ".", ""]
+
+
+def _summary_lines(m: Mapping[str, Any], det: Mapping[str, Any] | None) -> list[str]:
+    """One row per row set: nme_2d_68 by bucket with each crop convention (the tables below have
+    every metric)."""
+    counts = list(m["bucket_counts"])
+    header = ["row set"] + [f"roi {b}" for b in counts] + ["roi **mean**"]
+    if det and det.get("landmarks"):
+        header += [f"detector {b}" for b in counts] + ["detector **mean**"]
+    lines = ["Summary, 2D NME over 68 points (nme_2d_68, %):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in m["landmarks"].items():
+        v = entry["nme_2d_68"]
+        cells = [name] + [_pct(v[b]) for b in counts] + [f"**{_pct(v['mean'])}**"]
+        if det and det.get("landmarks"):
+            d = det["landmarks"].get(name, {}).get("nme_2d_68")
+            cells += ([_pct(d[b]) for b in counts] + [f"**{_pct(d['mean'])}**"]) if d else ["n/a"] * (len(counts) + 1)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _legend_lines(m: Mapping[str, Any]) -> list[str]:
+    legend = m.get("legend") or {}
+    if not legend:
+        return []
+    return ["Row sets:", ""] + [f"- `{name}`: {text}" for name, text in legend.items()] + [""]
 
 
 def _scale_note(m: Mapping[str, Any]) -> str:
@@ -402,9 +456,10 @@ def _scale_note(m: Mapping[str, Any]) -> str:
     return "" if r is None else f"; crop side {r:.2f}x the face's landmark extent (median)"
 
 
-def _detector_lines(det: Mapping[str, Any]) -> list[str]:
+def _detector_lines(det: Mapping[str, Any], main: str = "the evaluated model") -> list[str]:
     n, found, missed = det["num_images"], det["num_detected"], det["num_missed"]
     lines = ["", "## Detector boxes (what a user's pipeline crops)", "", f"Crop boxes: {det['box']}{_scale_note(det)}.", ""]
+    lines += _crop_note_lines(det)
     by_bucket = ", ".join(f"{k}: {v}" for k, v in det["missed_bucket_counts"].items())
     lines += [f"Labelled face detected in {found} of {n} images ({100.0 * found / max(n, 1):.1f}%); "
               f"missed in {missed} ({by_bucket}). The NME below is over the {found} detected images only "
@@ -416,7 +471,7 @@ def _detector_lines(det: Mapping[str, Any]) -> list[str]:
             parts = [f"{name} {_pct(v['mean'])}% ("
                      + ", ".join(f"{b} {_pct(v[b])}" for b in det["bucket_counts"]) + ")" for name, v in same.items()]
             lines += ["", f"For comparison, nme_2d_68 of the roi boxes on the same {found} images: " + "; ".join(parts) + "."]
-        lines += _pose_lines(det.get("pose_mae_deg"))
+        lines += _pose_lines(det.get("pose_mae_deg"), det.get("pose_mae_deg_compared"), main)
     if det.get("missed"):
         shown = det["missed"][:20]
         lines += ["", "Missed:", ""] + [f"- {e['name']} (yaw {e['yaw_deg']:.0f}): {e['reason']}" for e in shown]
@@ -436,12 +491,17 @@ def report_markdown(result: EvaluationResult, title: str = "Evaluation", plot: s
              + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ".", ""]
     lines += ["NME in % of sqrt(w*h) of the ground-truth 2D landmark box (3DDFA protocol); "
               "'mean' is the mean of the three bucket means (the headline), 'all' the plain mean.", ""]
+    lines += _legend_lines(m)
+    if len(m["landmarks"]) > 1:
+        lines += _summary_lines(m, det)
+    main = m.get("model_label") or "the evaluated model"
     if det:
         lines += ["## 3DDFA roi boxes (the published protocol)", "", f"Crop boxes: {m.get('box')}{_scale_note(m)}.", ""]
+        lines += _crop_note_lines(m)
     lines += _nme_table(m["landmarks"], counts)
-    lines += _pose_lines(m.get("pose_mae_deg"))
+    lines += _pose_lines(m.get("pose_mae_deg"), m.get("pose_mae_deg_compared"), main)
     if det:
-        lines += _detector_lines(det)
+        lines += _detector_lines(det, main)
     if plot:
         if det:
             lines += ["", "## Cumulative error distribution"]
@@ -452,6 +512,8 @@ def report_markdown(result: EvaluationResult, title: str = "Evaluation", plot: s
         lines += ["", caption, "", f"![{storage.basename(name).rsplit('.', 1)[0]}]({name})"]
     if m.get("box") and not det:
         lines += ["", f"Crop boxes: {m['box']}{_scale_note(m)}."]
+        if m.get("crop_notes"):
+            lines += [""] + _crop_note_lines(m)[:1]
     if m.get("errors"):
         lines += ["", f"{len(m['errors'])} input(s) skipped:", ""] + [f"- {e['path']}: {e['reason']}" for e in m["errors"]]
     empty = [b for b, c in counts.items() if c == 0]
@@ -460,10 +522,15 @@ def report_markdown(result: EvaluationResult, title: str = "Evaluation", plot: s
     return "\n".join(lines) + "\n"
 
 
+CED_MANY_SETS = 3  # above this many landmark sets the CED plot shows 2D 68-point NME only, one panel per convention
+
+
 def ced_plot_png(result: EvaluationResult, title: str = "Cumulative error distribution", max_nme: float | None = None) -> bytes:
     """PNG bytes: the fraction of images with NME <= x, for each landmark set's 2D/3D 68-point NME;
     solid for the roi boxes, dashed (same colour) for the detector boxes, whose missed faces count
-    as failures (the curve levels off at the detected fraction)."""
+    as failures (the curve levels off at the detected fraction). With more than
+    :data:`CED_MANY_SETS` sets (peers, compared models) only the 2D 68-point NME is drawn, the roi
+    boxes and the detector boxes in two panels."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -471,33 +538,54 @@ def ced_plot_png(result: EvaluationResult, title: str = "Cumulative error distri
 
     prefix = DETECTOR_KEY + "."
     keys = [k for k in result.per_image if k.endswith("_68") and ".nme_" in k and not k.startswith(prefix)]
-    curves = []  # (label, finite values in %, number of images, line style, colour)
+    many = len({k.rsplit(".nme_", 1)[0] for k in keys}) > CED_MANY_SETS
+    if many:
+        keys = [k for k in keys if k.endswith(".nme_2d_68")]
+    two_panels = many and any(prefix + k in result.per_image for k in keys)
+    curves = []  # (panel, label, finite values in %, number of images, line style, colour)
     for i, key in enumerate(keys):
         label = key.replace(".nme_", " ").replace("_68", " 68pt")
+        if many:
+            label = key.rsplit(".nme_", 1)[0]
+        colour = f"C{i % 10}"
+        style = "-" if i < 10 else ":"
         values = 100.0 * np.asarray(result.per_image[key], dtype=np.float64)
         if prefix + key in result.per_image:
-            curves.append((f"{label}, roi boxes (mean {values.mean():.2f}%)", values, values.size, "-", f"C{i}"))
             det = 100.0 * np.asarray(result.per_image[prefix + key], dtype=np.float64)
             found = det[np.isfinite(det)]
             mean = f"{found.mean():.2f}%" if found.size else "n/a"
-            curves.append((f"{label}, detector boxes ({found.size}/{det.size} detected, mean {mean})", found, det.size, "--", f"C{i}"))
+            if two_panels:
+                curves.append((0, f"{label} (mean {values.mean():.2f}%)", values, values.size, style, colour))
+                curves.append((1, f"{label} ({found.size}/{det.size} detected, mean {mean})", found, det.size, style, colour))
+            else:
+                curves.append((0, f"{label}, roi boxes (mean {values.mean():.2f}%)", values, values.size, style, colour))
+                curves.append((0, f"{label}, detector boxes ({found.size}/{det.size} detected, mean {mean})", found, det.size, "--", colour))
         else:
-            curves.append((f"{label} (all images: {values.mean():.2f}%)", values, values.size, "-", f"C{i}"))
+            curves.append((0, f"{label} (all images: {values.mean():.2f}%)", values, values.size, style, colour))
     if max_nme is None:
-        top = max((np.percentile(v, 95) for _, v, _, _, _ in curves if v.size), default=10.0)
+        top = max((np.percentile(v, 95) for _, _, v, _, _, _ in curves if v.size), default=10.0)
         max_nme = float(max(10.0, math.ceil(top)))
-    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=100)
-    for label, values, total, style, colour in curves:
-        xs = np.concatenate([[0.0], np.sort(values)])
-        ys = np.arange(0, values.size + 1) / max(total, 1)
-        ax.step(xs, ys, where="post", label=label, linestyle=style, color=colour)
-    ax.set_xlim(0, max_nme)
-    ax.set_ylim(0, 1.0)
-    ax.set_xlabel("NME (% of face size)")
-    ax.set_ylabel("fraction of images")
-    ax.set_title(f"{title} ({result.metrics['num_images']} images)", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
+    panels = 2 if two_panels else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7.2 * panels * (0.85 if panels > 1 else 1.0), 4.8), dpi=100, squeeze=False)
+    for p, ax in enumerate(axes[0]):
+        for panel, label, values, total, style, colour in curves:
+            if panel != p:
+                continue
+            xs = np.concatenate([[0.0], np.sort(values)])
+            ys = np.arange(0, values.size + 1) / max(total, 1)
+            ax.step(xs, ys, where="post", label=label, linestyle=style, color=colour)
+        ax.set_xlim(0, max_nme)
+        ax.set_ylim(0, 1.0)
+        ax.set_xlabel("2D NME, 68 points (% of face size)" if many else "NME (% of face size)")
+        ax.set_ylabel("fraction of images")
+        what = f"{title} ({result.metrics['num_images']} images)"
+        if two_panels:
+            what = ("3DDFA roi boxes" if p == 0 else "detector boxes (missed faces count as failures)") + f", {result.metrics['num_images']} images"
+        ax.set_title(what, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+    if two_panels:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -824,16 +912,32 @@ def roi_affine(box: np.ndarray, size: int) -> np.ndarray:
     return np.array([[(x1 - x0) / size, 0.0, x0], [0.0, (y1 - y0) / size, y0]], dtype=np.float64)
 
 
-def _split_prediction(out: Any, batch: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def _pose_owner(key: str) -> str | None:
+    """"" for the model's ``pose``, the model name for a compared model's ``<name>/pose``, else None."""
+    if key == POSE_KEY:
+        return ""
+    if key.endswith("/" + POSE_KEY):
+        return key[: -len(POSE_KEY) - 1]
+    return None
+
+
+def _split_prediction(out: Any, batch: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(landmark sets, poses by model: "" the model's, else a compared model's name)."""
+    poses: dict[str, np.ndarray] = {}
     if isinstance(out, Mapping):
-        pose = out.get("pose")
-        sets = {k: np.asarray(v, dtype=np.float64) for k, v in out.items() if k != "pose"}
+        sets = {}
+        for k, v in out.items():
+            owner = _pose_owner(k)
+            if owner is None:
+                sets[k] = np.asarray(v, dtype=np.float64)
+            else:
+                poses[owner] = np.asarray(v, dtype=np.float64).reshape(batch, 3)
     else:
-        pose, sets = None, {"landmarks": np.asarray(out, dtype=np.float64)}
+        sets = {"landmarks": np.asarray(out, dtype=np.float64)}
     for k, v in sets.items():
         if v.shape[0] != batch or v.shape[1:2] != (NUM_LANDMARKS,) or v.shape[2] not in (2, 3):
             raise FacepgnError(f"predictor returned {k} of shape {v.shape}, expected ({batch}, 68, 2|3)")
-    return sets, None if pose is None else np.asarray(pose, dtype=np.float64).reshape(batch, 3)
+    return sets, poses
 
 
 @dataclass
@@ -994,6 +1098,10 @@ def evaluate_aflw2000(
     grid_columns: int = 6,
     best_worst: int = 4,
     grid_tile: int = 160,
+    frame_peers: Mapping[str, FramePeerFn] | None = None,
+    legend: Mapping[str, str] | None = None,
+    crop_notes: Mapping[str, str] | None = None,
+    model_labels: Mapping[str, str] | None = None,
 ) -> EvaluationResult:
     """Run ``predict_fn`` over AFLW2000-3D (a folder laid out like it, the full 2000 included, or a
     list of ``labelled.LabelledFace``, or a plan from :func:`plan_aflw2000`) and score it with the
@@ -1003,6 +1111,14 @@ def evaluate_aflw2000(
     pixels, or a mapping of named landmark sets plus an optional ``"pose"`` (B, 3) pitch, yaw, roll
     radians (gives the pose MAE). Predictions are mapped back to image pixels through each crop's
     ``crop_to_frame``. It is called once per batch and crop convention (roi crops, then detector crops).
+    Sets named ``<model>/<set>`` with a ``<model>/pose`` come from compared models
+    (:func:`with_compared_models`): their pose MAE is ``metrics["pose_mae_deg_compared"][model]``.
+
+    ``frame_peers`` (name -> :data:`FramePeerFn`): landmark sets from peers that cut their own input
+    from the image, given each face's model crop (its crop->frame affine) in both conventions, e.g.
+    :func:`mediapipe_peer`; their ``crop_note`` attribute goes into ``metrics["crop_notes"]`` (with
+    ``crop_notes``) and the report. ``legend`` (set name -> plain words, default :func:`set_legend`
+    with ``model_labels``: "" -> the model, name -> a compared model) names each row set in the report.
 
     Crops: ``box="roi"`` uses the standard 3DDFA boxes (``AFLW2000-3D_crop.roi_box.npy`` in
     ``arrays_dir``, default the shared copy), found by matching each ``pt3d_68`` to the standard
@@ -1037,7 +1153,19 @@ def evaluate_aflw2000(
     n = len(plan.image_paths)
     valid = np.ones(n, dtype=bool)
     predictions: dict[str, list[np.ndarray]] = {}
-    pred_pose: list[np.ndarray] = []
+    pred_pose: dict[str, list[np.ndarray]] = {}  # "" the model's, else a compared model's
+    frame_peers = dict(frame_peers or {})
+    peer_seconds = {name: 0.0 for name in frame_peers}
+    peer_calls = {"n": 0}
+
+    def run_peers(image: np.ndarray, crop_to_frame: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for name, peer in frame_peers.items():
+            t0 = time.perf_counter()
+            out[name] = np.asarray(peer(image, np.asarray(crop_to_frame, np.float64), image_size), dtype=np.float64)
+            peer_seconds[name] += time.perf_counter() - t0
+        peer_calls["n"] += 1
+        return out
     if detector_boxes:
         detector = detector if detector is not None else infer_detector()
         crop_margin = infer_crop_margin() if crop_margin is None else float(crop_margin)
@@ -1047,7 +1175,7 @@ def evaluate_aflw2000(
         det_score = np.full(n, np.nan)
         det_affine = np.full((n, 2, 3), np.nan)
         det_pred: dict[str, np.ndarray] = {}
-        det_pose = np.full((n, 3), np.nan)
+        det_pose: dict[str, np.ndarray] = {}
         detect_s = 0.0
     log.info("evaluate: %d faces, crops %dpx, %s%s", n, image_size, plan.box, "; and detector boxes" if detector_boxes else "")
     for first in range(0, n, batch_size):
@@ -1066,13 +1194,18 @@ def evaluate_aflw2000(
                 valid[i] = False
                 images.append(np.zeros((8, 8, 3), np.uint8))  # placeholder, dropped below
         crops = crop_batch(images, [plan.crop_to_frame[i] for i in idx], image_size)
-        sets, pose = _split_prediction(predict_fn(crops), len(idx))
+        sets, poses = _split_prediction(predict_fn(crops), len(idx))
         for name, pts in sets.items():
             predictions.setdefault(name, []).extend(_to_frame(pts[j], plan.crop_to_frame[i]) for j, i in enumerate(idx))
-        if pose is not None:
-            pred_pose.append(np.degrees(pose))
+        for name, pose in poses.items():
+            pred_pose.setdefault(name, []).append(np.degrees(pose))
+        if frame_peers:
+            for j, i in enumerate(idx):
+                peer_pts = run_peers(images[j], plan.crop_to_frame[i]) if valid[i] else dict.fromkeys(frame_peers)
+                for name, pts in peer_pts.items():  # None: an unreadable image, dropped below
+                    predictions.setdefault(name, []).append(pts)
         if detector_boxes:
-            det_crops, det_idx = [], []
+            det_crops, det_idx, det_pick = [], [], []
             for j, i in enumerate(idx):
                 if not valid[i]:
                     continue
@@ -1085,22 +1218,34 @@ def evaluate_aflw2000(
                 crop, crop_to_frame = faces.square_crop(images[j], found.box, crop_margin, image_size)  # as facepgn infer
                 det_crops.append(crop)
                 det_idx.append(i)
+                det_pick.append(j)
                 det_found[i], det_box[i], det_score[i], det_affine[i] = True, found.box, found.score, crop_to_frame
             if det_crops:
-                dsets, dpose = _split_prediction(predict_fn(np.stack(det_crops)), len(det_idx))
+                dsets, dposes = _split_prediction(predict_fn(np.stack(det_crops)), len(det_idx))
                 for name, pts in dsets.items():
                     arr = det_pred.setdefault(name, np.full((n, NUM_LANDMARKS, pts.shape[2]), np.nan))
                     for j, i in enumerate(det_idx):
                         arr[i] = _to_frame(pts[j], det_affine[i])
-                if dpose is not None:
-                    det_pose[det_idx] = np.degrees(dpose)
+                for name, pose in dposes.items():
+                    det_pose.setdefault(name, np.full((n, 3), np.nan))[det_idx] = np.degrees(pose)
+                for j, i in zip(det_pick, det_idx):
+                    for name, pts in run_peers(images[j], det_affine[i]).items():
+                        det_pred.setdefault(name, np.full((n, NUM_LANDMARKS, pts.shape[1]), np.nan))[i] = pts
         log.info("evaluate: %d/%d faces", idx[-1] + 1, n)
     if not valid.any():
         raise InputError(str(data), "no readable faces to evaluate")
-    pred_arrays = {k: np.stack(v)[valid] for k, v in predictions.items()}
+    pred_arrays = {k: np.stack([x for x, ok in zip(v, valid) if ok]) for k, v in predictions.items()}
+    pose_arrays = {k: np.concatenate(v)[valid] for k, v in pred_pose.items()}
+    main_pose = pose_arrays.pop("", None)
     names = [name for name, ok in zip(plan.names, valid) if ok]
     gt_pose = plan.pose_degrees[valid]
+    notes = dict(crop_notes or {})
+    notes.update({k: p.crop_note for k, p in frame_peers.items() if getattr(p, "crop_note", None)})
     extra = {
+        "legend": dict(legend) if legend is not None else set_legend(pred_arrays, model_labels),
+        "model_label": (model_labels or {}).get(""),
+        "crop_notes": notes,
+        "peer_ms_per_face": {k: round(1000.0 * v / max(peer_calls["n"], 1), 2) for k, v in peer_seconds.items()},
         "box": plan.box,
         "image_size": image_size,
         "standard_rows_matched": plan.standard_rows is not None,
@@ -1110,9 +1255,9 @@ def evaluate_aflw2000(
     }
     result = evaluate_landmarks(
         pred_arrays, plan.gt[valid], gt_pose[:, 1],
-        pred_pose_degrees=np.concatenate(pred_pose)[valid] if pred_pose else None,
-        gt_pose_degrees=gt_pose if pred_pose else None,
-        names=names, extra=extra,
+        pred_pose_degrees=main_pose,
+        gt_pose_degrees=gt_pose if (main_pose is not None or pose_arrays) else None,
+        names=names, extra=extra, other_poses_degrees=pose_arrays,
     )
     if plan.standard_rows is not None:
         result.per_image["standard_row"] = plan.standard_rows[valid].astype(np.float64)
@@ -1129,7 +1274,7 @@ def evaluate_aflw2000(
             det_found[valid], [r for r, ok in zip(det_reason, valid) if ok], det_box[valid], det_score[valid],
             det_affine[valid], {k: v[valid] for k, v in det_pred.items()}, detect_s,
         )
-        _score_detector_pass(result, gt_pose, det_pose[valid] if pred_pose else None, detector, crop_margin)
+        _score_detector_pass(result, gt_pose, {k: v[valid] for k, v in det_pose.items()}, detector, crop_margin)
         result.metrics["seconds"] = round(time.time() - start, 3)
     if out_dir:
         write_report(result, out_dir, title, grid_per_bucket=grid_per_bucket, grid_columns=grid_columns,
@@ -1151,7 +1296,7 @@ def crop_side_over_face(crop_to_frame: np.ndarray, gt: np.ndarray, image_size: i
     return round(float(np.median(side / np.maximum(extent, 1e-9))), 4)
 
 
-def _score_detector_pass(result: EvaluationResult, gt_pose: np.ndarray, det_pose: np.ndarray | None,
+def _score_detector_pass(result: EvaluationResult, gt_pose: np.ndarray, det_pose: Mapping[str, np.ndarray],
                          detector: Any, crop_margin: float) -> None:
     """``metrics["detector_boxes"]`` and the ``detector_boxes.*`` per-image columns of a result
     whose ``detector`` pass has run."""
@@ -1176,18 +1321,23 @@ def _score_detector_pass(result: EvaluationResult, gt_pose: np.ndarray, det_pose
         "crop_margin": crop_margin,
         "crop_side_over_face": crop_side_over_face(det.crop_to_frame, result.gt, int(result.metrics.get("image_size", 128))),
         "bucket_counts": bucket_counts(yaw[found]),
+        "crop_notes": result.metrics.get("crop_notes") or {},
         "landmarks": {},
     }
     result.per_image[f"{DETECTOR_KEY}.detected"] = found.astype(np.float64)
     if found.any():
+        main = det_pose.get("")
+        others = {k: v[found] for k, v in det_pose.items() if k != ""}
         sub = evaluate_landmarks(
             {k: v[found] for k, v in det.predictions.items()}, result.gt[found], yaw[found],
-            pred_pose_degrees=None if det_pose is None else det_pose[found],
-            gt_pose_degrees=None if det_pose is None else gt_pose[found],
+            pred_pose_degrees=None if main is None else main[found],
+            gt_pose_degrees=gt_pose[found] if det_pose else None,
+            other_poses_degrees=others,
         )
         entry["landmarks"] = sub.metrics["landmarks"]
-        if "pose_mae_deg" in sub.metrics:
-            entry["pose_mae_deg"] = sub.metrics["pose_mae_deg"]
+        for key in ("pose_mae_deg", "pose_mae_deg_compared"):
+            if key in sub.metrics:
+                entry[key] = sub.metrics[key]
         entry["roi_same_images"] = {
             name: bucket_means(result.per_image[f"{name}.nme_2d_68"][found], yaw[found]) for name in det.predictions
         }
@@ -1216,23 +1366,86 @@ def _to_frame(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def model_predictor(model: Any, device: str = "cpu") -> PredictFn:
     """A ``predict_fn`` for a ``facepgn.model.FaceReconstructor``: crops (B, S, S, 3) uint8 ->
     ``landmarks_3d`` (the PGN's) and ``mesh_landmarks`` (the fitted mesh's) in crop pixels, and the
-    pose (pitch, yaw, roll radians) of the fitted rotation."""
+    pose (pitch, yaw, roll radians) of the fitted rotation. Crops of another size than the model's
+    input are resized to it (the same region) and the landmarks scaled back."""
+    import cv2
     import torch
 
     model = model.to(device).eval()
     has_pgn = getattr(model, "pgn", None) is not None
+    own = int(getattr(model, "input_size", 0) or 0)
 
     def predict(crops: np.ndarray) -> dict[str, np.ndarray]:
+        size = crops.shape[1]
+        scale = 1.0
+        if own and size != own:
+            interp = cv2.INTER_AREA if size > own else cv2.INTER_LINEAR
+            crops = np.stack([cv2.resize(c, (own, own), interpolation=interp) for c in crops])
+            scale = size / own
         images = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 255.0
         with torch.no_grad():
             out = model(images)
             pose = model.pose_angles(out)
-        result = {"mesh_landmarks": out["mesh_landmarks"].float().cpu().numpy(), "pose": pose.cpu().numpy()}
+        result = {"mesh_landmarks": out["mesh_landmarks"].float().cpu().numpy() * scale, "pose": pose.cpu().numpy()}
         if has_pgn:
-            result["landmarks_3d"] = out["landmarks_3d"].float().cpu().numpy()
+            result["landmarks_3d"] = out["landmarks_3d"].float().cpu().numpy() * scale
         return result
 
     return predict
+
+
+def with_compared_models(predict_fn: PredictFn, models: Mapping[str, PredictFn]) -> PredictFn:
+    """``predict_fn`` plus every compared model's sets as ``<name>/<set>`` and its pose as
+    ``<name>/pose`` (scored as their own rows, and pose MAE per model)."""
+    models = dict(models)
+    for name in models:
+        if not name or "/" in name or name == POSE_KEY:
+            raise FacepgnError(f"compared model name {name!r}: give a non-empty name without '/'")
+
+    def predict(crops: np.ndarray) -> dict[str, np.ndarray]:
+        out = predict_fn(crops)
+        out = dict(out) if isinstance(out, Mapping) else {"landmarks": out}
+        for name, other in models.items():
+            theirs = other(crops)
+            theirs = theirs if isinstance(theirs, Mapping) else {"landmarks": theirs}
+            for key, value in theirs.items():
+                out[f"{name}/{key}"] = value
+        return out
+
+    return predict
+
+
+GENERIC_MODEL_STEMS = frozenset({"model", "best", "last", "final", "checkpoint"})
+
+
+def compared_model_names(entries: Sequence[str], taken: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """``(name, path)`` of each ``compare_models`` entry: ``NAME=PATH``, or a path named after its
+    file stem (``runs/x/old.pt`` -> ``old``); a generic stem (``model``, ``best``, ...) takes the
+    folder's name instead (``/root/runs/old-recipe/model.pt`` -> ``old-recipe``). Clashing names
+    get ``-2``, ``-3``, ..."""
+    out: list[tuple[str, str]] = []
+    used = set(taken)
+    for entry in entries:
+        entry = str(entry)
+        head, sep, tail = entry.partition("=")
+        if sep and head and "/" not in head and "\\" not in head and ":" not in head:
+            name, path = head, tail
+        else:
+            path = entry
+            stem = os.path.splitext(storage.basename(path.rstrip("/")))[0]
+            parent = storage.basename(os.path.dirname(path.rstrip("/")))
+            name = parent if stem.lower() in GENERIC_MODEL_STEMS and parent else stem
+        name = name.replace("/", "_") or "model"
+        base, k = name, 2
+        while name in used or name == POSE_KEY:
+            name, k = f"{base}-{k}", k + 1
+        used.add(name)
+        out.append((name, path))
+    return out
+
+
+PEER_2D_CROP_NOTE = ("the model's crop; its face box is the crop's centre 1/1.4, which its own 0.2 expansion "
+                     "turns back into the whole crop")
 
 
 def peer_landmark_predictor(model_path: str | None = None) -> PredictFn:
@@ -1250,6 +1463,65 @@ def peer_landmark_predictor(model_path: str | None = None) -> PredictFn:
         return np.stack([net.predict(c, box) for c in crops]).astype(np.float64)
 
     return predict
+
+
+def mediapipe_peer(model_path: str | None = None, *, passes: int = 2, threads: int = 1,
+                   face_model: str | None = None, landmarks: str = "auto") -> FramePeerFn:
+    """MediaPipe's face mesh (the labeller's teacher, ``facepgn.teachers.MediaPipe68``: its 468
+    points mapped to the 68 through the face-model correspondence) as a frame peer, 2D.
+
+    Its first pass sees the same square region of the image as the model's crop (its face box is
+    the crop's side over MediaPipe's 1.5 expansion, so the region is the crop), sampled from the
+    image at MediaPipe's 192 px rather than from the model's smaller crop; with ``passes=2`` (the
+    teacher's setting) a second pass re-crops around its own first answer, levelled by the eyes, as
+    MediaPipe's tracking mode does. The report's crop note says so."""
+    from facepgn.teachers import MediaPipe68
+
+    mp = MediaPipe68(model_path, threads=threads, passes=passes, face_model=face_model, landmarks=landmarks)
+    expand = float(mp.mesh.crop_scale)
+
+    def predict(image: np.ndarray, crop_to_frame: np.ndarray, size: int) -> np.ndarray:
+        m = np.asarray(crop_to_frame, dtype=np.float64).reshape(2, 3)
+        centre = m[:, :2] @ np.array([size / 2.0, size / 2.0]) + m[:, 2]
+        side = max(float(np.hypot(*m[:, 0])), float(np.hypot(*m[:, 1]))) * size / expand
+        box = np.array([centre[0] - side / 2.0, centre[1] - side / 2.0, side, side])
+        return mp.predict(image, box)
+
+    second = (" then a second pass on its own re-crop (its first answer's box x1.5, levelled by the eye corners: "
+              "MediaPipe's tracking mode, as the labeller runs it)") if mp.mesh.passes > 1 else ""
+    predict.crop_note = (f"MediaPipe cuts its own {mp.mesh.input_size} px input from the image: the first pass covers the "
+                         f"same square region as the model's crop (sampled from the image, not from the model's crop),"
+                         f"{second}")
+    return predict
+
+
+def set_legend(names: Sequence[str], model_labels: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Plain words for each landmark set (row set) of a report: the model's sets, the peers, and
+    compared models' ``<name>/<set>``. ``model_labels``: "" -> the evaluated model, name -> a
+    compared model (e.g. their files)."""
+    labels = dict(model_labels or {})
+    main = labels.get("", "the evaluated model")
+    what = {
+        "mesh_landmarks": "the 68 landmark vertices of its fitted 3D face mesh (3DMM coefficients + closed-form pose)",
+        "landmarks_3d": "the 68 3D landmarks its Pose Guidance Network predicts directly",
+        "landmarks": "its 68 landmarks",
+    }
+    peers = {
+        "peer_2d": "peer, not a facepgn model: the 68-point 2D landmark network (Peppa, ainrichman, trained on 300W-LP); 2D only",
+        "peer_mediapipe": ("peer, not a facepgn model: MediaPipe's face mesh (face_landmark.tflite), its 468 points mapped to "
+                           "the 68 through the face-model correspondence, as the labeller uses it as a teacher; 2D only"),
+        "gt": "the ground truth served back (a check)",
+    }
+    out = {}
+    for name in names:
+        if name in peers:
+            out[name] = peers[name]
+        elif "/" in name:
+            owner, inner = name.split("/", 1)
+            out[name] = f"{labels.get(owner, owner)} (compared): " + what.get(inner, inner)
+        else:
+            out[name] = f"{main}: " + what.get(name, name)
+    return out
 
 
 def with_peer_landmarks(predict_fn: PredictFn, model_path: str | None = None) -> PredictFn:

@@ -248,6 +248,21 @@ def _correspondence_for(model_path: str | None) -> np.ndarray:
     return mesh_correspondence(load_face_model(model_path))[0]
 
 
+@lru_cache(maxsize=4)
+def _mediapipe_68_ids(model_path: str | None, landmarks: str) -> np.ndarray:
+    from facepgn.facemodel import load_face_model
+
+    return mesh_to_68(load_face_model(model_path).with_landmarks(landmarks), _correspondence_for(model_path))
+
+
+def mediapipe_68_ids(face_model: str | None = None, landmarks: str = "auto") -> np.ndarray:
+    """(68,) index into MediaPipe's 468 points of each iBUG-68 landmark: :func:`mesh_to_68` through
+    the correspondence to ``face_model`` (None: the default) in the landmark definition
+    ``landmarks`` -- the mapping :class:`FaceLabeller` compares its teachers with (its ``map68``
+    with the same settings), used by ``teachers.MediaPipe68``."""
+    return _mediapipe_68_ids(face_model, landmarks).copy()
+
+
 def crop_around(landmarks_2d: np.ndarray, face_fill: float, size: int) -> np.ndarray:
     """crop->frame affine of a square centred on the landmarks' box, which fills ``face_fill`` of it."""
     from facepgn import records

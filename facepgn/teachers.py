@@ -136,6 +136,35 @@ class MediaPipeMesh:
         return _rotated_square(centre, side, angle, self.input_size)
 
 
+class MediaPipe68:
+    """MediaPipe's face mesh answering the 68 iBUG landmarks: its 468 points (:class:`MediaPipeMesh`)
+    mapped to the 68 through the face-model correspondence
+    (:func:`facepgn.pseudolabel.mediapipe_68_ids`), as the labeller compares its teachers.
+
+    ``mesh`` / ``map68``: reuse a labeller's (``FaceLabeller.mesh``, ``FaceLabeller.map68``);
+    otherwise they are built from ``model_path``, ``threads``, ``passes`` and ``face_model`` /
+    ``landmarks`` (the face model and landmark definition the 68 are taken in)."""
+
+    def __init__(self, model_path: str | os.PathLike | None = None, *, threads: int = 1, passes: int = 2,
+                 face_model: str | None = None, landmarks: str = "auto", mesh: MediaPipeMesh | None = None,
+                 map68: np.ndarray | None = None):
+        self.mesh = mesh if mesh is not None else MediaPipeMesh(model_path, threads=threads, passes=passes)
+        if map68 is None:
+            from facepgn.pseudolabel import mediapipe_68_ids
+
+            map68 = mediapipe_68_ids(face_model, landmarks)
+        self.map68 = np.asarray(map68, dtype=np.int64).reshape(68)
+
+    def to_68(self, result: MeshResult) -> np.ndarray:
+        """(68, 3) of a :class:`MeshResult`'s points (frame pixels; z as in the result)."""
+        return np.asarray(result.points, dtype=np.float64)[self.map68]
+
+    def predict(self, rgb: np.ndarray, box: np.ndarray, eyes: np.ndarray | None = None) -> np.ndarray:
+        """(68, 2) 2D landmarks (frame pixels) of the face in ``box`` (x, y, w, h); ``eyes`` as for
+        :meth:`MediaPipeMesh.predict`."""
+        return self.to_68(self.mesh.predict(rgb, box, eyes))[:, :2]
+
+
 # ---- MediaPipe's canonical mesh ---------------------------------------------------------------
 
 

@@ -449,3 +449,165 @@ def test_the_shipped_model_is_the_default_and_works_on_real_faces(aflw_dir, tmp_
     frontal = metrics["landmarks"]["mesh_landmarks"]["nme_2d_68"]["[0,30]"]
     assert frontal < 0.08, frontal
     assert "the pretrained model" in (out / "report.md").read_text().splitlines()[0]
+
+
+# ---- peers and compared models in one run (issue #12) -------------------------------------------
+
+
+def test_mediapipe_68_is_the_labellers_mapping_and_the_bench_uses_it():
+    """teachers.MediaPipe68 maps the 468 points with the labeller's own mapping (FaceLabeller.map68,
+    the one bench/teachers.py scores), not a copy of it."""
+    from facepgn.pseudolabel import FaceLabeller
+    from facepgn.teachers import MediaPipe68
+
+    labeller = FaceLabeller()
+    mp = MediaPipe68()
+    assert mp.map68.shape == (68,) and np.array_equal(mp.map68, labeller.map68)
+    assert len(set(mp.map68.tolist())) > 60  # 68 distinct-ish mesh points, not a constant
+    bench = (Path(__file__).parents[1] / "bench" / "teachers.py").read_text()
+    assert "MediaPipe68(" in bench and ".points[everything.map68" not in bench
+
+
+def test_frame_peers_get_each_faces_model_crop_in_both_conventions(aflw_dir):
+    """A frame peer is called once per face and convention with that face's model crop (roi box,
+    then detector crop) and answers in image pixels: serving the ground truth scores 0 in both
+    tables."""
+    plan = ev.plan_aflw2000(str(aflw_dir), image_size=64, limit=6)
+    images = [labelled.read_image(p) for p in plan.image_paths]
+    seen: list[tuple[int, np.ndarray, int]] = []
+
+    def peer(image: np.ndarray, crop_to_frame: np.ndarray, size: int) -> np.ndarray:
+        i = next(k for k, im in enumerate(images) if im.shape == image.shape and np.array_equal(im, image))  # the whole image
+        seen.append((i, crop_to_frame.copy(), size))
+        return plan.gt[i, :, :2]
+
+    result = ev.evaluate_aflw2000(lambda c: np.zeros((len(c), 68, 2)), plan, image_size=64, batch_size=4,
+                                  frame_peers={"peer_x": peer})
+    detected = np.flatnonzero(result.detector.detected)
+    assert len(detected) >= 5 and len(seen) == len(plan.gt) + len(detected) and all(s[2] == 64 for s in seen)
+    roi_calls = [c for c in seen if np.allclose(c[1], plan.crop_to_frame[c[0]])]
+    det_calls = [c for c in seen if np.allclose(c[1], result.detector.crop_to_frame[c[0]], atol=1e-4)]
+    assert sorted(c[0] for c in roi_calls) == list(range(6))  # every face once with its roi crop
+    assert sorted(c[0] for c in det_calls) == detected.tolist()  # every detected face once with its detector crop
+    assert len(roi_calls) + len(det_calls) == len(seen)
+    assert result.metrics["landmarks"]["peer_x"]["nme_2d_68"]["all"] < 1e-9
+    assert result.metrics["landmarks"]["landmarks"]["nme_2d_68"]["all"] > 0.5  # the zero predictor is far off
+    assert result.metrics["detector_boxes"]["landmarks"]["peer_x"]["nme_2d_68"]["all"] < 1e-9
+    assert "peer_x" in result.metrics["legend"] and result.metrics["peer_ms_per_face"]["peer_x"] >= 0
+
+
+def test_mediapipe_peer_sees_the_model_crop_and_lands_on_real_faces(aflw_dir, monkeypatch):
+    """MediaPipe's first pass covers exactly the model crop's region; on real dev faces it lands
+    within a few percent in both conventions; the report names it and says how it is cropped."""
+    from facepgn import teachers
+
+    single = ev.mediapipe_peer(passes=1)
+    runs: list[np.ndarray] = []
+    original = teachers.MediaPipeMesh._run
+
+    def spy(self, rgb, crop_to_frame):
+        runs.append(np.asarray(crop_to_frame, np.float64).copy())
+        return original(self, rgb, crop_to_frame)
+
+    monkeypatch.setattr(teachers.MediaPipeMesh, "_run", spy)
+    plan = ev.plan_aflw2000(str(aflw_dir), image_size=128, limit=1)
+    image = labelled.read_image(plan.image_paths[0])
+    single(image, plan.crop_to_frame[0], 128)
+    corners = np.array([[0, 0, 1], [192, 192, 1]], np.float64) @ runs[0].T
+    model_corners = np.array([[0, 0, 1], [128, 128, 1]], np.float64) @ plan.crop_to_frame[0].T
+    np.testing.assert_allclose(corners.mean(0), model_corners.mean(0), atol=0.5)  # same centre
+    assert abs(np.ptp(corners[:, 0]) - np.ptp(model_corners[:, 0])) < 1.0  # same side
+    monkeypatch.undo()
+
+    peer = ev.mediapipe_peer()  # two passes, as the labeller runs the teacher
+    assert "own" in peer.crop_note and "same square region as the model's crop" in peer.crop_note
+    plan = ev.plan_aflw2000(str(aflw_dir), image_size=128, limit=10)
+    result = ev.evaluate_aflw2000(lambda c: np.zeros((len(c), 68, 2)), plan, image_size=128, batch_size=10,
+                                  frame_peers={"peer_mediapipe": peer})
+    roi = result.metrics["landmarks"]["peer_mediapipe"]["nme_2d_68"]
+    det = result.metrics["detector_boxes"]["landmarks"]["peer_mediapipe"]["nme_2d_68"]
+    assert result.metrics["bucket_counts"]["[0,30]"] >= 6
+    assert roi["[0,30]"] < 0.06 and det["[0,30]"] < 0.06, (roi, det)  # 3.3% on these in development
+    assert result.metrics["crop_notes"]["peer_mediapipe"] == peer.crop_note
+    text = ev.report_markdown(result, "t")
+    assert "- `peer_mediapipe`: peer, not a facepgn model: MediaPipe's face mesh" in text
+    assert text.count("`peer_mediapipe`: MediaPipe cuts its own") == 2  # the crop note in both conventions
+
+
+def test_compared_model_names():
+    names = ev.compared_model_names(["/root/runs/old-recipe/model.pt", "runs/a/v2.pt", "old=/x/y/best.pt",
+                                     "s3://bucket/exp/v2.pt", "/z/peer_2d.pt"], taken=["peer_2d"])
+    assert names == [("old-recipe", "/root/runs/old-recipe/model.pt"), ("v2", "runs/a/v2.pt"), ("old", "/x/y/best.pt"),
+                     ("v2-2", "s3://bucket/exp/v2.pt"), ("peer_2d-2", "/z/peer_2d.pt")]
+    with pytest.raises(FacepgnError):
+        ev.with_compared_models(lambda c: np.zeros((len(c), 68, 2)), {"a/b": lambda c: c})
+
+
+def test_model_predictor_resizes_crops_of_another_size(tiny_model_file):
+    from facepgn.model import load_model_file
+
+    model = load_model_file(tiny_model_file)
+    assert model.input_size == 64
+    predict = ev.model_predictor(model)
+    crops = np.random.default_rng(0).integers(0, 255, (2, 128, 128, 3), dtype=np.uint8)
+    small = np.stack([cv2.resize(c, (64, 64), interpolation=cv2.INTER_AREA) for c in crops])
+    big, own = predict(crops), predict(small)
+    np.testing.assert_allclose(big["mesh_landmarks"], 2.0 * own["mesh_landmarks"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(big["pose"], own["pose"], atol=1e-6)
+
+
+def test_cli_compare_models_and_peers_in_one_run(tmp_path, aflw_dir, tiny_model_file, capsys):
+    """compare_models scores other model files as their own row sets in both conventions, with a
+    pose MAE each: the same file compared with itself gives the same numbers; a differently seeded
+    model gives other ones; the report names every row set in plain words."""
+    import shutil
+
+    import torch
+
+    from facepgn.config import ModelConfig
+    from facepgn.model import build_model, save_model_file
+
+    data = tmp_path / "data"
+    _link_pairs(aflw_dir, data, ["image00002", "image00010"])
+    same = tmp_path / "old-recipe" / "model.pt"
+    same.parent.mkdir()
+    shutil.copy(tiny_model_file, same)
+    torch.manual_seed(7)
+    other = tmp_path / "other.pt"
+    save_model_file(build_model(ModelConfig(input_size=96, num_id=8, num_exp=4, pgn_width=0.5, regressor_width=0.5)), other)
+    out = tmp_path / "out"
+    code = main(["evaluate", "aflw2000", "--model", str(tiny_model_file), "--data", str(data), "--out", str(out),
+                 "--set", "batch_size=2", "peer_landmarks=true", "grid_per_bucket=0", "best_worst=0",
+                 f"compare_models=[\"{same}\", \"{other}\"]"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "old-recipe/mesh_landmarks:" in printed and "pose MAE of other:" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    sets = {"mesh_landmarks", "landmarks_3d", "old-recipe/mesh_landmarks", "old-recipe/landmarks_3d",
+            "other/mesh_landmarks", "other/landmarks_3d", "peer_2d"}
+    assert set(metrics["landmarks"]) == sets and set(metrics["detector_boxes"]["landmarks"]) == sets
+    for table in (metrics, metrics["detector_boxes"]):
+        lm = table["landmarks"]
+        assert lm["old-recipe/mesh_landmarks"] == lm["mesh_landmarks"]  # the same model, the same crops
+        assert lm["other/mesh_landmarks"]["nme_2d_68"]["mean"] != lm["mesh_landmarks"]["nme_2d_68"]["mean"]
+        assert table["pose_mae_deg_compared"]["old-recipe"] == table["pose_mae_deg"]
+        assert table["pose_mae_deg_compared"]["other"] != table["pose_mae_deg"]
+    assert set(metrics["legend"]) == sets and "(compared)" in metrics["legend"]["other/landmarks_3d"]
+    assert str(other) in metrics["legend"]["other/landmarks_3d"] and "Peppa" in metrics["legend"]["peer_2d"]
+    assert metrics["crop_notes"] == {"peer_2d": ev.PEER_2D_CROP_NOTE}
+    header = (out / "per_image.csv").read_text().splitlines()[0].split(",")
+    assert "old-recipe/pose_error.yaw" in header and "detector_boxes.other/mesh_landmarks.nme_2d_68" in header
+    report = (out / "report.md").read_text()
+    assert "Row sets:" in report and "- `old-recipe/mesh_landmarks`: `old-recipe` (" in report
+    assert "| other/mesh_landmarks | nme_2d_68 |" in report and report.count("| model | yaw | pitch | roll | mean |") == 2
+    assert "| old-recipe (compared) |" in report and "Summary, 2D NME over 68 points" in report
+    _png_ok(out / "ced.png")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["compare_models"] == [str(same), str(other)] and summary["config"]["peer_mediapipe"] is False
+    # a missing compared model is a one-line error naming it
+    assert main(["evaluate", "aflw2000", "--model", str(tiny_model_file), "--data", str(data), "--out", str(out),
+                 "--set", f"compare_models=[\"{tmp_path / 'nope.pt'}\"]"]) == 2
+    assert "nope.pt: model file not found" in capsys.readouterr().err
+    assert main(["evaluate", "aflw2000", "--peer-only", "--data", str(data), "--out", str(out),
+                 "--set", f"compare_models=[\"{same}\"]"]) == 2
+    assert "compare_models needs a model" in capsys.readouterr().err

@@ -82,20 +82,37 @@ def _write_summary(out_dir: str, args: argparse.Namespace, metrics: dict, config
 def run_aflw2000(args: argparse.Namespace) -> int:
     import logging
 
-    from facepgn import evaluation
+    from facepgn import evaluation, storage
     from facepgn.config import EvaluateConfig, load_config
+    from facepgn.errors import FacepgnError
     from facepgn.model import load_model_file, resolve_model_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     cfg = load_config(EvaluateConfig, args.config, args.overrides)
     start = time.time()
+    labels: dict[str, str] = {}
+    crop_notes: dict[str, str] = {}
+    if args.peer_only and cfg.compare_models:
+        raise FacepgnError("compare_models needs a model to compare with: leave out --peer-only")
     if args.peer_only:
         predict, image_size = evaluation.peer_landmark_predictor(), 128
+        labels[""] = "the peer 2D landmark network"
     else:
-        model = load_model_file(resolve_model_file(args.model), map_location=args.device)
+        model_file = resolve_model_file(args.model)
+        model = load_model_file(model_file, map_location=args.device)
         predict, image_size = evaluation.model_predictor(model, device=args.device), model.input_size
+        labels[""] = f"the model `{args.model}`" if args.model else f"the shipped pretrained model ({storage.basename(str(model_file))})"
+        if cfg.compare_models:
+            others = {}
+            for name, path in evaluation.compared_model_names(cfg.compare_models, ["peer_2d", "peer_mediapipe"]):
+                other = load_model_file(resolve_model_file(path), map_location=args.device)
+                others[name] = evaluation.model_predictor(other, device=args.device)
+                labels[name] = f"`{name}` ({path})"
+            predict = evaluation.with_compared_models(predict, others)
         if cfg.peer_landmarks:
             predict = evaluation.with_peer_landmarks(predict)
+            crop_notes["peer_2d"] = evaluation.PEER_2D_CROP_NOTE
+    frame_peers = {"peer_mediapipe": evaluation.mediapipe_peer()} if cfg.peer_mediapipe else {}
     result = evaluation.evaluate_aflw2000(
         predict,
         args.data,
@@ -112,6 +129,9 @@ def run_aflw2000(args: argparse.Namespace) -> int:
         grid_columns=cfg.grid_columns,
         best_worst=cfg.best_worst,
         grid_tile=cfg.grid_tile,
+        frame_peers=frame_peers,
+        crop_notes=crop_notes,
+        model_labels=labels,
         title=f"AFLW2000-3D: {'peer 2D landmark network' if args.peer_only else args.model or 'the pretrained model'}",
     )
     _write_summary(args.out, args, result.metrics, cfg.model_dump(mode="json"), time.time() - start)
@@ -144,3 +164,5 @@ def _print_metrics(metrics: dict) -> None:
     if metrics.get("pose_mae_deg"):
         p = metrics["pose_mae_deg"]
         print(f"pose MAE: yaw {p['yaw']:.2f}, pitch {p['pitch']:.2f}, roll {p['roll']:.2f} degrees")
+    for name, p in (metrics.get("pose_mae_deg_compared") or {}).items():
+        print(f"pose MAE of {name}: yaw {p['yaw']:.2f}, pitch {p['pitch']:.2f}, roll {p['roll']:.2f} degrees")
