@@ -33,6 +33,9 @@ from facepgn import records
 from facepgn.errors import InputError
 
 NUM_LANDMARKS = records.NUM_LANDMARKS
+#: what ``face_batch_to_tensors`` returns, in this order
+FACE_TENSOR_KEYS = ("images", "landmarks_2d", "landmarks_3d", "has_3d", "landmarks_visible", "id_coeffs", "exp_coeffs",
+                    "has_coeffs", "pose", "scale", "translation", "has_pose")
 
 
 # ---- column access -------------------------------------------------------------------------
@@ -157,6 +160,56 @@ def _fit(vec: np.ndarray | None, n: int) -> np.ndarray:
 # ---- the two batch kinds -------------------------------------------------------------------
 
 
+FACE_COLUMNS = ("image", "landmarks_2d", "landmarks_3d", "landmarks_visible", "pose", "scale", "translation",
+                "id_coeffs", "exp_coeffs", "face_model")
+
+
+def _face_row(row: Mapping[str, Any], source: str, input_size: int, num_id: int, num_exp: int, face_model_name: str | None,
+              similarity_seed: int | None, geometric: geometric_augment.AugmentSettings | None) -> dict[str, Any]:
+    """One face record's values (``FACE_COLUMNS``) -> its crop and labels at ``input_size``, moved by
+    a random similarity drawn from ``similarity_seed`` (when given)."""
+    rgb, f = decode_crop(row["image"], input_size, source)
+    p2 = _array(row["landmarks_2d"], (NUM_LANDMARKS, 2))
+    if p2 is None:
+        raise InputError(source, "landmarks_2d is missing")
+    lm2d = rescale_points(p2, f)
+    p3 = _array(row["landmarks_3d"], (NUM_LANDMARKS, 3))
+    has3d = p3 is not None
+    lm3d = rescale_points(p3, f) if has3d else np.zeros((NUM_LANDMARKS, 3), np.float32)
+    vis = row["landmarks_visible"]
+    vis = np.ones(NUM_LANDMARKS, np.float32) if vis is None else np.asarray(vis, np.float32).reshape(NUM_LANDMARKS)
+    cid, cexp = _array(row["id_coeffs"], (-1,)), _array(row["exp_coeffs"], (-1,))
+    name = row["face_model"]
+    same_model = face_model_name is None or name is None or not face_model_name or name == face_model_name
+    # identity modes are PCA-ordered (truncating is sound); expression blendshapes are a chosen
+    # subset, so their count must match the model's exactly
+    coeffs_ok = cid is not None and cexp is not None and same_model and cexp.size == num_exp
+    pose, scale, trans = _array(row["pose"], (3,)), row["scale"], _array(row["translation"], (3,))
+    has_pose = pose is not None and scale is not None and trans is not None
+    scale = float(scale) * f if scale is not None else None
+    trans = rescale_points(trans[None], f)[0] if trans is not None else None
+    if similarity_seed is not None:
+        sim = geometric_augment.random_similarity(np.random.default_rng(similarity_seed), input_size, geometric)
+        rgb, labels = geometric_augment.augment_record(
+            rgb, {"landmarks_2d": lm2d, "landmarks_3d": lm3d if has3d else None, "landmarks_visible": vis,
+                  "pose": pose, "scale": scale, "translation": trans, "has_coeffs": coeffs_ok},
+            sim, geometric.border)
+        lm2d = labels["landmarks_2d"]
+        if has3d:
+            lm3d = labels["landmarks_3d"]
+        vis, pose, scale, trans = labels["landmarks_visible"], labels["pose"], labels["scale"], labels["translation"]
+        coeffs_ok = labels["has_coeffs"]
+    return {
+        "images": rgb, "landmarks_2d": lm2d, "landmarks_3d": lm3d, "has_3d": has3d,
+        "landmarks_visible": np.asarray(vis, np.float32),
+        "id_coeffs": _fit(cid, num_id), "exp_coeffs": _fit(cexp, num_exp), "has_coeffs": coeffs_ok,
+        "pose": pose if pose is not None else np.zeros(3, np.float32),
+        "scale": scale if scale is not None else 0.0,
+        "translation": trans if trans is not None else np.zeros(3, np.float32),
+        "has_pose": has_pose,
+    }
+
+
 def face_batch_to_tensors(
     batch: Any,
     input_size: int,
@@ -178,71 +231,20 @@ def face_batch_to_tensors(
     per crop is drawn from it first), so a seeded generator gives the same batch.
     """
     n = _num_rows(batch)
-    seeds = None
+    seeds = [None] * n
     if augment and geometric is not None:
         seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
     ids = column(batch, "record_id") or [f"row {i}" for i in range(n)]
-    col = {name: column(batch, name) or [None] * n for name in (
-        "image", "landmarks_2d", "landmarks_3d", "landmarks_visible", "pose", "scale", "translation",
-        "id_coeffs", "exp_coeffs", "face_model")}
-    images, lm2d, lm3d, has3d, visible, coeffs_id, coeffs_exp, has_coeffs = [], [], [], [], [], [], [], []
-    poses, scales, translations, has_pose = [], [], [], []
-    for i in range(n):
-        source = f"face record {ids[i]}"
-        rgb, f = decode_crop(col["image"][i], input_size, source)
-        images.append(rgb)
-        p2 = _array(col["landmarks_2d"][i], (NUM_LANDMARKS, 2))
-        if p2 is None:
-            raise InputError(source, "landmarks_2d is missing")
-        lm2d.append(rescale_points(p2, f))
-        p3 = _array(col["landmarks_3d"][i], (NUM_LANDMARKS, 3))
-        has3d.append(p3 is not None)
-        lm3d.append(rescale_points(p3, f) if p3 is not None else np.zeros((NUM_LANDMARKS, 3), np.float32))
-        vis = col["landmarks_visible"][i]
-        vis = np.ones(NUM_LANDMARKS, np.float32) if vis is None else np.asarray(vis, np.float32).reshape(NUM_LANDMARKS)
-        cid, cexp = _array(col["id_coeffs"][i], (-1,)), _array(col["exp_coeffs"][i], (-1,))
-        name = col["face_model"][i]
-        same_model = face_model_name is None or name is None or not face_model_name or name == face_model_name
-        # identity modes are PCA-ordered (truncating is sound); expression blendshapes are a chosen
-        # subset, so their count must match the model's exactly
-        coeffs_ok = cid is not None and cexp is not None and same_model and cexp.size == num_exp
-        coeffs_id.append(_fit(cid, num_id))
-        coeffs_exp.append(_fit(cexp, num_exp))
-        pose, scale, trans = _array(col["pose"][i], (3,)), col["scale"][i], _array(col["translation"][i], (3,))
-        ok = pose is not None and scale is not None and trans is not None
-        scale = float(scale) * f if scale is not None else None
-        trans = rescale_points(trans[None], f)[0] if trans is not None else None
-        if seeds is not None:
-            sim = geometric_augment.random_similarity(np.random.default_rng(seeds[i]), input_size, geometric)
-            images[-1], labels = geometric_augment.augment_record(
-                rgb, {"landmarks_2d": lm2d[-1], "landmarks_3d": lm3d[-1] if has3d[-1] else None, "landmarks_visible": vis,
-                      "pose": pose, "scale": scale, "translation": trans, "has_coeffs": coeffs_ok},
-                sim, geometric.border)
-            lm2d[-1] = labels["landmarks_2d"]
-            if has3d[-1]:
-                lm3d[-1] = labels["landmarks_3d"]
-            vis, pose, scale, trans = labels["landmarks_visible"], labels["pose"], labels["scale"], labels["translation"]
-            coeffs_ok = labels["has_coeffs"]
-        visible.append(np.asarray(vis, np.float32))
-        has_coeffs.append(coeffs_ok)
-        has_pose.append(ok)
-        poses.append(pose if pose is not None else np.zeros(3, np.float32))
-        scales.append(scale if scale is not None else 0.0)
-        translations.append(trans if trans is not None else np.zeros(3, np.float32))
-    out = {
-        "images": images_to_tensor(images),
-        "landmarks_2d": torch.from_numpy(np.stack(lm2d).astype(np.float32)),
-        "landmarks_3d": torch.from_numpy(np.stack(lm3d).astype(np.float32)),
-        "has_3d": torch.tensor(has3d, dtype=torch.float32),
-        "landmarks_visible": torch.from_numpy(np.stack(visible)),
-        "id_coeffs": torch.from_numpy(np.stack(coeffs_id)),
-        "exp_coeffs": torch.from_numpy(np.stack(coeffs_exp)),
-        "has_coeffs": torch.tensor(has_coeffs, dtype=torch.float32),
-        "pose": torch.from_numpy(np.stack(poses).astype(np.float32)),
-        "scale": torch.tensor(scales, dtype=torch.float32),
-        "translation": torch.from_numpy(np.stack(translations).astype(np.float32)),
-        "has_pose": torch.tensor(has_pose, dtype=torch.float32),
-    }
+    col = {name: column(batch, name) or [None] * n for name in FACE_COLUMNS}
+    rows = [_face_row({k: v[i] for k, v in col.items()}, f"face record {ids[i]}", input_size, num_id, num_exp, face_model_name,
+                      seeds[i], geometric) for i in range(n)]
+    stacked = {key: [r[key] for r in rows] for key in FACE_TENSOR_KEYS}
+    out = {"images": images_to_tensor(stacked["images"])}
+    for key in ("landmarks_2d", "landmarks_3d", "landmarks_visible", "id_coeffs", "exp_coeffs", "pose", "translation"):
+        out[key] = torch.from_numpy(np.stack(stacked[key]).astype(np.float32))
+    for key in ("has_3d", "has_coeffs", "scale", "has_pose"):
+        out[key] = torch.tensor([float(v) for v in stacked[key]], dtype=torch.float32)
+    out = {key: out[key] for key in FACE_TENSOR_KEYS}
     if augment:
         out["images"] = augment_colour(out["images"], generator)
     return out
