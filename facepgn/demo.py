@@ -19,7 +19,6 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from facepgn import __version__, storage
@@ -404,28 +403,10 @@ class Demo:
 
 
 def read_tensorboard_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
-    """Scalar series from TensorBoard event files (TFRecord framing + tensorboardX's Event proto)."""
-    import struct
+    """Scalar series from TensorBoard event files (``facepgn.train.tensorboard.read_tensorboard``)."""
+    from facepgn.train.tensorboard import read_tensorboard
 
-    try:
-        from tensorboardX.proto import event_pb2
-    except ImportError:
-        return {}
-    series: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")) if os.path.isdir(log_dir) else []:
-        data = path.read_bytes()
-        pos = 0
-        while pos + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            record = data[pos + 12:pos + 12 + length]
-            pos += 12 + length + 4
-            if len(record) < length:
-                break  # a file still being written
-            event = event_pb2.Event.FromString(record)
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    series.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
-    return {tag: sorted(points) for tag, points in series.items()}
+    return read_tensorboard(log_dir)["scalars"]
 
 
 def training_curve(log_dir: str, out_path: str) -> bool:
