@@ -16,13 +16,14 @@ import tempfile
 import time
 
 from facepgn import synthetic
+from facepgn.config import SyntheticFacesConfig
 
 
 def run(n: int, size: int, workers: int, rows_per_shard: int) -> tuple[float, float]:
     """Wall seconds for the whole job and CPU seconds spent rendering/writing (in whichever process)."""
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        summary = synthetic.generate_faces(out, n, seed=0, settings=synthetic.FaceSettings(size=size),
+        summary = synthetic.generate_faces(out, n, seed=0, settings=SyntheticFacesConfig(size=size),
                                            rows_per_shard=rows_per_shard, workers=workers, resume=False)
         wall = time.perf_counter() - t0
         assert summary["written"] == n, summary
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     rows_per_shard = max(1, args.n // (2 * args.workers))  # a few shards per worker
-    synthetic.face_model_for(synthetic.FaceSettings(size=args.size))  # load the model outside the timing
+    synthetic.face_model_for(SyntheticFacesConfig(size=args.size))  # load the model outside the timing
     print(f"synthetic {args.size}x{args.size} labelled faces, n={args.n}, {rows_per_shard} per shard, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     base_wall, base_cpu = run(args.n, args.size, 1, rows_per_shard)

@@ -36,10 +36,11 @@ def make_data(root: str, faces: int, pairs: int, size: int) -> tuple[str, str]:
     import pyarrow.parquet as pq
 
     from facepgn import records
-    from facepgn.synthetic import FaceSettings, generate_faces, synthetic_pair_rows
+    from facepgn.config import SyntheticFacesConfig
+    from facepgn.synthetic import generate_faces, synthetic_pair_rows
 
     faces_dir, pairs_dir = os.path.join(root, "faces"), os.path.join(root, "pairs")
-    generate_faces(faces_dir, faces, seed=3, settings=FaceSettings(size=size), rows_per_shard=max(faces // 4, 1))
+    generate_faces(faces_dir, faces, seed=3, settings=SyntheticFacesConfig(size=size), rows_per_shard=max(faces // 4, 1))
     os.makedirs(pairs_dir, exist_ok=True)
     target = os.path.join(pairs_dir, "part-00000.parquet")
     if not os.path.exists(target):

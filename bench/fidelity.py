@@ -122,9 +122,10 @@ def _mark_done(folder: Path, info: dict) -> None:
 
 def make_ict_data(work: Path, args) -> dict[str, Any]:
     """Synthetic train/test faces and unlabelled exact-flow pairs (cached)."""
-    from facepgn.synthetic import FaceSettings, generate_faces, synthetic_pair_rows
+    from facepgn.config import SyntheticFacesConfig
+    from facepgn.synthetic import generate_faces, synthetic_pair_rows
 
-    settings = FaceSettings(size=args.size)
+    settings = SyntheticFacesConfig(size=args.size)
     root = work / "data" / "ict"
     paths = {"train": root / f"train_faces_{args.size}_{args.train_faces}",
              "test": root / f"test_faces_{args.size}_{args.test_faces}",

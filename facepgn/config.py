@@ -212,10 +212,13 @@ class SyntheticVideosConfig(StrictModel):
     fps: float = 25.0
     num_id: int = 40
     num_exp: int = 20
+    id_std: float = 1.0  # identity coefficients ~ N(0, id_std)
+    expression_prob: float = 0.25  # each expression is active in a clip with this probability
     face_px: tuple[float, float] = (80.0, 110.0)  # 68-landmark box side in frame pixels
     yaw_amplitude_deg: float = 45.0
     pitch_amplitude_deg: float = 15.0
     roll_amplitude_deg: float = 10.0
+    drift_px: float = 12.0  # the face centre wanders by about this much
     workers: int = 0
     face_model: Optional[str] = None
 

@@ -229,8 +229,12 @@ def test_landmark_definition_setting_is_applied_and_recorded():
     assert moved.mean() > 1.0  # the jaw labels really are other vertices
     from facepgn.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="landmarks='bogus'"):
-        synthetic.face_model_for(synthetic.FaceSettings(landmarks="bogus"))
+    with pytest.raises(ConfigError, match="landmarks='bogus'"):  # a name that got past the config's check
+        synthetic.face_model_for(synthetic.FaceSettings.model_construct(**{**dict(synthetic.FaceSettings()), "landmarks": "bogus"}))
+    from facepgn.config import SyntheticFacesConfig, build_config
+
+    with pytest.raises(ConfigError, match="landmarks"):  # the settings are the job config: checked when built
+        build_config(SyntheticFacesConfig, {"landmarks": "bogus"})
 
 
 def test_faces_over_real_background_patches(shared, tmp_path):

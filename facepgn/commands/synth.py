@@ -79,12 +79,11 @@ def run_faces(args: argparse.Namespace) -> int:
 
     cfg = load_config(SyntheticFacesConfig, args.config,
                       _overrides(args, {"n": "n", "out": "output", "size": "size", "seed": "seed", "workers": "workers"}))
-    settings = synthetic.FaceSettings.from_config(cfg)
-    synthetic.face_model_for(settings)  # a missing/bad face model fails here, in one line
+    synthetic.face_model_for(cfg)  # a missing/bad face model fails here, in one line
     workers = _workers(cfg.workers)
     t0 = time.time()
     with tqdm(total=cfg.n, unit="face", desc="synth faces") as bar:
-        summary = synthetic.generate_faces(cfg.output, cfg.n, cfg.seed, settings, cfg.rows_per_shard, workers,
+        summary = synthetic.generate_faces(cfg.output, cfg.n, cfg.seed, cfg, cfg.rows_per_shard, workers,
                                            progress=bar.update)
     sheet_path = None
     if cfg.contact_sheet > 0 and summary["shards"]:
@@ -116,23 +115,17 @@ def run_videos(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from facepgn import storage, synthetic
-    from facepgn.config import SyntheticVideosConfig, load_config
+    from facepgn.config import SyntheticFacesConfig, SyntheticVideosConfig, load_config
     from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
     cfg = load_config(SyntheticVideosConfig, args.config,
                       _overrides(args, {"n": "n", "out": "output", "frames": "frames", "size": "size",
                                         "fps": "fps", "seed": "seed", "workers": "workers"}))
-    settings = synthetic.VideoSettings(
-        frames=cfg.frames, size=cfg.size, fps=cfg.fps, num_id=cfg.num_id, num_exp=cfg.num_exp,
-        face_px=tuple(cfg.face_px), yaw_amplitude_deg=cfg.yaw_amplitude_deg,
-        pitch_amplitude_deg=cfg.pitch_amplitude_deg, roll_amplitude_deg=cfg.roll_amplitude_deg,
-        face_model=cfg.face_model,
-    )
-    synthetic.face_model_for(synthetic.FaceSettings(num_id=cfg.num_id, num_exp=cfg.num_exp, face_model=cfg.face_model))
+    synthetic.face_model_for(SyntheticFacesConfig(num_id=cfg.num_id, num_exp=cfg.num_exp, face_model=cfg.face_model))
     workers = _workers(cfg.workers)
     t0 = time.time()
     with tqdm(total=cfg.n, unit="video", desc="synth videos") as bar:
-        summary = synthetic.generate_videos(cfg.output, cfg.n, cfg.seed, settings, workers, progress=bar.update)
+        summary = synthetic.generate_videos(cfg.output, cfg.n, cfg.seed, cfg, workers, progress=bar.update)
     write_summary(
         storage.join(cfg.output, SUMMARY_FILE), job="synth videos",
         counts={"videos": summary["videos"], "written": summary["written"], "skipped_existing": summary["skipped_existing"]},
