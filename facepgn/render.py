@@ -126,17 +126,7 @@ def rasterize(
     b = np.stack([(x2 - x1), (x0 - x2), (x1 - x0)], 1) * inv[:, None]
     c = -(a * np.stack([x1, x2, x0], 1) + b * np.stack([y1, y2, y0], 1))
 
-    # Chunks of triangles so that the candidate list stays bounded.
-    cum = np.cumsum(count[live])
-    starts = [0]
-    while cum[-1] - (cum[starts[-1] - 1] if starts[-1] else 0) > _MAX_CANDIDATES:
-        base = cum[starts[-1] - 1] if starts[-1] else 0
-        nxt = int(np.searchsorted(cum, base + _MAX_CANDIDATES, side="right"))
-        starts.append(max(nxt, starts[-1] + 1))
-        if starts[-1] >= len(live):
-            starts.pop()
-            break
-    bounds = starts + [len(live)]
+    bounds = _chunk_bounds(count[live])
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         tri = live[lo:hi]
         cnt = count[tri]
@@ -147,27 +137,47 @@ def rasterize(
         py = ymin[rep].astype(np.int64) + offsets // nxr
         w = a[rep] * px[:, None] + b[rep] * py[:, None] + c[rep]
         inside = (w >= -1e-9).all(1)
-        rep, px, py, w = rep[inside], px[inside], py[inside], w[inside]
-        if len(rep) == 0:
-            continue
-        z = (w * p[rep, :, 2]).sum(1)
-        pix = py * width + px
-        order = np.lexsort((z, pix))  # by pixel, then nearest (largest z) last
-        pix_s = pix[order]
-        last = np.ones(len(order), dtype=bool)
-        last[:-1] = pix_s[1:] != pix_s[:-1]
-        win = order[last]
-        pix_w = pix[win]
-        nearer = z[win] > depth[pix_w]
-        win, pix_w = win[nearer], pix_w[nearer]
-        depth[pix_w] = z[win]
-        tri_ids[pix_w] = rep[win]
-        bary[pix_w] = w[win]
+        _keep_nearest(rep[inside], py[inside] * width + px[inside], w[inside], p, depth, tri_ids, bary)
     return Raster(
         tri_ids.reshape(height, width),
         bary.reshape(height, width, 3),
         depth.astype(np.float32).reshape(height, width),
     )
+
+
+def _chunk_bounds(counts: np.ndarray) -> list[int]:
+    """Chunks of triangles (candidate pixels ``counts`` each) so that a chunk's candidate list stays
+    bounded: indices ``bounds[k]:bounds[k + 1]`` into ``counts``."""
+    cum = np.cumsum(counts)
+    starts = [0]
+    while cum[-1] - (cum[starts[-1] - 1] if starts[-1] else 0) > _MAX_CANDIDATES:
+        base = cum[starts[-1] - 1] if starts[-1] else 0
+        nxt = int(np.searchsorted(cum, base + _MAX_CANDIDATES, side="right"))
+        starts.append(max(nxt, starts[-1] + 1))
+        if starts[-1] >= len(counts):
+            starts.pop()
+            break
+    return starts + [len(counts)]
+
+
+def _keep_nearest(rep: np.ndarray, pix: np.ndarray, w: np.ndarray, p: np.ndarray, depth: np.ndarray,
+                  tri_ids: np.ndarray, bary: np.ndarray) -> None:
+    """Candidates (triangle ``rep``, flat pixel ``pix``, barycentric weights ``w``) -> the buffers:
+    per pixel the nearest candidate (largest z), where it is nearer than what the pixel holds."""
+    if len(rep) == 0:
+        return
+    z = (w * p[rep, :, 2]).sum(1)
+    order = np.lexsort((z, pix))  # by pixel, then nearest (largest z) last
+    pix_s = pix[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = pix_s[1:] != pix_s[:-1]
+    win = order[last]
+    pix_w = pix[win]
+    nearer = z[win] > depth[pix_w]
+    win, pix_w = win[nearer], pix_w[nearer]
+    depth[pix_w] = z[win]
+    tri_ids[pix_w] = rep[win]
+    bary[pix_w] = w[win]
 
 
 def interpolate(raster: Raster, triangles: np.ndarray, vertex_values: np.ndarray) -> np.ndarray:
