@@ -145,7 +145,7 @@ class SyntheticFacesConfig(StrictModel):
     """``facepgn synth faces``: labelled face crops rendered from the face model (facepgn.synthetic)."""
 
     n: int = 1000
-    output: str = "data/synthetic/faces"  # folder or s3:// prefix: part-NNNNN.parquet, summary.json, contact_sheet.png
+    output: str = "data/synthetic/faces"  # folder or s3:// prefix: data/part-NNNNN.parquet, summary.json, contact_sheet.png
     seed: int = 0
     size: int = 128  # crop side, pixels
     num_id: int = 40  # identity modes sampled (the face model truncated like ModelConfig)

@@ -139,7 +139,49 @@ def test_cli_synth_faces_writes_shards_sheet_and_summary(tmp_path):
     assert summary["written"] == 6 and len(summary["shards"]) == 2 and summary["config"]["size"] == 64
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[0] >= 64
-    assert len(_read_rows(str(out))) == 6
+    assert len(_read_rows(str(out / "data"))) == 6
+    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "data", "summary.json"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+
+
+def test_synth_faces_data_folder_reads_with_pandas_and_pyarrow(tmp_path):
+    """The data folder holds only Parquet: pandas and pyarrow's dataset discovery read it whole;
+    the trainers' readers take the output folder itself as well."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    from facepgn.train.data import read_records
+    from facepgn.train.plan import parquet_files
+
+    out = tmp_path / "faces"
+    assert main(["synth", "faces", "--n", "5", "--out", str(out), "--size", "64", "--workers", "1",
+                 "--set", "rows_per_shard=2"]) == 0
+    frame = pd.read_parquet(out / "data")
+    assert len(frame) == 5 and sorted(frame["record_id"]) == [f"synthetic-s0/{i:08d}" for i in range(5)]
+    assert ds.dataset(str(out / "data")).count_rows() == 5
+    assert read_records([str(out)], "face_record").num_rows == 5
+    assert len(parquet_files([str(out)], "face-record")) == 3
+
+
+def test_synth_faces_resumes_a_folder_written_before_data(tmp_path):
+    """A folder of the earlier layout (shards beside summary.json and contact_sheet.png) is resumed
+    in place, not written a second time under data/, and the readers still read it."""
+    from facepgn.train.data import read_records
+
+    out = tmp_path / "faces"
+    settings = synthetic.FaceSettings(size=64, **_BARE)
+    synthetic.generate_faces(str(out), 2, seed=0, settings=settings, rows_per_shard=2)  # part-00000 at the top
+    (out / "summary.json").write_text("{}")
+    (out / "contact_sheet.png").write_bytes(b"png")
+    assert synthetic.data_dir(str(out)) == str(out)
+    assert main(["synth", "faces", "--n", "4", "--out", str(out), "--size", "64", "--workers", "1",
+                 "--set", "rows_per_shard=2"] + [f"--set={k}={v}" for k, v in _BARE.items()]) == 0
+    assert not (out / "data").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["written"] == 2 and summary["skipped_existing"] == 2
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
+    assert read_records([str(out)], "face_record").num_rows == 4
+    assert synthetic.data_dir(str(tmp_path / "new")) == str(tmp_path / "new" / "data")
 
 
 def test_cli_reports_a_missing_face_model_in_one_line(tmp_path, capsys):
@@ -153,9 +195,9 @@ def test_cli_synth_faces_to_s3(s3_bucket):
 
     out = f"{s3_bucket}/synthetic/faces"
     assert main(["synth", "faces", "--n", "3", "--out", out, "--size", "64", "--workers", "1"]) == 0
-    files = [storage.basename(p) for p in storage.list_files(out)]
-    assert files == ["contact_sheet.png", "part-00000.parquet", "summary.json"]
-    table = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/part-00000.parquet")))
+    files = [p[len(out) + 1:] for p in storage.list_files(out)]
+    assert files == ["contact_sheet.png", "data/part-00000.parquet", "summary.json"]
+    table = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/data/part-00000.parquet")))
     records.check_table(table, "face_record")
     assert table.num_rows == 3
 

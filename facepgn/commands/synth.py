@@ -23,8 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="labelled face crops -> face-record Parquet shards",
         description=(
             "Write N labelled face crops (68 3D landmarks, visibility, pose, coefficients) as "
-            "part-NNNNN.parquet shards in FACE_RECORD_SCHEMA, plus contact_sheet.png and summary.json. "
-            "Deterministic by seed; reruns skip shards already written."
+            "data/part-NNNNN.parquet shards in FACE_RECORD_SCHEMA (data/ holds only Parquet: "
+            "pandas.read_parquet(OUT/data)), plus contact_sheet.png and summary.json beside data/. "
+            "Deterministic by seed; reruns skip shards already written (a folder with its shards at "
+            "the top level, from before data/, is resumed in place)."
         ),
     )
     faces.add_argument("--n", type=int, default=None, help="number of faces (default 1000)")
@@ -81,9 +83,12 @@ def run_faces(args: argparse.Namespace) -> int:
                       _overrides(args, {"n": "n", "out": "output", "size": "size", "seed": "seed", "workers": "workers"}))
     synthetic.face_model_for(cfg)  # a missing/bad face model fails here, in one line
     workers = _workers(cfg.workers)
+    data_dir = synthetic.data_dir(cfg.output)
+    if data_dir == cfg.output:
+        print(f"facepgn synth faces: {cfg.output} holds shards at its top level (written before data/): resuming there")
     t0 = time.time()
     with tqdm(total=cfg.n, unit="face", desc="synth faces") as bar:
-        summary = synthetic.generate_faces(cfg.output, cfg.n, cfg.seed, cfg, cfg.rows_per_shard, workers,
+        summary = synthetic.generate_faces(data_dir, cfg.n, cfg.seed, cfg, cfg.rows_per_shard, workers,
                                            progress=bar.update)
     sheet_path = None
     if cfg.contact_sheet > 0 and summary["shards"]:

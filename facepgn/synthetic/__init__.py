@@ -24,7 +24,9 @@ Geometry follows :mod:`facepgn.geometry` (``p = s * F @ R @ X + t``); records fo
 Outputs:
 
 * :func:`generate_faces`: ``part-NNNNN.parquet`` shards in ``FACE_RECORD_SCHEMA`` (face model truncated
-  with ``FaceModel.truncated(num_id, num_exp)``, so ``id_coeffs``/``exp_coeffs`` have those lengths).
+  with ``FaceModel.truncated(num_id, num_exp)``, so ``id_coeffs``/``exp_coeffs`` have those lengths);
+  ``facepgn synth faces`` writes them to ``<output>/data/`` (:func:`data_dir`), summary.json and
+  contact_sheet.png beside it.
 * :func:`generate_videos`: ``synthetic-NNNN.mp4`` (mp4v) and ``synthetic-NNNN.gt.npz`` with, per frame
   (T first): ``pose`` (pitch, yaw, roll rad), ``scale``, ``translation``, ``exp_coeffs``,
   ``landmarks_2d``/``landmarks_3d`` (frame px, z centred), ``landmarks_visible``, ``face_box`` (x, y, w, h
@@ -36,7 +38,8 @@ Outputs:
 
 from facepgn.config import SyntheticFacesConfig, SyntheticVideosConfig
 from facepgn.synthetic.camera import camera_effects
-from facepgn.synthetic.faces import contact_sheet_from_records, face_model_for, face_record, generate_faces, synthesize_face
+from facepgn.synthetic.faces import (DATA_DIR, contact_sheet_from_records, data_dir, face_model_for, face_record, generate_faces,
+                                     synthesize_face)
 from facepgn.synthetic.hair import HeadFrame, hair_mesh, head_frame
 from facepgn.synthetic.occluders import add_occluders
 from facepgn.synthetic.pairs import FramePair, _five_points, _mask_box, exact_flow, render_pair, synthetic_pair_rows
@@ -61,8 +64,8 @@ FaceSettings = SyntheticFacesConfig
 VideoSettings = SyntheticVideosConfig
 
 __all__ = [
-    "FaceParams", "FaceRender", "FaceSettings", "FaceSkin", "FramePair", "HeadFrame", "SyntheticFacesConfig",
-    "SyntheticVideosConfig", "VideoSettings", "add_occluders", "camera_effects", "contact_sheet_from_records",
+    "DATA_DIR", "FaceParams", "FaceRender", "FaceSettings", "FaceSkin", "FramePair", "HeadFrame", "SyntheticFacesConfig",
+    "SyntheticVideosConfig", "VideoSettings", "add_occluders", "camera_effects", "contact_sheet_from_records", "data_dir",
     "exact_flow", "face_model_for", "face_record", "face_skin", "generate_faces", "generate_videos", "hair_mesh",
     "head_frame", "model_vertices", "place_face", "random_albedo", "random_background", "render_face", "render_pair",
     "sample_expression", "sample_identity", "sample_pose", "shade_albedo", "single_threaded", "smooth_signal",

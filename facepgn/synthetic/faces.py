@@ -180,6 +180,20 @@ def _write_shard(task: tuple[int, int, int, int, SyntheticFacesConfig, str]) -> 
     }
 
 
+#: ``facepgn synth faces`` writes its shards into this subfolder of its output and summary.json and
+#: contact_sheet.png beside it, so the folder holds only Parquet (``pandas.read_parquet(<output>/data)``)
+DATA_DIR = "data"
+
+
+def data_dir(output: str) -> str:
+    """Where ``facepgn synth faces`` puts the shards of ``output``: ``<output>/data``, or ``output``
+    itself when it already holds shards at its top level (a folder written before ``data/`` existed:
+    a rerun resumes it in place rather than writing the faces a second time)."""
+    if storage.list_files(output, [".parquet"], recursive=False):
+        return output
+    return storage.join(output, DATA_DIR)
+
+
 def generate_faces(
     out_dir: str,
     n: int,
@@ -190,7 +204,8 @@ def generate_faces(
     resume: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Write ``n`` synthetic labelled faces as ``part-NNNNN.parquet`` shards under ``out_dir``.
+    """Write ``n`` synthetic labelled faces as ``part-NNNNN.parquet`` shards under ``out_dir`` (the
+    only files written there: ``facepgn synth faces`` gives its output's ``data/``, see :func:`data_dir`).
 
     Shards are independent tasks run on ``workers`` processes; each is written atomically, and with
     ``resume`` a rerun skips shards already present. ``progress(rows)`` is called as shards finish.
