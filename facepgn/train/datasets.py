@@ -27,6 +27,12 @@ from facepgn.errors import FacepgnError, InputError
 from facepgn.train import data as train_data
 
 LABELLED, PAIRS, VALIDATION = "labelled", "pairs", "validation"
+#: Ray path: training rows are mixed twice, as the plain loop's reshuffle does: blocks of at most
+#: ``SHUFFLE_BLOCK_ROWS`` rows in a new random order every epoch, then a worker-side buffer of
+#: ``SHUFFLE_BUFFER_ROWS`` rows (records are written video by video: without this a batch is 32
+#: consecutive frames of one video)
+SHUFFLE_BLOCK_ROWS = 256
+SHUFFLE_BUFFER_ROWS = 1024
 PREFETCH_BATCHES = 4  # batches decoded ahead of the training step, per stream
 
 
@@ -161,7 +167,8 @@ def _dataset(files: list[str], size: int, holdout: float, holdout_side: bool | N
         if holdout_side is not None:
             tables = [t.filter(_holdout_mask(t, holdout, holdout_side)) for t in tables]
             tables = [t for t in tables if t.num_rows] or tables[:1]
-        return ray.data.from_arrow(tables)
+        blocks = [t.slice(i, SHUFFLE_BLOCK_ROWS) for t in tables for i in range(0, max(t.num_rows, 1), SHUFFLE_BLOCK_ROWS)]
+        return ray.data.from_arrow(blocks)
     ds = _read_parquet(files, read_cpus).map_batches(_upgraded, batch_format="pyarrow", num_cpus=read_cpus)
     if holdout_side is not None:
         ds = ds.map_batches(_holdout_filter(holdout, holdout_side), batch_format="pyarrow", num_cpus=read_cpus)
@@ -182,9 +189,9 @@ def build_datasets(plan) -> dict[str, Any]:
     holdout = cfg.validation.holdout_fraction if not cfg.validation.labelled else 0.0
     out: dict[str, Any] = {}
     if plan.labelled_files:
-        out[LABELLED] = _dataset(plan.labelled_files, plan.labelled_bytes, holdout, False if holdout > 0 else None, cfg)
+        out[LABELLED] = _dataset(plan.labelled_files, plan.labelled_bytes, holdout, False if holdout > 0 else None, cfg).randomize_block_order()
     if plan.pair_files:
-        out[PAIRS] = _dataset(plan.pair_files, plan.pair_bytes, holdout, None, cfg)
+        out[PAIRS] = _dataset(plan.pair_files, plan.pair_bytes, holdout, None, cfg).randomize_block_order()
     if plan.validation_files:
         ds = _dataset(plan.validation_files, plan.validation_bytes, holdout, True if holdout > 0 else None, cfg)
         out[VALIDATION] = ds.limit(cfg.validation.max_records)
@@ -256,7 +263,8 @@ class RayBatches:
         self.pair_collate = PairCollate(cfg)
 
     def _batches(self, shard, batch_size: int, collate) -> Iterator[Collated]:
-        return iter(shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=True, prefetch_batches=PREFETCH_BATCHES))
+        return iter(shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=True, prefetch_batches=PREFETCH_BATCHES,
+                                             local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS))
 
     def _cycle(self, shard, batch_size: int, collate) -> Iterator[Collated]:
         """Endless batches from a dataset shard: a new pass when one ends."""
