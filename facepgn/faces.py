@@ -4,21 +4,38 @@
   order), converts to BGR, detects on a copy downscaled to ``detect_width`` and maps boxes back.
 * :class:`FaceTracker` links detections across sampled frames by IoU (then centre distance), so
   each face keeps one integer track id (0, 1, ... in order of appearance: deterministic).
-* :func:`square_crop` cuts a square around a box with a margin, resized to the training size, and
-  returns its ``crop_to_frame`` transform (``facepgn.records.crop_transform``).
+* :func:`square_crop` (from :mod:`facepgn.crops`, the home of crop geometry) cuts a square around
+  a box with a margin, resized to the training size, and returns its ``crop_to_frame`` transform.
 * :class:`LandmarkModel` runs the Peppa 68-point ONNX model with ``cv2.dnn``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from facepgn import paths, records
+from facepgn import crops, paths
 from facepgn.errors import FacepgnError
+
+
+@contextlib.contextmanager
+def opencv_quiet():
+    """OpenCV's own log at errors only while a model loads (``setPreferableTarget Targets are not
+    supported by the new graph engine``, once per detector and process otherwise); restored after."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        yield
+        return
+    level = logging.getLogLevel()
+    logging.setLogLevel(min(level, logging.LOG_LEVEL_ERROR))
+    try:
+        yield
+    finally:
+        logging.setLogLevel(level)
 
 
 @dataclass
@@ -52,7 +69,8 @@ class FaceDetector:
     ):
         self.model_path = str(paths.resolve_asset("detector", model_path))
         try:
-            self._net = cv2.FaceDetectorYN.create(self.model_path, "", (320, 320), score_threshold, nms_threshold, top_k)
+            with opencv_quiet():  # OpenCV 5's DNN warns that its new graph engine ignores the (default) target
+                self._net = cv2.FaceDetectorYN.create(self.model_path, "", (320, 320), score_threshold, nms_threshold, top_k)
         except cv2.error as exc:
             raise FacepgnError(f"{self.model_path}: cannot load the YuNet detector ({str(exc).strip().splitlines()[-1][:120]})") from None
         self.detect_width = int(detect_width)
@@ -159,38 +177,11 @@ class FaceTracker:
         return out
 
 
-# ---- crops -----------------------------------------------------------------------------------
+# ---- crops: their home is facepgn.crops (these names stay for callers) ------------------------
 
-
-def square_crop_box(box: np.ndarray, margin: float) -> tuple[int, int, int]:
-    """(x0, y0, side) in integer frame pixels: a square centred on ``box`` whose side is the box's
-    longer side plus ``margin`` of it on each side."""
-    x, y, w, h = (float(v) for v in box[:4])
-    side = max(w, h) * (1.0 + 2.0 * margin)
-    side_i = max(2, int(round(side)))
-    cx, cy = x + w / 2.0, y + h / 2.0
-    return int(round(cx - side_i / 2.0)), int(round(cy - side_i / 2.0)), side_i
-
-
-def square_crop(rgb: np.ndarray, box: np.ndarray, margin: float, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Crop a square around ``box`` (zero-padded outside the frame), resized to ``size``.
-
-    Returns ``(crop RGB uint8 (size, size, 3), crop_to_frame 2x3 float32)``.
-    """
-    x0, y0, side = square_crop_box(box, margin)
-    h, w = rgb.shape[:2]
-    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
-    region = np.zeros((side, side, 3), dtype=np.uint8)
-    if sx1 > sx0 and sy1 > sy0:
-        region[sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    crop = cv2.resize(region, (size, size), interpolation=interp)
-    return crop, records.crop_transform(x0, y0, side, size)
-
-
-def frame_to_crop(points: np.ndarray, crop_to_frame: np.ndarray) -> np.ndarray:
-    """Frame-pixel points -> crop pixels (the inverse of ``crop_to_frame``)."""
-    return records.apply_affine(records.invert_affine(crop_to_frame), points).astype(np.float32)
+square_crop_box = crops.square_crop_box
+square_crop = crops.square_crop
+frame_to_crop = crops.frame_to_crop
 
 
 def blur_score(rgb: np.ndarray) -> float:

@@ -3,12 +3,14 @@
 The Ray Data graph (``facepgn.pipelines.infer``) and the plain-loop baseline (same module, and
 ``bench/bench_infer.py``) call exactly these functions:
 
-1. :func:`iter_item_batches` — one input item, by kind: :func:`iter_face_batches` for a video
-   (chunked decode (``facepgn.video``), YuNet detection and tracking, square crops
-   (``facepgn.faces``); one row per face per sampled frame), :func:`iter_photo_batches` for a
-   photo (decoded once, detected on a downscaled copy, cropped from the full-resolution image;
-   one row per face, each face its own track, frame 0, time 0). Either yields column batches and,
-   last, one *footer* row with the item's totals or the reason it failed.
+1. :func:`iter_item_batches` — one input item, by kind: :func:`video_face_batches` for a video
+   (``facepgn.tracking.track_faces``: chunked decode, YuNet detection and tracking, the loop
+   ``preprocess`` and ``label`` use too; square crops (``facepgn.crops``); one row per face per
+   sampled frame), :func:`photo_face_batches` for a photo (decoded once, detected on a downscaled
+   copy, cropped from the full-resolution image; one row per face, each face its own track, frame
+   0, time 0). Either yields column batches and, last, one *footer* row with the item's totals or
+   the reason it failed. Both take the few values they read; :func:`iter_face_batches` and
+   :func:`iter_photo_batches` are the same with those values read from an ``InferConfig``.
 2. ``facepgn.predictor.Predictor`` — the model on a batch of crops, torch eager or onnxruntime (the
    networks in ONNX, the closed-form pose fit in torch: SVD/eigh have no ONNX operator).
    :func:`frame_outputs` maps its crop-pixel outputs back to the original frame.
@@ -77,16 +79,23 @@ def _stack_batch(rows: dict[str, list], size: int, kind: int, footer: dict | Non
     return out
 
 
-def iter_face_batches(video_path: str, video_id: str, cfg: InferConfig, image_size: int, detector=None) -> Iterator[dict[str, np.ndarray]]:
-    """Stage 1 for one video: yields a column batch of face crops per decoded chunk, then a footer.
+def video_face_batches(video_path: str, video_id: str, image_size: int, detector, *, crop_margin: float,
+                       stride: int = 1, max_frames: int | None = None, chunk_frames: int = 32,
+                       tracker=None, max_faces: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Stage 1 for one video: yields a column batch of face crops per ``chunk_frames`` decoded
+    frames (frames without faces yield nothing), then a footer.
 
+    Frames: every ``stride``-th of the first ``max_frames`` (``video.stride_indices``), through
+    :func:`facepgn.tracking.track_faces` (``detector``: a ``faces.FaceDetector``; ``tracker``: a
+    fresh ``faces.FaceTracker``, default settings if None; at most ``max_faces`` per frame); one
+    square crop (``crops.square_crop``, ``crop_margin``) of ``image_size`` px per tracked face.
     The footer (``kind == KIND_FOOTER``, always last, always yielded) carries ``total_rows`` (rows
     of this video including itself), ``error`` ("" or the one-line reason the video failed) and
     ``info`` (JSON: frame count, fps, size, stage timings). Memory is bounded by one chunk.
     """
     import cv2
 
-    from facepgn import faces, video
+    from facepgn import crops, tracking, video
 
     cv2.setNumThreads(1)
     emitted = 0
@@ -95,59 +104,40 @@ def iter_face_batches(video_path: str, video_id: str, cfg: InferConfig, image_si
     info: dict[str, Any] = {"kind": "video"}
     error = ""
     try:
-        if detector is None:
-            d = cfg.detector
-            detector = faces.FaceDetector(d.model_path, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold,
-                                          top_k=d.top_k, detect_width=d.detect_width)
-        tracker = faces.FaceTracker(cfg.tracker.iou_threshold, cfg.tracker.max_centre_shift, cfg.tracker.max_missed)
-        with video.local_video(video_path) as local:
-            reader = video.VideoReader(local, display_path=video_path)
+        with tracking.open_video(video_path) as reader:
             meta = reader.info
             info.update(num_frames=meta.num_frames, fps=meta.fps, width=meta.width, height=meta.height)
-            indices = video.stride_indices(meta.num_frames, cfg.stride, cfg.max_frames)
+            indices = video.stride_indices(meta.num_frames, stride, max_frames)
             info["sampled_frames"] = len(indices)
-            frames_iter = reader.frames(indices, chunk_size=cfg.chunk_frames)
-            done = False
-            faces_seen = 0
-            while not done:
-                rows = _empty_face_batch()
-                c0 = _time.thread_time()
+            frames = reader.frames(indices, chunk_size=chunk_frames)
+            stream = tracking.track_faces(frames, detector.detect, tracker=tracker if tracker is not None else tracking.new_tracker(),
+                                          max_faces=max_faces, clock=tracking.seconds_into(timings, "_s"))
+            rows, in_chunk, faces_seen = _empty_face_batch(), 0, 0
+            # CPU time (not wall: that also counts waiting for a core), chunk by chunk: between
+            # yields the consumer runs in this thread too (plain loop)
+            c0 = _time.thread_time()
+            for tracked in stream:
                 t0 = _time.perf_counter()
-                chunk = []
-                for frame in frames_iter:
-                    chunk.append(frame)
-                    if len(chunk) >= cfg.chunk_frames:
-                        break
-                else:
-                    done = True
-                timings["decode_s"] += _time.perf_counter() - t0
-                for frame in chunk:
-                    t1 = _time.perf_counter()
-                    dets = detector.detect(frame.rgb)[: cfg.tracker.max_faces]
-                    tracked = tracker.update(dets)
-                    t2 = _time.perf_counter()
-                    timings["detect_s"] += t2 - t1
-                    for track_id, det in tracked:
-                        crop, crop_to_frame = faces.square_crop(frame.rgb, det.box, cfg.crop_margin, image_size)
-                        rows["video_id"].append(video_id)
-                        rows["source_path"].append(video_path)
-                        rows["frame_index"].append(frame.index)
-                        rows["time"].append(frame.time)
-                        rows["track_id"].append(track_id)
-                        rows["box"].append(det.box)
-                        rows["det_score"].append(det.score)
-                        rows["crop"].append(crop)
-                        rows["crop_to_frame"].append(crop_to_frame)
-                    timings["crop_s"] += _time.perf_counter() - t2
-                del chunk
-                # CPU time (not wall: that also counts waiting for a core), chunk by chunk: between
-                # yields the consumer runs in this thread too (plain loop)
-                timings_cpu += _time.thread_time() - c0
-                if rows["frame_index"]:
-                    batch = _stack_batch(rows, image_size, KIND_FACE)
-                    emitted += len(batch["frame_index"])
-                    faces_seen += len(batch["frame_index"])
-                    yield batch
+                for face in tracked.faces:
+                    crop, crop_to_frame = crops.square_crop(tracked.rgb, face.detection.box, crop_margin, image_size)
+                    _add_face(rows, video_id, video_path, tracked.index, tracked.time, face.track_id, face.detection, crop, crop_to_frame)
+                timings["crop_s"] += _time.perf_counter() - t0
+                in_chunk += 1
+                if in_chunk >= chunk_frames:
+                    timings_cpu += _time.thread_time() - c0
+                    if rows["frame_index"]:
+                        batch = _stack_batch(rows, image_size, KIND_FACE)
+                        emitted += len(batch["frame_index"])
+                        faces_seen += len(batch["frame_index"])
+                        yield batch
+                    rows, in_chunk = _empty_face_batch(), 0
+                    c0 = _time.thread_time()
+            timings_cpu += _time.thread_time() - c0
+            if rows["frame_index"]:
+                batch = _stack_batch(rows, image_size, KIND_FACE)
+                emitted += len(batch["frame_index"])
+                faces_seen += len(batch["frame_index"])
+                yield batch
             info["faces"] = faces_seen
     except InputError as exc:
         error = str(exc)
@@ -156,6 +146,43 @@ def iter_face_batches(video_path: str, video_id: str, cfg: InferConfig, image_si
     info.update(timings)
     info["decode_cpu_s"] = timings_cpu
     yield _footer(video_path, video_id, image_size, emitted, error, info)
+
+
+def _add_face(rows: dict[str, list], item_id: str, path: str, frame_index: int, time: float, track_id: int, det, crop, crop_to_frame) -> None:
+    rows["video_id"].append(item_id)
+    rows["source_path"].append(path)
+    rows["frame_index"].append(frame_index)
+    rows["time"].append(time)
+    rows["track_id"].append(track_id)
+    rows["box"].append(det.box)
+    rows["det_score"].append(det.score)
+    rows["crop"].append(crop)
+    rows["crop_to_frame"].append(crop_to_frame)
+
+
+def detector_for(settings, detect_width: int | None = None):
+    """A YuNet ``faces.FaceDetector`` from detector settings (``FaceDetectorConfig``: model_path,
+    score_threshold, nms_threshold, top_k, detect_width; ``detect_width`` overrides the last)."""
+    from facepgn import faces
+
+    return faces.FaceDetector(settings.model_path, score_threshold=settings.score_threshold, nms_threshold=settings.nms_threshold,
+                              top_k=settings.top_k, detect_width=settings.detect_width if detect_width is None else detect_width)
+
+
+def iter_face_batches(video_path: str, video_id: str, cfg: InferConfig, image_size: int, detector=None) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`video_face_batches` with the settings ``cfg`` has for it (``detector``, ``tracker``,
+    ``crop_margin``, ``stride``, ``max_frames``, ``chunk_frames``)."""
+    t = cfg.tracker
+    try:
+        detector = detector if detector is not None else detector_for(cfg.detector)
+    except Exception as exc:  # noqa: BLE001 - as before: a detector that cannot load fails the video, in its footer
+        yield _footer(video_path, video_id, image_size, 0, _unexpected(video_path, exc), {"kind": "video"})
+        return
+    from facepgn.tracking import new_tracker
+
+    yield from video_face_batches(video_path, video_id, image_size, detector, crop_margin=cfg.crop_margin, stride=cfg.stride,
+                                  max_frames=cfg.max_frames, chunk_frames=cfg.chunk_frames,
+                                  tracker=new_tracker(t.iou_threshold, t.max_centre_shift, t.max_missed), max_faces=t.max_faces)
 
 
 def _footer(path: str, item_id: str, image_size: int, emitted: int, error: str, info: dict) -> dict[str, np.ndarray]:
@@ -174,6 +201,12 @@ def _footer(path: str, item_id: str, image_size: int, emitted: int, error: str, 
     return _stack_batch(rows, image_size, KIND_FOOTER, {"total_rows": emitted + 1, "error": error, "info": info})
 
 
+def footer_batch(path: str, item_id: str, image_size: int, error: str, info: dict | None = None) -> dict[str, np.ndarray]:
+    """The whole stream of an item that yields no face rows: its footer alone (``error``: "" or
+    the one-line reason it failed)."""
+    return _footer(path, item_id, image_size, 0, error, dict(info or {}))
+
+
 def _unexpected(path: str, exc: Exception) -> str:
     """One line for a failure that is not bad input (a library error): path, exception, message."""
     text = str(exc).strip()
@@ -182,35 +215,32 @@ def _unexpected(path: str, exc: Exception) -> str:
 
 def photo_detector(cfg: InferConfig):
     """YuNet as configured for photos: ``cfg.detector`` at ``cfg.photo_detect_width``."""
-    from facepgn import faces
-
-    d = cfg.detector
-    return faces.FaceDetector(d.model_path, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold,
-                              top_k=d.top_k, detect_width=cfg.photo_detect_width)
+    return detector_for(cfg.detector, cfg.photo_detect_width)
 
 
 def detect_photo(photo, detector, max_faces: int | None = None) -> list:
     """The faces of a :class:`facepgn.video.Photo`, highest score first (at most ``max_faces``),
     detected on its downscaled copy; boxes and points in full-resolution pixels."""
     from facepgn.faces import Detection
+    from facepgn.tracking import track_faces
+    from facepgn.video import Frame
 
-    dets = detector.detect(photo.small)
-    if max_faces is not None:
-        dets = dets[: max(0, int(max_faces))]
+    tracked = next(track_faces([Frame(0, 0.0, photo.small)], detector.detect, tracker=None, max_faces=max_faces))
     k = np.float32(photo.to_source)
-    return [Detection(box=(d.box * k).astype(np.float32), points=(d.points * k).astype(np.float32), score=d.score) for d in dets]
+    return [Detection(box=(d.box * k).astype(np.float32), points=(d.points * k).astype(np.float32), score=d.score) for d in tracked.detections]
 
 
-def iter_photo_batches(photo_path: str, item_id: str, cfg: InferConfig, image_size: int, detector=None) -> Iterator[dict[str, np.ndarray]]:
-    """Stage 1 for one photo: decode once (full resolution, and a copy downscaled to
-    ``cfg.photo_max_side`` for detection), YuNet (at ``cfg.photo_detect_width``), one square crop
-    per face cut from the full-resolution photo (so ``crop_to_frame`` and every coordinate are in
-    the photo's own pixels). Yields one batch of face rows (frame 0, time 0, ``track_id`` the face's
-    rank by detector score: each face is its own track), then the footer. A photo that cannot be
-    read yields only the footer, with the one-line reason; a photo without a face, 0 rows."""
+def photo_face_batches(photo_path: str, item_id: str, image_size: int, detector, *, crop_margin: float,
+                       max_side: int | None = 1280, max_faces: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Stage 1 for one photo: decode once (full resolution, and a copy downscaled to ``max_side``
+    for detection), ``detector`` on the copy (:func:`detect_photo`), one square crop per face cut
+    from the full-resolution photo (so ``crop_to_frame`` and every coordinate are in the photo's
+    own pixels). Yields one batch of face rows (frame 0, time 0, ``track_id`` the face's rank by
+    detector score: each face is its own track), then the footer. A photo that cannot be read
+    yields only the footer, with the one-line reason; a photo without a face, 0 rows."""
     import cv2
 
-    from facepgn import faces, video
+    from facepgn import crops, video
 
     cv2.setNumThreads(1)
     info: dict[str, Any] = {"kind": "photo", "num_frames": 1, "fps": 0.0, "sampled_frames": 1}
@@ -220,23 +250,15 @@ def iter_photo_batches(photo_path: str, item_id: str, cfg: InferConfig, image_si
     batch = None
     try:
         t0 = _time.perf_counter()
-        photo = video.read_photo(photo_path, cfg.photo_max_side)
+        photo = video.read_photo(photo_path, max_side)
         t1 = _time.perf_counter()
         info.update(width=photo.size[0], height=photo.size[1], detect_size=[int(photo.small.shape[1]), int(photo.small.shape[0])])
-        dets = detect_photo(photo, detector if detector is not None else photo_detector(cfg), cfg.photo_max_faces)
+        dets = detect_photo(photo, detector, max_faces)
         t2 = _time.perf_counter()
         rows = _empty_face_batch()
         for rank, det in enumerate(dets):
-            crop, crop_to_frame = faces.square_crop(photo.rgb, det.box, cfg.crop_margin, image_size)
-            rows["video_id"].append(item_id)
-            rows["source_path"].append(photo_path)
-            rows["frame_index"].append(0)
-            rows["time"].append(0.0)
-            rows["track_id"].append(rank)
-            rows["box"].append(det.box)
-            rows["det_score"].append(det.score)
-            rows["crop"].append(crop)
-            rows["crop_to_frame"].append(crop_to_frame)
+            crop, crop_to_frame = crops.square_crop(photo.rgb, det.box, crop_margin, image_size)
+            _add_face(rows, item_id, photo_path, 0, 0.0, rank, det, crop, crop_to_frame)
         del photo  # only the crops leave this function, whatever the photo's size
         timings.update(decode_s=t1 - t0, detect_s=t2 - t1, crop_s=_time.perf_counter() - t2)
         info["faces"] = len(dets)
@@ -253,6 +275,18 @@ def iter_photo_batches(photo_path: str, item_id: str, cfg: InferConfig, image_si
         emitted = len(batch["frame_index"])
         yield batch
     yield _footer(photo_path, item_id, image_size, emitted, error, info)
+
+
+def iter_photo_batches(photo_path: str, item_id: str, cfg: InferConfig, image_size: int, detector=None) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`photo_face_batches` with the settings ``cfg`` has for it (``detector`` at
+    ``photo_detect_width``, ``photo_max_side``, ``photo_max_faces``, ``crop_margin``)."""
+    try:
+        detector = detector if detector is not None else photo_detector(cfg)
+    except Exception as exc:  # noqa: BLE001 - as before: a detector that cannot load fails the photo, in its footer
+        yield _footer(photo_path, item_id, image_size, 0, _unexpected(photo_path, exc), {"kind": "photo"})
+        return
+    yield from photo_face_batches(photo_path, item_id, image_size, detector, crop_margin=cfg.crop_margin,
+                                  max_side=cfg.photo_max_side, max_faces=cfg.photo_max_faces)
 
 
 def iter_item_batches(path: str, item_id: str, kind: str, cfg: InferConfig, image_size: int) -> Iterator[dict[str, np.ndarray]]:

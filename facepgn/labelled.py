@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import re
 import time
@@ -34,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from facepgn import records, storage
+from facepgn import crops, records, storage
 from facepgn.errors import InputError
 from facepgn.facemodel import read_mat
 from facepgn.summary import SUMMARY_FILE, versions, write_summary
@@ -46,7 +45,7 @@ SOURCE_AFLW2000 = "aflw2000-3d"
 SOURCE_300WLP = "300w-lp"
 # The parametrisation of Shape_Para/Exp_Para (BFM 2009 shape + 29 expression PCs, 3DDFA scaling).
 BFM_COEFFS_MODEL = "bfm2009-3ddfa"
-DEFAULT_MARGIN = 0.2  # side = (1 + 2 * margin) * landmark extent: 1.4, close to 3DDFA's sqrt(2)
+DEFAULT_MARGIN = crops.DEFAULT_LANDMARK_MARGIN  # side = (1 + 2 * margin) * landmark extent: 1.4, close to 3DDFA's sqrt(2)
 DEFAULT_IMAGE_SIZE = 128
 
 _AUGMENTATION_SUFFIX = re.compile(r"_\d+$")
@@ -180,40 +179,10 @@ def list_labelled_images(folder: str) -> list[str]:
 # ---- crops and records -------------------------------------------------------------------------
 
 
-def landmark_box(landmarks: np.ndarray, margin: float = DEFAULT_MARGIN) -> tuple[float, float, float]:
-    """A square box (x0, y0, side) centred on the landmarks' 2D bounding box, with ``margin`` of the
-    larger extent added on each side."""
-    xy = np.asarray(landmarks, dtype=np.float64)[:, :2]
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    side = float((hi - lo).max()) * (1.0 + 2.0 * margin)
-    if side <= 0:
-        raise ValueError("landmarks have zero extent")
-    cx, cy = (lo + hi) / 2.0
-    return float(cx - side / 2.0), float(cy - side / 2.0), side
-
-
-def crop_with_affine(image: np.ndarray, crop_to_frame: np.ndarray, size: int) -> np.ndarray:
-    """Resample ``image`` into a ``size`` x ``size`` crop through the crop->frame affine.
-
-    Pixels outside the image are black. When the crop shrinks the face, the source is blurred first
-    so the crop does not alias.
-    """
-    import cv2
-
-    m = np.asarray(crop_to_frame, dtype=np.float64).reshape(2, 3)
-    scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
-    if scale > 1.5:
-        sigma = 0.5 * math.sqrt(scale * scale - 1.0)
-        image = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
-    return cv2.warpAffine(
-        image, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
-    )
-
-
-def to_crop(landmarks: np.ndarray, crop_to_frame: np.ndarray) -> np.ndarray:
-    """Frame-pixel landmarks -> crop pixels (z scaled like x, y; not centred)."""
-    return records.apply_affine(records.invert_affine(crop_to_frame), landmarks).astype(np.float32)
+# landmark_box, crop_with_affine, to_crop: their home is facepgn.crops (these names stay for callers)
+landmark_box = crops.landmark_box
+crop_with_affine = crops.crop_with_affine
+to_crop = crops.frame_to_crop
 
 
 def canonical_pose(angles: np.ndarray) -> np.ndarray:
@@ -238,7 +207,7 @@ def face_record(
     angles (:func:`canonical_pose`), coefficients as published."""
     if crop_to_frame is None:
         x0, y0, side = box if box is not None else landmark_box(face.landmarks, margin)
-        crop_to_frame = records.crop_transform(x0, y0, side, image_size)
+        crop_to_frame = crops.crop_transform(x0, y0, side, image_size)
     crop_to_frame = np.asarray(crop_to_frame, np.float32).reshape(2, 3)
     crop = crop_with_affine(face.image, crop_to_frame, image_size)
     lm = to_crop(face.landmarks, crop_to_frame)

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from facepgn import crops
 from facepgn.errors import FacepgnError
 
 FACE_RECORD_VERSION = 2  # 2 added the nullable quality/provenance columns after source_path
@@ -185,30 +186,11 @@ def decode_flow(data: bytes, size: int) -> np.ndarray:
     return arr.reshape(size, size, 2).astype(np.float32)
 
 
-# ---- affine crop transforms ----------------------------------------------------------------
+# ---- affine crop transforms: their home is facepgn.crops (these names stay for callers) ------
 
-
-def crop_transform(x0: float, y0: float, side: float, out_size: int) -> np.ndarray:
-    """2x3 crop->frame matrix for an axis-aligned square crop of ``side`` frame pixels at (x0, y0)
-    resized to ``out_size`` pixels."""
-    s = side / out_size
-    return np.array([[s, 0.0, x0], [0.0, s, y0]], dtype=np.float32)
-
-
-def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a 2x3 affine to (..., 2) points (extra columns such as z are scaled by the x scale)."""
-    m = np.asarray(matrix, dtype=np.float64).reshape(2, 3)
-    pts = np.asarray(points, dtype=np.float64)
-    xy = pts[..., :2] @ m[:, :2].T + m[:, 2]
-    if pts.shape[-1] == 2:
-        return xy
-    scale = np.sqrt(abs(np.linalg.det(m[:, :2])))
-    return np.concatenate([xy, pts[..., 2:] * scale], axis=-1)
-
-
-def invert_affine(matrix: np.ndarray) -> np.ndarray:
-    m = np.asarray(matrix, dtype=np.float64).reshape(2, 3)
-    return cv2.invertAffineTransform(m).astype(np.float32)
+crop_transform = crops.crop_transform
+apply_affine = crops.apply_affine
+invert_affine = crops.invert_affine
 
 
 # ---- tables --------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Graph (streaming; each arrow is a stream of small column batches)::
       -> map_batches(decode_detect_crop)   tasks, fractional CPUs: facepgn.inference.iter_item_batches
                                            (a video: chunked decode, YuNet, tracker, crops; a photo:
                                            decode, YuNet on a downscaled copy, full-resolution crops)
-      -> map_batches(FaceModelActor)       actor pool (ActorPoolStrategy): the model, GPU if any
+      -> map_batches(run_model)            tasks (TaskPoolStrategy, max_actors at once): the model,
+                                           loaded once per worker process, GPU if any
       -> driver: groups rows by item; when an item's footer and all its rows have arrived
          (the footer says how many), it is finalised (driver threads, or Ray tasks with
          ``finalize_on: tasks``): smoothing (videos), rows Parquet, meshes, overlay, done marker
@@ -23,6 +24,7 @@ photo is recorded in ``errors/`` and ``summary.json`` with a one-line reason and
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any, Callable, Iterable, Iterator
@@ -32,6 +34,7 @@ import numpy as np
 from facepgn import inference, outputs, storage
 from facepgn.config import InferConfig
 from facepgn.errors import FacepgnError
+from facepgn.pipelines import common
 from facepgn.summary import versions, write_summary
 from facepgn.model import load
 from facepgn.predictor import Predictor
@@ -39,22 +42,43 @@ from facepgn.predictor import Predictor
 # ---- stage callables (Ray Data UDFs) ---------------------------------------------------------
 
 
-def decode_detect_crop(batch: dict[str, np.ndarray], cfg_json: str, image_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data generator UDF: one batch of items (path, video_id, kind) -> face-crop batches + footers."""
+def decode_detect_crop(batch: dict[str, np.ndarray], cfg_json: str, image_size: int, counter=None) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data generator UDF: one batch of items (path, video_id, kind) -> face-crop batches + footers.
+    An item whose worker died on each of ``common.MAX_ATTEMPTS`` attempts yields only a footer
+    saying so (the item is recorded as failed; the others go on)."""
     cfg = InferConfig.model_validate_json(cfg_json)
     for path, video_id, kind in zip(batch["path"], batch["video_id"], batch["kind"]):
+        if not common.attempt_allowed(counter, str(video_id)):
+            reason = f"{path}: given up after {common.MAX_ATTEMPTS} attempts (the worker decoding it died each time)"
+            yield inference.footer_batch(str(path), str(video_id), image_size, reason, {"kind": str(kind)})
+            continue
         yield from inference.iter_item_batches(str(path), str(video_id), str(kind), cfg, image_size)
 
 
+@functools.lru_cache(maxsize=2)
+def _predictor(model_path: str, runtime: str, threads: int, device: str) -> Predictor:
+    """The model, loaded once per worker process (and settings)."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        device = "cpu"
+    return Predictor(model_path, runtime=runtime, threads=threads, device=device)
+
+
+def run_model(batch: dict[str, np.ndarray], model_path: str, runtime: str, threads: int, device: str) -> dict[str, np.ndarray]:
+    """Ray Data task UDF: the model (:func:`_predictor`, once per worker process) on a batch of
+    crops (``inference.infer_batch``). Tasks, not an actor pool: Ray Data hands its actors their
+    setup as object-store arguments with restarts on, and Ray logs an error line for that at every
+    actor start (ray-project/ray#57733); a task pool of the same size does the same work."""
+    return inference.infer_batch(_predictor(model_path, runtime, threads, device), batch)
+
+
 class FaceModelActor:
-    """Ray Data callable class: loads the model once per actor, runs it on batches of crops."""
+    """The model stage as a callable class (one model per instance), for callers that run the
+    stage themselves; the pipeline uses :func:`run_model`."""
 
     def __init__(self, model_path: str, runtime: str, threads: int, device: str):
-        import torch
-
-        if device == "cuda" and not torch.cuda.is_available():
-            device = "cpu"
-        self.runner = Predictor(model_path, runtime=runtime, threads=threads, device=device)
+        self.runner = _predictor(model_path, runtime, threads, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return inference.infer_batch(self.runner, batch)
@@ -266,11 +290,12 @@ def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_siz
 def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: str, image_size: int, log) -> Iterable[dict]:
     import ray
 
+    common.quiet_progress_notice()
     ctx.execution_options.preserve_order = False
-    ctx.enable_progress_bars = False
-    # Ray Data's default reservations leave room for one decode task beside the model actors on a
-    # small cluster, and without them decode tasks take every CPU and starve the actors. So: no
-    # reservations, and an explicit cap on concurrent decode tasks (the CPUs the actors leave).
+    ctx.enable_progress_bars = common.progress_bars_wanted()
+    # Ray Data's default reservations leave room for one decode task beside the model workers on a
+    # small cluster, and without them decode tasks take every CPU and starve the model. So: no
+    # reservations, and an explicit cap on concurrent decode tasks (the CPUs the model leaves).
     ctx.op_resource_reservation_enabled = False
     # A decode task's output becomes a block once this many bytes of crops have piled up: small
     # blocks stream chunks to the model while the video is still being decoded (and bound memory).
@@ -278,7 +303,7 @@ def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: 
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if has_gpu else 0.0)
     device = "cuda" if num_gpus > 0 else "cpu"
-    actor_resources: dict[str, Any] = {"num_gpus": num_gpus} if num_gpus > 0 else {"num_cpus": cfg.actor_num_cpus}
+    model_resources: dict[str, Any] = {"num_gpus": num_gpus} if num_gpus > 0 else {"num_cpus": cfg.actor_num_cpus}
 
     max_actors = max(cfg.min_actors, cfg.max_actors)
     decode_tasks = cfg.decode_tasks
@@ -292,20 +317,20 @@ def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: 
     ds = ds.map_batches(
         decode_detect_crop,
         batch_size=1,
-        fn_kwargs={"cfg_json": cfg.model_dump_json(), "image_size": image_size},
+        fn_kwargs={"cfg_json": cfg.model_dump_json(), "image_size": image_size, "counter": common.attempt_counter()},
         num_cpus=cfg.decode_num_cpus,
-        # A worker that dies (a decoder crash) is retried; remote args unlike the actors' also keep
-        # Ray Data from fusing this stage into the model actors: decode+detect runs in its own
-        # tasks, in parallel with the model, one video per task.
-        max_retries=2,
-        concurrency=decode_tasks,
+        compute=ray.data.TaskPoolStrategy(size=decode_tasks),
     )
+    # The model: max_actors tasks at a time, each worker process loading it once (max_calls=0:
+    # processes are kept, GPU ones too). Its remote args differ from decode's (max_calls), so Ray
+    # Data never fuses the two stages: decode+detect runs in its own tasks, in parallel with the model.
     ds = ds.map_batches(
-        FaceModelActor,
-        fn_constructor_kwargs={"model_path": cfg.model, "runtime": cfg.runtime, "threads": cfg.torch_threads, "device": device},
+        run_model,
+        fn_kwargs={"model_path": cfg.model, "runtime": cfg.runtime, "threads": cfg.torch_threads, "device": device},
         batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=max_actors),
-        **actor_resources,
+        compute=ray.data.TaskPoolStrategy(size=max_actors),
+        max_calls=0,
+        **model_resources,
     )
     finalizer = _Finalizer(cfg, face_model, face_model_name)
     assembler = _VideoAssembler()

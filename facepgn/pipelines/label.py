@@ -34,6 +34,7 @@ so splitting train/evaluation by person needs a manifest with subject ids.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -125,38 +126,31 @@ class ItemLabeller:
         return common.process_item(self.output, result, lambda clock: self._process(item, result, clock), log)
 
     def _process(self, item: dict, result: LabelResult, clock: common.StageClock) -> list[dict]:
-        from facepgn.faces import FaceTracker
         from facepgn.pseudolabel import FaceToLabel
+        from facepgn.tracking import new_tracker, track_faces
 
         cfg = self.cfg
-        if item["kind"] == "video":
-            frames = self._video_frames(item, result, clock)
-            t = cfg.tracker
-            tracker = FaceTracker(t.iou_threshold, t.max_centre_shift, t.max_missed)
-            suffix = "track"
-        elif item["kind"] == "photo":
-            frames = self._photo(item, result, clock)
-            tracker, suffix = None, "face"
-        else:
-            raise InputError(item["path"], "not a video or photo (unknown file extension)")
         rows: list[dict] = []
         yaws: list[float | None] = []
         pending: list[tuple[Any, float]] = []
-        for frame_index, rgb, to_source in frames:
-            result.frames += 1
-            with clock("detect"):
-                detections = self.detector.detect(rgb)[: cfg.tracker.max_faces]
-                order = {id(d): i for i, d in enumerate(detections)}
-                keyed = tracker.update(detections) if tracker is not None else list(enumerate(detections))
-            result.faces_detected += len(detections)
-            for key, det in keyed:  # key: the track (videos) or the face's rank (photos)
-                subject = item["subject_id"] if key == 0 else f"{item['subject_id']}/{suffix}{key}"
-                face = FaceToLabel(image=rgb, box=det.box.copy(), source_path=item["path"], subject_id=subject,
-                                   frame_index=int(frame_index), face_index=order[id(det)], points=det.points.copy())
-                pending.append((face, to_source))
-            if len(pending) >= cfg.label_batch_size:
-                self._label(pending, item["item_id"], result, rows, yaws, clock)
-                pending = []
+        with self._frames(item, result, clock) as (frames, to_source):
+            if item["kind"] == "video":
+                t = cfg.tracker
+                tracker, suffix = new_tracker(t.iou_threshold, t.max_centre_shift, t.max_missed), "track"
+            else:
+                tracker, suffix = None, "face"
+            # decode -> detect -> track (facepgn.tracking, as preprocess and infer)
+            for tracked in track_faces(frames, self.detector.detect, tracker=tracker, max_faces=cfg.tracker.max_faces, clock=clock):
+                result.frames += 1
+                result.faces_detected += len(tracked.detections)
+                for face in tracked.faces:  # track_id: the track (videos) or the face's rank (photos)
+                    key, det = face.track_id, face.detection
+                    subject = item["subject_id"] if key == 0 else f"{item['subject_id']}/{suffix}{key}"
+                    pending.append((FaceToLabel(image=tracked.rgb, box=det.box.copy(), source_path=item["path"], subject_id=subject,
+                                                frame_index=int(tracked.index), face_index=face.rank, points=det.points.copy()), to_source))
+                if len(pending) >= cfg.label_batch_size:
+                    self._label(pending, item["item_id"], result, rows, yaws, clock)
+                    pending = []
         if pending:
             self._label(pending, item["item_id"], result, rows, yaws, clock)
         if result.frames == 0:
@@ -188,38 +182,44 @@ class ItemLabeller:
             yaws.append(common.record_yaw_deg(row))
             result.faces_kept += 1
 
-    def _video_frames(self, item: dict, result: LabelResult, clock: common.StageClock) -> Iterator[tuple[int, np.ndarray, float]]:
-        """(frame index, RGB, decoded -> source pixel factor) of the sampled frames. A decode error
-        after some frames ends the stream and marks the item partial; before any, it raises."""
-        from facepgn.video import VideoReader, local_video
+    @contextlib.contextmanager
+    def _frames(self, item: dict, result: LabelResult, clock: common.StageClock):
+        """(the item's frames, decoded -> source pixel factor): a video's sampled frames (decoded
+        in chunks), or the photo as one frame (downscaled to ``decode_max_side``)."""
+        from facepgn.tracking import open_video
+        from facepgn.video import Frame, read_photo
 
         cfg = self.cfg
-        with local_video(item["path"]) as local_path:
+        if item["kind"] == "photo":
             with clock("decode"):
-                reader = VideoReader(local_path, max_side=cfg.decode_max_side, display_path=item["path"])
+                photo = read_photo(item["path"], cfg.decode_max_side)
+                result.height, result.width = photo.rgb.shape[:2]
+            yield [Frame(0, 0.0, photo.small)], photo.to_source
+            return
+        if item["kind"] != "video":
+            raise InputError(item["path"], "not a video or photo (unknown file extension)")
+        with contextlib.ExitStack() as stack:
+            with clock("decode"):
+                reader = stack.enter_context(open_video(item["path"], max_side=cfg.decode_max_side))
             result.width, result.height = reader.source_size
             indices = spread(reader.sample_indices(cfg.target_fps), cfg.max_frames_per_video)
-            frames = reader.frames(indices, chunk_size=cfg.decode_chunk)
-            while True:
-                try:
-                    with clock("decode"):
-                        frame = next(frames, None)
-                except InputError as exc:
-                    if result.frames == 0:
-                        raise
-                    result.status, result.reason = "partial", exc.cause
-                    return
-                if frame is None:
-                    return
-                yield frame.index, frame.rgb, reader.scale_to_source
+            yield _until_decode_error(reader.frames(indices, chunk_size=cfg.decode_chunk), result), reader.scale_to_source
 
-    def _photo(self, item: dict, result: LabelResult, clock: common.StageClock) -> Iterator[tuple[int, np.ndarray, float]]:
-        from facepgn.video import read_photo
 
-        with clock("decode"):
-            photo = read_photo(item["path"], self.cfg.decode_max_side)
-            result.height, result.width = photo.rgb.shape[:2]
-        yield 0, photo.small, photo.to_source
+def _until_decode_error(frames: Iterator, result: LabelResult) -> Iterator:
+    """``frames``, ended by a decode error after some frames (the item is then partial, with the
+    error as its reason); a decode error before any frame raises."""
+    while True:
+        try:
+            frame = next(frames, None)
+        except InputError as exc:
+            if result.frames == 0:
+                raise
+            result.status, result.reason = "partial", exc.cause
+            return
+        if frame is None:
+            return
+        yield frame
 
 
 def _job_fields(row: dict, face, item_id: str, to_source: float) -> dict:

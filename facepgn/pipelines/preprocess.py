@@ -27,13 +27,11 @@ import json
 import logging
 import resource
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import numpy as np
-
-from facepgn import paths, records, storage
+from facepgn import framepairs, paths, records, storage
 from facepgn.config import PreprocessConfig
 from facepgn.errors import FacepgnError, InputError
 from facepgn.pipelines import common
@@ -47,29 +45,6 @@ STAGES = ("decode", "detect", "crop", "landmarks", "flow", "encode", "write")
 
 
 # ---- one video -------------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    """One quality-checked face crop of a track at one sampled frame."""
-
-    step: int
-    frame: int
-    time: float
-    crop: np.ndarray
-    jpeg: bytes
-    box: np.ndarray  # source-video pixels
-    crop_to_frame: np.ndarray  # crop px -> source-video px
-    points: np.ndarray  # 5 detector points, crop px
-    score: float
-    blur: float
-    landmarks: np.ndarray | None  # 68 points, crop px
-
-
-@dataclass
-class _TrackState:
-    history: deque
-    rng: np.random.Generator
 
 
 @dataclass
@@ -97,8 +72,23 @@ class VideoResult:
         return dict(self.__dict__)
 
 
-def video_seed(seed: int, video_id: str, track_id: int) -> int:
-    return common.stable_seed(seed, video_id, track_id)
+video_seed = framepairs.pair_seed  # a track's pair-choice seed (the earlier name)
+
+
+def pair_settings(cfg: PreprocessConfig) -> framepairs.PairSettings:
+    """The settings pair building reads, from the job's config."""
+    q = cfg.quality
+    return framepairs.PairSettings(
+        image_size=cfg.image_size, crop_margin=cfg.crop_margin, jpeg_quality=cfg.jpeg_quality, min_gap=cfg.min_gap,
+        max_gap=cfg.max_gap, pairs_per_frame=cfg.pairs_per_frame, seed=cfg.seed, min_face_size=q.min_face_size,
+        min_det_score=q.min_det_score, min_blur=q.min_blur, min_flow_magnitude=q.min_flow_magnitude,
+        max_flow_magnitude=q.max_flow_magnitude)
+
+
+def sampling(cfg: PreprocessConfig) -> framepairs.Sampling:
+    """Which frames a video is read at, from the job's config."""
+    return framepairs.Sampling(target_fps=cfg.target_fps, max_frames=cfg.max_frames_per_video,
+                               max_side=cfg.decode_max_side, chunk=cfg.decode_chunk)
 
 
 def marker_path(output: str, video_id: str) -> str:
@@ -110,9 +100,10 @@ def shard_dir(output: str, video_id: str) -> str:
 
 
 class VideoProcessor:
-    """Turns one video into frame-pair shards. Plain Python: used by Ray tasks and by the local loop.
-
-    Holds the detector, landmark model and flow estimator, so one instance serves many videos.
+    """Turns one video into frame-pair shards and its done marker. Plain Python: used by Ray tasks
+    and by the local loop. The pairs come from :func:`facepgn.framepairs.iter_video_pairs`; this
+    class holds the models (detector, landmark model, flow estimator: one instance serves many
+    videos) and writes the shards.
     """
 
     def __init__(self, config: PreprocessConfig | dict, output: str):
@@ -130,6 +121,7 @@ class VideoProcessor:
         )
         self.landmarks = LandmarkModel(self.cfg.landmark_model) if self.cfg.landmarks else None
         self.flow = FlowEstimator(self.cfg.flow_preset)
+        self.settings = pair_settings(self.cfg)
 
     # -- entry point ------------------------------------------------------------------------
 
@@ -152,163 +144,30 @@ class VideoProcessor:
         storage.atomic_write_text(marker_path(self.output, result.video_id), json.dumps(result.to_dict(), indent=1))
         return result
 
-    # -- the streaming loop -----------------------------------------------------------------
+    # -- one video: framepairs.iter_video_pairs, its rows written as shards ----------------
 
     def _process(self, item: dict, result: VideoResult, timings: dict[str, float]) -> None:
-        from facepgn.faces import FaceTracker
-        from facepgn.video import VideoReader, local_video
+        from facepgn.tracking import new_tracker
 
         cfg = self.cfg
-        rejections = result.rejections
-        tracker = FaceTracker(cfg.tracker.iou_threshold, cfg.tracker.max_centre_shift, cfg.tracker.max_missed)
-        tracks: dict[int, _TrackState] = {}
+        t = cfg.tracker
+        stats = framepairs.VideoStats(rejections=result.rejections, timings=timings)
         buffer: list[dict] = []
-        frames_with_face = 0
-        finished_tracks = 0
-
-        t0 = time.perf_counter()
-        with local_video(item["path"]) as local_path:
-            reader = VideoReader(local_path, max_side=cfg.decode_max_side, display_path=item["path"])
-            timings["decode"] += time.perf_counter() - t0
-            result.width, result.height = reader.source_size
-            result.fps = reader.info.fps
-            indices = reader.sample_indices(cfg.target_fps, cfg.max_frames_per_video)
-            frames = reader.frames(indices, chunk_size=cfg.decode_chunk)
-            step = -1
-            try:
-                while True:
-                    t0 = time.perf_counter()
-                    frame = next(frames, None)
-                    timings["decode"] += time.perf_counter() - t0
-                    if frame is None:
-                        break
-                    step += 1
-                    result.frames_sampled += 1
-                    t0 = time.perf_counter()
-                    detections = self.detector.detect(frame.rgb)[: cfg.tracker.max_faces]
-                    tracked = tracker.update(detections)
-                    timings["detect"] += time.perf_counter() - t0
-                    result.faces_detected += len(detections)
-                    frames_with_face += bool(detections)
-                    for track_id, det in tracked:
-                        entry = self._entry(frame, step, det, reader.scale_to_source, rejections, timings)
-                        if entry is None:
-                            continue
-                        state = tracks.get(track_id)
-                        if state is None:
-                            state = _TrackState(deque(maxlen=max(1, cfg.max_gap + 1)), np.random.default_rng(video_seed(cfg.seed, result.video_id, track_id)))
-                            tracks[track_id] = state
-                        self._pairs(result, track_id, state, entry, buffer, rejections, timings)
-                        state.history.append(entry)
-                        if len(buffer) >= cfg.shard_max_pairs:
-                            self._write_shard(result, buffer, timings)
-                    while len(buffer) >= cfg.shard_max_pairs:
-                        self._write_shard(result, buffer, timings)
-                    # forget tracks whose newest crop is too old to pair (memory stays bounded
-                    # however many faces come and go in a long video)
-                    for track_id in [t for t, st in tracks.items() if st.history and step - st.history[-1].step > cfg.max_gap]:
-                        del tracks[track_id]
-                        finished_tracks += 1
-            finally:
-                if buffer:  # keep what was paired before a decode error
+        try:
+            for row in framepairs.iter_video_pairs(
+                item["path"], result.video_id, result.subject_id, detect=self.detector.detect, flow=self.flow,
+                tracker=new_tracker(t.iou_threshold, t.max_centre_shift, t.max_missed), max_faces=t.max_faces,
+                sampling=sampling(cfg), settings=self.settings, stats=stats,
+                landmarks=self.landmarks.predict if self.landmarks is not None else None,
+            ):
+                buffer.append(row)
+                if len(buffer) >= cfg.shard_max_pairs:
                     self._write_shard(result, buffer, timings)
-        result.tracks = finished_tracks + len(tracks)
-        if result.frames_sampled == 0:
-            raise InputError(item["path"], "no frames decoded")
-        if frames_with_face == 0:
-            raise InputError(item["path"], f"no face found in {result.frames_sampled} sampled frames")
-        if result.pairs == 0:
-            top = ", ".join(f"{k} {v}" for k, v in sorted(rejections.items(), key=lambda kv: -kv[1])[:3]) or "too few frames per track"
-            raise InputError(item["path"], f"no frame pair passed the filters ({top})")
-
-    def _entry(self, frame, step: int, det, to_source: float, rejections: dict, timings: dict) -> _Entry | None:
-        from facepgn.faces import blur_score, frame_to_crop, square_crop
-
-        cfg, q = self.cfg, self.cfg.quality
-        if det.side * to_source < q.min_face_size:
-            rejections["face_too_small"] = rejections.get("face_too_small", 0) + 1
-            return None
-        if det.score < q.min_det_score:
-            rejections["low_detector_score"] = rejections.get("low_detector_score", 0) + 1
-            return None
-        t0 = time.perf_counter()
-        crop, crop_to_frame = square_crop(frame.rgb, det.box, cfg.crop_margin, cfg.image_size)
-        blur = blur_score(crop)
-        points = frame_to_crop(det.points, crop_to_frame)
-        timings["crop"] += time.perf_counter() - t0
-        if blur < q.min_blur:
-            rejections["blurry"] = rejections.get("blurry", 0) + 1
-            return None
-        landmarks = None
-        if self.landmarks is not None:
-            t0 = time.perf_counter()
-            landmarks = frame_to_crop(self.landmarks.predict(frame.rgb, det.box), crop_to_frame)
-            timings["landmarks"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        jpeg = records.encode_image(crop, quality=cfg.jpeg_quality)
-        timings["encode"] += time.perf_counter() - t0
-        # crop px -> source-video px (frames may have been decoded downscaled)
-        to_src = np.asarray(crop_to_frame, dtype=np.float32) * np.float32(to_source)
-        return _Entry(
-            step=step, frame=frame.index, time=frame.time, crop=crop, jpeg=jpeg,
-            box=(det.box * to_source).astype(np.float32), crop_to_frame=to_src, points=points,
-            score=det.score, blur=blur, landmarks=landmarks,
-        )
-
-    def _pairs(self, result: VideoResult, track_id: int, state: _TrackState, b: _Entry, buffer: list, rejections: dict, timings: dict) -> None:
-        from facepgn.flow import flow_magnitude
-
-        cfg, q = self.cfg, self.cfg.quality
-        candidates = [a for a in state.history if cfg.min_gap <= b.step - a.step <= cfg.max_gap]
-        if not candidates:
-            return
-        k = min(max(1, cfg.pairs_per_frame), len(candidates))
-        chosen = sorted(state.rng.choice(len(candidates), size=k, replace=False).tolist())
-        for i in chosen:
-            a = candidates[i]
-            t0 = time.perf_counter()
-            flow = self.flow(a.crop, b.crop)
-            magnitude = flow_magnitude(flow)
-            timings["flow"] += time.perf_counter() - t0
-            if magnitude < q.min_flow_magnitude:
-                rejections["flow_too_small"] = rejections.get("flow_too_small", 0) + 1
-                continue
-            if magnitude > q.max_flow_magnitude * cfg.image_size:
-                rejections["flow_too_large"] = rejections.get("flow_too_large", 0) + 1
-                continue
-            t0 = time.perf_counter()
-            flow_bytes = records.encode_flow(flow)
-            timings["encode"] += time.perf_counter() - t0
-            buffer.append(
-                {
-                    "pair_id": f"{result.video_id}/{track_id}/{a.frame}-{b.frame}",
-                    "video_id": result.video_id,
-                    "subject_id": result.subject_id if track_id == 0 else f"{result.subject_id}/track{track_id}",
-                    "track_id": track_id,
-                    "frame_a": a.frame,
-                    "frame_b": b.frame,
-                    "time_a": a.time,
-                    "time_b": b.time,
-                    "image_size": cfg.image_size,
-                    "image_a": a.jpeg,
-                    "image_b": b.jpeg,
-                    "flow": flow_bytes,
-                    "box_a": a.box,
-                    "box_b": b.box,
-                    "crop_to_frame_a": a.crop_to_frame,
-                    "crop_to_frame_b": b.crop_to_frame,
-                    "det_landmarks_a": a.points,
-                    "det_landmarks_b": b.points,
-                    "det_score_a": a.score,
-                    "det_score_b": b.score,
-                    "landmarks_2d_a": a.landmarks,
-                    "landmarks_2d_b": b.landmarks,
-                    "blur_a": a.blur,
-                    "blur_b": b.blur,
-                    "flow_magnitude": magnitude,
-                    "source_path": result.path,
-                }
-            )
+        finally:
+            result.frames_sampled, result.faces_detected, result.tracks = stats.frames_sampled, stats.faces_detected, stats.tracks
+            result.width, result.height, result.fps = stats.width, stats.height, stats.fps
+            if buffer:  # keep what was paired before a decode error
+                self._write_shard(result, buffer, timings)
 
     def _write_shard(self, result: VideoResult, buffer: list[dict], timings: dict) -> None:
         rows = buffer[: self.cfg.shard_max_pairs]
@@ -333,7 +192,9 @@ def _processor_for(config_json: str, output: str) -> VideoProcessor:
     return VideoProcessor(json.loads(config_json), output)
 
 
-def _ray_process_row(row: dict[str, Any], config_json: str, output: str) -> dict[str, Any]:
+def _ray_process_row(row: dict[str, Any], config_json: str, output: str, counter=None) -> dict[str, Any]:
+    if not common.attempt_allowed(counter, row["video_id"]):  # its worker died on every attempt
+        raise common.GivenUpError(f"{row['path']}: given up after {common.MAX_ATTEMPTS} attempts (its worker died each time)")
     result = _processor_for(config_json, output)(row)
     return {"video_id": result.video_id, "result": json.dumps(result.to_dict())}
 
@@ -428,19 +289,16 @@ def _execute(pending: list, cfg: PreprocessConfig, output: str) -> Iterable[dict
     import ray
 
     config_json = cfg.model_dump_json()
-    # A video whose task dies (after Ray's retries) must not fail the whole job: Ray Data skips
-    # its block; run_preprocess records it as skipped.
+    # A video whose task dies (common.MAX_ATTEMPTS times) must not fail the whole job: Ray Data
+    # skips its block; run_preprocess records it as skipped.
     with common.ray_data_context(max_errored_blocks=len(pending)):
         ds = ray.data.from_items([it.to_dict() for it in pending], override_num_blocks=len(pending))
-        extra = {"concurrency": cfg.max_concurrent_videos} if cfg.max_concurrent_videos else {}
-        with common.remote_args_allowed():
-            ds = ds.map(
-                _ray_process_row,
-                fn_kwargs={"config_json": config_json, "output": output},
-                num_cpus=cfg.num_cpus_per_video,
-                max_retries=2,
-                **extra,
-            )
+        ds = ds.map(
+            _ray_process_row,
+            fn_kwargs={"config_json": config_json, "output": output, "counter": common.attempt_counter()},
+            num_cpus=cfg.num_cpus_per_video,
+            compute=ray.data.TaskPoolStrategy(size=cfg.max_concurrent_videos or None),
+        )
         for row in ds.iter_rows():
             yield json.loads(row["result"])
 
