@@ -247,6 +247,19 @@ def _table_bytes(table) -> bytes:
     return sink.getvalue()
 
 
+DATA_DIR = "data"
+
+
+def data_dir(out_dir: str) -> str:
+    """Where ``convert_folder`` puts the shards of ``out_dir``: ``<out_dir>/data`` (only Parquet
+    there: ``pandas.read_parquet`` and ``pyarrow.dataset.dataset`` load it whole; summary.json
+    beside it), or ``out_dir`` itself when it already holds shards at its top level (a folder
+    written before ``data/``: a rerun resumes it in place rather than converting it again)."""
+    if storage.list_files(out_dir, [".parquet"], recursive=False):
+        return out_dir
+    return storage.join(out_dir, DATA_DIR)
+
+
 @dataclass
 class ConvertResult:
     shards: list[str] = field(default_factory=list)
@@ -273,9 +286,9 @@ def convert_folder(
     standard 3DDFA roi boxes, as ``facepgn evaluate aflw2000`` crops; faces not in the standard
     arrays are a one-line error).
 
-    Shards (``part-NNNNN.parquet``) hold fixed slices of the sorted file list and are written
-    atomically; a rerun skips shards that already exist. A bad pair is recorded in ``summary.json``
-    with its reason and skipped.
+    Shards (``<out_dir>/data/part-NNNNN.parquet``, :func:`data_dir`; ``summary.json`` beside
+    ``data/``) hold fixed slices of the sorted file list and are written atomically; a rerun skips
+    shards that already exist. A bad pair is recorded in ``summary.json`` with its reason and skipped.
     """
     start = time.time()
     images = list_labelled_images(folder)
@@ -288,11 +301,12 @@ def convert_folder(
         plan = plan_aflw2000(folder, image_size=image_size, box="roi", limit=limit)
         roi_crops = dict(zip(plan.image_paths, plan.crop_to_frame))
     storage.makedirs(out_dir)
+    shard_dir = data_dir(out_dir)
     result = ConvertResult()
     total = len(images)
     done = 0
     for shard_index, first in enumerate(range(0, total, shard_size)):
-        shard_path = storage.join(out_dir, f"part-{shard_index:05d}.parquet")
+        shard_path = storage.join(shard_dir, f"part-{shard_index:05d}.parquet")
         chunk = images[first:first + shard_size]
         if storage.exists(shard_path):
             result.skipped_shards += 1
@@ -331,6 +345,7 @@ def convert_folder(
         "output": str(out_dir),
         "schema": f"face_record/{records.FACE_RECORD_VERSION}",
         "shards": [storage.basename(s) for s in result.shards],
+        "data": storage.basename(shard_dir) if shard_dir != out_dir else ".",  # the shards' folder, relative to the output
     }
     return write_summary(
         storage.join(out_dir, SUMMARY_FILE), job="labelled convert", counts=counts, errors=result.errors,

@@ -148,14 +148,14 @@ def test_convert_folder_writes_shards_records_bad_items_and_resumes(tmp_path, af
     assert len(summary["errors"]) == 1 and summary["errors"][0]["path"].endswith("image99999.mat")
     assert "pt3d_68" in summary["errors"][0]["reason"]
     assert summary["shards"] == ["part-00000.parquet", "part-00001.parquet"]
-    table = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))])
+    table = pa.concat_tables([pq.read_table(p) for p in sorted((out / "data").glob("part-*.parquet"))])
     records.check_table(table, "face_record")
     assert table.num_rows == 6
     assert sorted(set(table.column("source").to_pylist())) == ["300w-lp", "aflw2000-3d"]
     assert set(table.column("image_size").to_pylist()) == {64}
     again = labelled.convert_folder(str(data), str(out), image_size=64, shard_size=4)
     assert again["shards_skipped_existing"] == 2 and again["records_written"] == 0
-    assert not [p for p in os.listdir(out) if ".tmp-" in p]
+    assert not [p for p in os.listdir(out) + os.listdir(out / "data") if ".tmp-" in p]
 
 
 def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path, aflw_dir):
@@ -203,7 +203,7 @@ def test_cli_convert_writes_records(tmp_path, aflw_dir, capsys):
     out = tmp_path / "out"
     assert main(["labelled", "convert", "--data", str(data), "--out", str(out), "--set", "image_size=64"]) == 0
     assert "3 records" in capsys.readouterr().out
-    table = pq.read_table(out / "part-00000.parquet")
+    table = pq.read_table(out / "data" / "part-00000.parquet")
     assert table.num_rows == 3
     img = records.decode_image(table.column("image")[0].as_py())
     assert img.shape == (64, 64, 3)
@@ -217,7 +217,7 @@ def test_s3_folder_to_s3_shards_and_evaluation(s3_bucket, aflw_dir, lp_image):
             storage.atomic_write_bytes(f"{s3_bucket}/data/{jpg.parent.name}/{path.name}", path.read_bytes())
     summary = labelled.convert_folder(f"{s3_bucket}/data", f"{s3_bucket}/records", image_size=64)
     assert summary["records_written"] == 3 and not summary["errors"]
-    shard = storage.read_bytes(f"{s3_bucket}/records/part-00000.parquet")
+    shard = storage.read_bytes(f"{s3_bucket}/records/data/part-00000.parquet")
     table = pq.read_table(pa.BufferReader(shard))
     records.check_table(table, "face_record")
     assert sorted(table.column("subject_id").to_pylist()) == [

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
         "pt2d) into square face crops with landmarks in crop pixels, written as Parquet shards.",
     )
     sub = parser.add_subparsers(dest="labelled_command", metavar="ACTION", required=True)
-    convert = sub.add_parser("convert", help="folder -> face-record shards (part-NNNNN.parquet + summary.json)")
+    convert = sub.add_parser("convert", help="folder -> face-record shards (OUT/data/part-NNNNN.parquet, summary.json beside data/)")
     convert.add_argument("--data", required=True, help="dataset folder (local or s3://), searched recursively")
     convert.add_argument("--out", required=True, help="output folder (local or s3://); a rerun skips finished shards")
     add_config_args(convert)
