@@ -440,13 +440,16 @@ def resolve_model_file(path: str | os.PathLike | None) -> str:
     return str(path) if path and str(path) != PRETRAINED_NAME else pretrained_model_file()
 
 
-def write_pretrained(model_file: str, folder: str | os.PathLike) -> dict[str, Any]:
-    """Write ``model_file`` as the shipped pretrained model (float16) and its sha256 into ``folder``."""
+def write_pretrained(model_file: str, folder: str | os.PathLike, mirror_test: bool | None = None) -> dict[str, Any]:
+    """Write ``model_file`` as the shipped pretrained model (float16) and its sha256 into ``folder``;
+    ``mirror_test``: set the model config's test-time mirroring (None: keep the file's)."""
     import hashlib
     import io
     from pathlib import Path
 
-    payload = half_precision(read_torch_file(model_file))
+    payload = half_precision(model_file_payload(load(model_file)))
+    if mirror_test is not None:
+        payload["config"] = {**payload["config"], "mirror_test": bool(mirror_test)}
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()

@@ -126,6 +126,22 @@ def test_pretrained_release_is_float16_verified_and_loads(trained_model_file, tm
         pretrained_model_file(tmp_path)
 
 
+def test_release_can_switch_test_time_mirroring(trained_model_file, tmp_path, capsys):
+    """``facepgn export release --mirror-test on`` writes the model with mirroring on (what the shipped
+    model uses); the weights are the same file's."""
+    import torch
+
+    from facepgn.cli import main
+    from facepgn.model import load_model_file, pretrained_model_file
+
+    assert main(["export", "release", "--model", str(trained_model_file), "--out", str(tmp_path), "--mirror-test", "on"]) == 0
+    released = load_model_file(pretrained_model_file(tmp_path))
+    source = load_model_file(trained_model_file)
+    assert released.cfg.mirror_test and not source.cfg.mirror_test
+    name, weight = next(iter(source.named_parameters()))
+    assert torch.allclose(dict(released.named_parameters())[name], weight, atol=1e-2)
+
+
 def test_shipped_model_matches_its_model_card_and_loads_weights_only():
     """The shipped file's sha256 is the one MODEL_CARD.md states (and facepgn/data records), and the
     file loads with ``torch.load(weights_only=True)`` into the model the card describes."""

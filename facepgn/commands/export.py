@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime-vs-torch check")
     parser.add_argument("--atol", type=float, default=1e-3, help="largest allowed difference in the check (crop pixels)")
+    parser.add_argument("--mirror-test", choices=["on", "off"], default=None,
+                        help="set the model's test-time mirroring (ModelConfig.mirror_test) in what is written; default: keep the model's")
     parser.set_defaults(handler=run)
 
 
@@ -38,10 +40,13 @@ def run(args: argparse.Namespace) -> int:
         from facepgn.model import resolve_model_file, write_pretrained
 
         os.makedirs(args.out, exist_ok=True)
-        info = write_pretrained(resolve_model_file(args.model), args.out)
+        mirror = None if args.mirror_test is None else args.mirror_test == "on"
+        info = write_pretrained(resolve_model_file(args.model), args.out, mirror_test=mirror)
         print(f"facepgn export: {args.model} -> {info['path']} ({info['bytes'] / 1e6:.1f} MB float16, sha256 {info['sha256']})")
         return 0
     model = load(args.model)
+    if args.mirror_test is not None:
+        model.cfg = model.cfg.model_copy(update={"mirror_test": args.mirror_test == "on"})
     names = export.export_onnx(model, args.out, opset=args.opset)
     print(f"facepgn export: {args.model or 'the pretrained model'} -> {args.out} (outputs: {', '.join(names)})")
     if args.check:
