@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "facepgn.commands.labelled",
     "facepgn.commands.label",
     "facepgn.commands.profile",
+    "facepgn.commands.config",
 ]
 
 

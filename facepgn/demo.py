@@ -222,7 +222,7 @@ class Demo:
         n = self.write_manifest()
         self.log(f"{n} videos listed in {self.paths.manifest}")
         argv = ["preprocess", *_config_file("preprocess"), "--input", self.paths.manifest,
-                "--output", self.paths.pairs, "--set", _kv("max_frames_per_video", self.cfg.preprocess_frames)]
+                "--output", self.paths.pairs, "--set", _kv("decode.max_frames_per_video", self.cfg.preprocess_frames)]
         if self._command(result, "preprocess", argv):
             result.outputs["frame-pair shards"] = self.paths.pairs
             result.outputs["video list"] = self.paths.manifest
@@ -290,7 +290,7 @@ class Demo:
         result.outputs[f"model ({which})"] = model
         argv = ["infer", *_config_file("infer"), "--set", _kv("model", model),
                 _kv("input", self.real_videos()), _kv("output", self.paths.infer),
-                _kv("max_frames", self.cfg.infer_frames), _kv("stride", self.cfg.infer_stride), _kv("overlay", True)]
+                _kv("decode.max_frames", self.cfg.infer_frames), _kv("decode.stride", self.cfg.infer_stride), _kv("outputs.overlay", True)]
         if self._command(result, "infer", argv):
             result.outputs["per-face rows"] = os.path.join(self.paths.infer, "rows")
             result.outputs["overlay videos"] = os.path.join(self.paths.infer, "overlays")

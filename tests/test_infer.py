@@ -122,7 +122,7 @@ def test_real_videos_overlay_and_meshes(real_run, model_file):
     saved = json.loads(open(os.path.join(cfg.output, "summary.json")).read())
     assert saved["counts"]["videos_done_total"] == 3
     assert set(saved["timings"]["stage_s"]) >= {"decode_s", "detect_s", "model_s", "overlay_s"}
-    assert saved["config"]["max_frames"] == CAP and "torch" in saved["versions"]
+    assert saved["config"]["decode"]["max_frames"] == CAP and "torch" in saved["versions"]
 
 
 def test_rerun_skips_done_videos_and_redoes_missing(real_run):

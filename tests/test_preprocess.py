@@ -59,7 +59,7 @@ def test_shards_have_the_documented_schema_and_real_pairs(frame_pair_shards):
     rows = _read_all(frame_pair_shards)
     summary = json.loads(Path(frame_pair_shards, "summary.json").read_text())
     assert summary["pairs_written"] == len(rows) and summary["videos_read"] == 2
-    assert summary["config"]["image_size"] == 64 and set(summary["timings"]["stage_s"]) >= {"decode", "detect", "flow", "encode"}
+    assert summary["config"]["crops"]["size"] == 64 and set(summary["timings"]["stage_s"]) >= {"decode", "detect", "flow", "encode"}
 
     for r in rows:
         video_id, track, frames = r["pair_id"].split("/")

@@ -37,16 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
     """CLI flags as config overrides (they win over --config; --set wins over both)."""
     flags = []
-    for name in ("model", "input", "output", "meshes", "runtime"):
+    for name, key in (("model", "model"), ("input", "input"), ("output", "output"), ("meshes", "outputs.meshes"),
+                      ("runtime", "runtime")):
         value = getattr(args, name)
         if value is not None:
-            flags.append(f"{name}={json.dumps(value)}")
+            flags.append(f"{key}={json.dumps(value)}")
     if args.overlay:
-        flags.append("overlay=true")
+        flags.append("outputs.overlay=true")
     if args.smooth:
         flags.append("smoothing.enabled=true")
     if args.stride is not None:
-        flags.append(f"stride={int(args.stride)}")
+        flags.append(f"decode.stride={int(args.stride)}")
     if args.local:
         flags.append("executor=local")
     return flags + list(args.overrides)

@@ -22,7 +22,7 @@ from facepgn.summary import SUMMARY_FILE, versions, write_summary
 from facepgn.train.checkpoint import STATE_FILE, save_checkpoint, start_state
 from facepgn.train.datasets import mixed_batches
 from facepgn.train.epoch import Hooks, fit
-from facepgn.train.optim import resolve_device
+from facepgn.train.optim import amp_mode, resolve_device
 from facepgn.train.state import new_state
 
 log = logging.getLogger("facepgn.train")
@@ -76,7 +76,7 @@ def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, on_metri
     out_dir = cfg.output_dir
     storage.makedirs(out_dir)
     ckpt_path = storage.join(out_dir, STATE_FILE)
-    state = new_state(cfg, device, cfg.optim.amp, face_model)
+    state = new_state(cfg, device, amp_mode(cfg.optim.amp, device), face_model)
     start_state(state, ckpt_path if cfg.resume and storage.exists(ckpt_path) else None, log.info)
     start = state.step
     if batches is None:

@@ -46,9 +46,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def amp_mode(amp: str, device: torch.device, gpu_mixed_precision: bool = False) -> str:
-    """The autocast mode to train with: ``optim.amp``, except that on a CUDA device with amp
-    ``off`` ``gpu_mixed_precision`` (``scaling.gpu_mixed_precision`` of a Ray run) turns bf16 on."""
-    if device.type == "cuda" and amp == "off" and gpu_mixed_precision:
-        return "bf16"
+def amp_mode(amp: str, device: torch.device) -> str:
+    """The autocast mode to train with: ``optim.amp``, its ``auto`` resolved for ``device`` (bf16 on
+    a CUDA device, off elsewhere)."""
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" else "off"
     return amp

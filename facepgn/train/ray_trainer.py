@@ -244,7 +244,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.threads or max(1, int(round(cfg.scaling.cpus_per_worker))))
     device = ray.train.torch.get_device()
     # the same initial weights everywhere (DDP also broadcasts rank 0's)
-    state = new_state(cfg, device, amp_mode(cfg.optim.amp, device, cfg.scaling.gpu_mixed_precision), rank=rank, world=world)
+    state = new_state(cfg, device, amp_mode(cfg.optim.amp, device), rank=rank, world=world)
     say = (lambda line: print(line, flush=True)) if rank == 0 else (lambda line: None)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

@@ -32,10 +32,14 @@ from facepgn.config import (
     DistributedTrainConfig,
     SearchDimension,
     TuneJobConfig,
-    apply_overrides,
     build_config,
+    config_data,
+    deep_merge,
     dump_config,
+    note_old_keys,
     read_yaml,
+    set_dotted,
+    upgrade_keys,
 )
 from facepgn.errors import FacepgnError
 from facepgn.summary import versions, write_summary
@@ -54,31 +58,6 @@ _PER_TRIAL_DATA_SECTIONS = ("data.", "validation.", "scaling.", "model.input_siz
 # ---- config ------------------------------------------------------------------------------------
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
-    """A copy of nested ``data`` with ``a.b.c`` set to ``value``."""
-    return _set(data, key.split("."), value)
-
-
-def _set(data: dict[str, Any], keys: list[str], value: Any) -> dict[str, Any]:
-    out = dict(data)
-    if len(keys) == 1:
-        out[keys[0]] = value
-        return out
-    child = out.get(keys[0])
-    out[keys[0]] = _set(child if isinstance(child, dict) else {}, keys[1:], value)
-    return out
-
-
 def _example_value(dim: SearchDimension) -> Any:
     if dim.loguniform is not None:
         return math.sqrt(dim.loguniform[0] * dim.loguniform[1])
@@ -92,12 +71,8 @@ def _example_value(dim: SearchDimension) -> Any:
 def load_tune_config(path: str | None, overrides: Sequence[str] = ()) -> TuneJobConfig:
     """Load a sweep config: ``base`` (a training YAML, relative to this file) under the inline
     ``train`` section, ``--set`` overrides on top; every searched key must be a training setting."""
-    overrides = list(overrides)
-    raw = read_yaml(path) if path else {}
-    raw = apply_overrides(raw, overrides)
-    source = str(path) if path else "config"
-    if overrides:
-        source += " (with --set overrides)"
+    notes: list[str] = []
+    raw, source = config_data(TuneJobConfig, path, overrides, notes)  # the YAML + --set, as load_config reads them
     base = raw.get("base")
     if base:
         if not isinstance(base, str):
@@ -108,8 +83,10 @@ def load_tune_config(path: str | None, overrides: Sequence[str] = ()) -> TuneJob
         train = raw.get("train") or {}
         if not isinstance(train, dict):
             raise ConfigError(f"{source}: train: expected a mapping")
-        raw = {**raw, "base": base_path, "train": _deep_merge(read_yaml(base_path), train)}
+        base_train = upgrade_keys(DistributedTrainConfig, read_yaml(base_path), notes, "train.")
+        raw = {**raw, "base": base_path, "train": deep_merge(base_train, train)}
     cfg = build_config(TuneJobConfig, raw, source)
+    note_old_keys(notes, source)
     if not cfg.search_space:
         raise ConfigError(f"{source}: search_space is empty (give at least one key, e.g. losses.flow: {{loguniform: [0.01, 1]}})")
     train_data = cfg.train.model_dump(mode="json")
