@@ -168,10 +168,31 @@ def main() -> None:
     assert ray_summary["frames_sampled_this_run"] == frames and ray_summary["pairs_written"] == loop_summary["pairs_written"]
 
     figures = {
-        "machine": {"cpus_for_ray": args.cpus, "os_cpu_count": os.cpu_count(), "num_cpus_per_video": args.num_cpus_per_video, "niceness": os.nice(0), "load_avg_1m_at_end": round(os.getloadavg()[0], 1)},
+        "machine": {
+            "cpus_for_ray": args.cpus,
+            "os_cpu_count": os.cpu_count(),
+            "num_cpus_per_video": args.num_cpus_per_video,
+            "niceness": os.nice(0),
+            "load_avg_1m_at_end": round(os.getloadavg()[0], 1),
+        },
         "input": {"videos": len(DEFAULT_VIDEOS), "sampled_frames": frames, "pairs": loop_summary["pairs_written"]},
-        "loop": {"wall_s": round(loop_wall, 2), "all_wall_s": [round(w, 2) for _, w in loop_runs], "frames_per_s": round(frames / loop_wall, 1), "stage_s": loop_summary["timings"]["stage_s"], "cpu_s": loop_summary["timings"]["cpu_s"], "video_s": loop_summary["timings"]["video_s"], "peak_rss_mb": round(loop_rss)},
-        "ray": {"wall_s": round(ray_wall, 2), "all_wall_s": [round(w, 2) for _, w in ray_runs], "frames_per_s": round(frames / ray_wall, 1), "stage_s": ray_summary["timings"]["stage_s"], "cpu_s": ray_summary["timings"]["cpu_s"], "video_s": ray_summary["timings"]["video_s"]},
+        "loop": {
+            "wall_s": round(loop_wall, 2),
+            "all_wall_s": [round(w, 2) for _, w in loop_runs],
+            "frames_per_s": round(frames / loop_wall, 1),
+            "stage_s": loop_summary["timings"]["stage_s"],
+            "cpu_s": loop_summary["timings"]["cpu_s"],
+            "video_s": loop_summary["timings"]["video_s"],
+            "peak_rss_mb": round(loop_rss),
+        },
+        "ray": {
+            "wall_s": round(ray_wall, 2),
+            "all_wall_s": [round(w, 2) for _, w in ray_runs],
+            "frames_per_s": round(frames / ray_wall, 1),
+            "stage_s": ray_summary["timings"]["stage_s"],
+            "cpu_s": ray_summary["timings"]["cpu_s"],
+            "video_s": ray_summary["timings"]["video_s"],
+        },
         "ray_over_loop": round(loop_wall / ray_wall, 2),
         "cores_obtained": {"loop": round(loop_summary["timings"]["cpu_s"] / loop_wall, 2), "ray": round(ray_summary["timings"]["cpu_s"] / ray_wall, 2)},
     }
@@ -180,8 +201,19 @@ def main() -> None:
         with TreeMemorySampler() as mem_4x:
             s4, wall_4x = _run(PreprocessConfig(output=str(tmp / "out_ray4x"), **{**ray_cfg, "input": str(input_4x)}))
         figures["memory"] = {
-            "1x": {"videos": len(DEFAULT_VIDEOS), "tree_peak_rss_mb": round(mem_1x.peak_mb), "tree_before_mb": round(mem_1x.baseline_mb), "worker_peak_rss_mb": ray_summary["timings"]["max_worker_rss_mb"]},
-            "4x": {"videos": 4 * len(DEFAULT_VIDEOS), "tree_peak_rss_mb": round(mem_4x.peak_mb), "tree_before_mb": round(mem_4x.baseline_mb), "worker_peak_rss_mb": s4["timings"]["max_worker_rss_mb"], "frames_per_s": round(s4["frames_sampled_this_run"] / wall_4x, 1)},
+            "1x": {
+                "videos": len(DEFAULT_VIDEOS),
+                "tree_peak_rss_mb": round(mem_1x.peak_mb),
+                "tree_before_mb": round(mem_1x.baseline_mb),
+                "worker_peak_rss_mb": ray_summary["timings"]["max_worker_rss_mb"],
+            },
+            "4x": {
+                "videos": 4 * len(DEFAULT_VIDEOS),
+                "tree_peak_rss_mb": round(mem_4x.peak_mb),
+                "tree_before_mb": round(mem_4x.baseline_mb),
+                "worker_peak_rss_mb": s4["timings"]["max_worker_rss_mb"],
+                "frames_per_s": round(s4["frames_sampled_this_run"] / wall_4x, 1),
+            },
         }
     ray.shutdown()
 

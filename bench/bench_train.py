@@ -134,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data wait share of step time (ray workers): {100 * wait:.1f}% (goal <= 5%)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"plain_samples_per_s": plain_sps, "ray_samples_per_s": ray_sps, "ratio": ratio, "data_wait_share": wait, "args": vars(args)}, f, indent=2)
+            json.dump({
+                "plain_samples_per_s": plain_sps,
+                "ray_samples_per_s": ray_sps,
+                "ratio": ratio,
+                "data_wait_share": wait,
+                "args": vars(args),
+            }, f, indent=2)
     return 0
 
 

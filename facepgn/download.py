@@ -89,10 +89,10 @@ def is_verified(path: Path, pinned: PinnedFile) -> bool:
 
 
 def _open(url: str, offset: int, timeout: float):
-    request = urllib.request.Request(url, headers={"User-Agent": "facepgn-downloader"})
+    request = urllib.request.Request(url, headers={"User-Agent": "facepgn-downloader"})  # noqa: S310 - https or a test mirror
     if offset:
         request.add_header("Range", f"bytes={offset}-")
-    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (https or a test mirror)
+    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - https or a test mirror
 
 
 def fetch(pinned: PinnedFile, dest_dir: str | os.PathLike, progress=None, retries: int = 3,

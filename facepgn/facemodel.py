@@ -410,7 +410,7 @@ def read_face_model_npz(path: str | os.PathLike) -> FaceModel:
         raise InputError(path, "face model file not found") from None
     except (OSError, ValueError, EOFError) as exc:
         raise InputError(path, f"not a readable .npz face model ({exc.__class__.__name__}: {exc})") from None
-    except Exception as exc:  # zipfile.BadZipFile and friends
+    except Exception as exc:  # noqa: BLE001 - zipfile.BadZipFile and friends
         raise InputError(path, f"not a readable .npz face model ({exc.__class__.__name__})") from None
     return face_model_from_arrays(arrays, source=path)
 

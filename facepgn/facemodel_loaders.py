@@ -238,7 +238,7 @@ def read_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
         mat = scipy.io.loadmat(io.BytesIO(data))
     except NotImplementedError:
         raise InputError(path, "MATLAB v7.3 (HDF5) .mat files are not supported; save as -v7") from None
-    except Exception as exc:  # scipy raises ValueError/TypeError/struct.error on corrupt files
+    except Exception as exc:  # noqa: BLE001 - scipy raises ValueError/TypeError/struct.error on corrupt files
         raise InputError(path, f"not a readable MATLAB .mat file ({type(exc).__name__})") from None
     return {k: v for k, v in mat.items() if not k.startswith("__")}
 

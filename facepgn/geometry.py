@@ -24,7 +24,8 @@ y down, z towards the camera and NOT flipped) with :func:`fit_pose` recovers, ov
 shared images, a rotation within 3.7 degrees median (95th percentile 6.9, max 10.9; the mean face
 differs from each subject) of this ``R``, and yaw within 0.6 degrees median (max 6.7). The
 untransposed convention is off by 60 degrees median (95th percentile 162), and flipping
-``pt3d_68``'s z by 51 degrees median (``tests/test_geometry.py`` keeps a 21-image check). In image terms: positive pitch moves the nose tip up (smaller y), positive yaw moves it
+``pt3d_68``'s z by 51 degrees median (``tests/test_geometry.py`` keeps a 21-image check). In image
+terms: positive pitch moves the nose tip up (smaller y), positive yaw moves it
 to the image's left (smaller x), positive roll turns the model's +x axis clockwise on screen
 (towards +y). Some ``Pose_Para`` lie outside the principal range (AFLW2000-3D image00150 has
 yaw 119 deg: the same rotation as yaw 61 deg with pitch and roll shifted by 180 deg); compare

@@ -23,7 +23,7 @@ def is_remote(path: str) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
-def _strip_file_scheme(path: str) -> str:
+def strip_file_scheme(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
@@ -35,7 +35,7 @@ def get_fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     if is_remote(path):
         fs, _, paths = fsspec.get_fs_token_paths(path)
         return fs, paths[0]
-    return fsspec.filesystem("file"), os.path.abspath(_strip_file_scheme(path))
+    return fsspec.filesystem("file"), os.path.abspath(strip_file_scheme(path))
 
 
 def s3_filesystem():
@@ -58,7 +58,7 @@ def pyarrow_filesystem(path: str):
     if str(path).startswith("s3://"):
         fs, stripped = get_fs(path)
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), stripped
-    return pafs.LocalFileSystem(), os.path.abspath(_strip_file_scheme(str(path)))
+    return pafs.LocalFileSystem(), os.path.abspath(strip_file_scheme(str(path)))
 
 
 def join(base: str, *parts: str) -> str:
@@ -80,7 +80,7 @@ def exists(path: str) -> bool:
 def makedirs(path: str) -> None:
     """Create a local folder (a no-op for S3, where prefixes need no creation)."""
     if not is_remote(path):
-        os.makedirs(_strip_file_scheme(str(path)), exist_ok=True)
+        os.makedirs(strip_file_scheme(str(path)), exist_ok=True)
 
 
 def read_bytes(path: str) -> bytes:
@@ -151,7 +151,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         with fs.open(p, "wb") as f:
             f.write(data)
         return
-    path = _strip_file_scheme(path)
+    path = strip_file_scheme(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
@@ -190,7 +190,7 @@ def remove(path: str) -> None:
 def local_copy(path: str, tmp_dir: str | Path) -> str:
     """A local file path for ``path``: itself if local, else downloaded into ``tmp_dir``."""
     if not is_remote(path):
-        return _strip_file_scheme(str(path))
+        return strip_file_scheme(str(path))
     fs, p = get_fs(path)
     dest = os.path.join(str(tmp_dir), f"{uuid.uuid4().hex[:8]}-{basename(path)}")
     fs.get_file(p, dest)

@@ -274,7 +274,7 @@ def _decord_cause(exc: Exception) -> str:
 def local_video(path: str) -> Iterator[str]:
     """A local file for ``path`` (downloaded to a temp folder for s3://, removed afterwards)."""
     if not storage.is_remote(path):
-        yield storage._strip_file_scheme(path)
+        yield storage.strip_file_scheme(path)
         return
     with tempfile.TemporaryDirectory(prefix="facepgn-video-") as tmp:
         try:
@@ -317,7 +317,7 @@ class VideoReader:
             del probe  # stop its read-ahead
         except InputError:
             raise
-        except Exception as exc:  # decord raises RuntimeError / DECORDError with a log prefix
+        except Exception as exc:  # noqa: BLE001 - decord raises RuntimeError / DECORDError with a log prefix
             raise InputError(shown, f"cannot decode video ({_decord_cause(exc)})") from None
         if not np.isfinite(fps) or fps <= 0:
             fps = 25.0
@@ -348,7 +348,7 @@ class VideoReader:
                 reader = self._open()
                 batch = reader.get_batch(chunk).asnumpy()
                 del reader  # before any processing: bounds decord's read-ahead to this chunk
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - decord's errors, as above
                 raise InputError(self.display_path, f"decoding stopped at frame {chunk[0]} ({_decord_cause(exc)})") from None
             for idx, rgb in zip(chunk, batch):
                 if rgb.ndim == 2:

@@ -1,4 +1,8 @@
-"""``ray job submit -- python jobs/evaluate.py aflw2000 --model s3://.../model.pt --data s3://.../AFLW2000 --out s3://.../eval --config configs/evaluate.yaml``"""
+"""As a Ray job::
+
+    ray job submit -- python jobs/evaluate.py aflw2000 --model s3://.../model.pt --data s3://.../AFLW2000 \
+        --out s3://.../eval --config configs/evaluate.yaml
+"""
 
 import sys
 

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from facepgn import outputs
 from facepgn import model as model_lib
+from facepgn import outputs
 from facepgn.export import export_onnx
 from facepgn.predictor import Predictor
 

@@ -13,9 +13,9 @@ import pytest
 
 from facepgn import inference, meshio, outputs, records, storage
 from facepgn import model as model_lib
-from facepgn.predictor import Predictor
 from facepgn.config import InferConfig
 from facepgn.errors import FacepgnError
+from facepgn.predictor import Predictor
 
 CAP = 24  # frames per real clip: keeps the suite inside its budget
 

@@ -129,7 +129,7 @@ def start_local_head(num_cpus: int = 2, timeout_s: float = 60.0) -> LocalRayHead
         try:
             head.client().list_jobs()
             return head
-        except Exception:
+        except Exception:  # noqa: BLE001 - the cluster is still starting: retry until the deadline
             if time.monotonic() > deadline:
                 tail = head.log_tail()
                 head.stop()
@@ -201,7 +201,7 @@ def test_job_imports_facepgn_from_the_working_dir(ray_head):
         "print('FACEPGN', facepgn.__file__, sys.executable, os.environ['RAY_ADDRESS'])\"",
         timeout_s=60,
     )
-    line = next(l for l in logs.splitlines() if l.startswith("FACEPGN"))
+    line = next(ln for ln in logs.splitlines() if ln.startswith("FACEPGN"))
     _, module_file, python, address = line.split()
     # The job runs the uploaded copy of the repo (runtime_resources/working_dir_files), not the
     # checkout, with the cluster's python, and is pointed at this cluster.

@@ -8,7 +8,7 @@ import pytest
 
 from facepgn import calibration, evaluation, geometry, labelled, records, teachers
 from facepgn.facemodel import load_face_model
-from facepgn.pseudolabel import (FaceLabeller, FaceToLabel, FitSettings, fit_face_model, mesh_correspondence)
+from facepgn.pseudolabel import FaceLabeller, FaceToLabel, FitSettings, fit_face_model, mesh_correspondence
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--model", "-m", default=None, help="model file (facepgn.model) or training checkpoint")
-    parser.add_argument("--input", "-i", default=None, help="video, photo, folder, glob, s3:// prefix, or .csv/.jsonl manifest (videos and photos may be mixed)")
+    parser.add_argument("--input", "-i", default=None,
+                        help="video, photo, folder, glob, s3:// prefix, or .csv/.jsonl manifest (videos and photos may be mixed)")
     parser.add_argument("--output", "-o", default=None, help="output folder or s3:// prefix")
     parser.add_argument("--overlay", action="store_true", default=None, help="write overlays/<video>.mp4 (photos: overlays/<photo>.jpg or .png)")
     parser.add_argument("--meshes", default=None, metavar="SPEC", help="export meshes: every:N or frames:A,B,...")

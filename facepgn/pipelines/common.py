@@ -484,7 +484,7 @@ def process_item(output: str, result: ItemResult, work: Callable[[StageClock], l
             with clock("write"):
                 storage.atomic_write_bytes(path, parquet_bytes(records.to_table(rows, "face_record")))
             result.shard = f"{DATA_DIR}/part-{result.item_id}.parquet"
-    except Exception as exc:  # bad input, or a bug / library error: record it, go on
+    except Exception as exc:  # noqa: BLE001 - bad input, or a bug / library error: record it, go on
         result.status, result.reason, result.shard = "skipped", failure_reason(exc, result.path, log), ""
     result.stage_s, result.stage_cpu_s = clock.rounded()
     result.seconds = round(time.perf_counter() - start, 4)

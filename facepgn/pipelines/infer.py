@@ -34,10 +34,10 @@ import numpy as np
 from facepgn import inference, outputs, storage
 from facepgn.config import InferConfig
 from facepgn.errors import FacepgnError
-from facepgn.pipelines import common
-from facepgn.summary import versions, write_summary
 from facepgn.model import load
+from facepgn.pipelines import common
 from facepgn.predictor import Predictor
+from facepgn.summary import versions, write_summary
 
 # ---- stage callables (Ray Data UDFs) ---------------------------------------------------------
 
@@ -280,11 +280,11 @@ def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_siz
     # other pipelines in the same process (tests, notebooks) keep theirs.
     saved = ray.data.DataContext.get_current()
     ctx = saved.copy()
-    ray.data.DataContext._set_current(ctx)
+    ray.data.DataContext._set_current(ctx)  # noqa: SLF001 - Ray has no public setter for a scoped context
     try:
         yield from _run_ray_pipeline(ctx, cfg, todo, face_model, face_model_name, image_size, log)
     finally:
-        ray.data.DataContext._set_current(saved)
+        ray.data.DataContext._set_current(saved)  # noqa: SLF001 - restore the caller's
 
 
 def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: str, image_size: int, log) -> Iterable[dict]:

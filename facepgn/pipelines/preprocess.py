@@ -134,7 +134,7 @@ class VideoProcessor:
         try:
             storage.remove(shard_dir(self.output, result.video_id))  # stale shards of an interrupted run
             self._process(item, result, timings)
-        except Exception as exc:  # bad input, or a bug / library error: record it, go on
+        except Exception as exc:  # noqa: BLE001 - bad input, or a bug / library error: record it, go on
             result.status = "partial" if result.pairs else "skipped"
             result.reason = common.failure_reason(exc, item["path"], log)
         result.timings = {k: round(v, 4) for k, v in timings.items()}

@@ -38,8 +38,7 @@ Outputs:
 
 from facepgn.config import SyntheticFacesConfig, SyntheticVideosConfig
 from facepgn.synthetic.camera import camera_effects
-from facepgn.synthetic.faces import (DATA_DIR, contact_sheet_from_records, data_dir, face_model_for, face_record, generate_faces,
-                                     synthesize_face)
+from facepgn.synthetic.faces import DATA_DIR, contact_sheet_from_records, data_dir, face_model_for, face_record, generate_faces, synthesize_face
 from facepgn.synthetic.hair import HeadFrame, hair_mesh, head_frame
 from facepgn.synthetic.occluders import add_occluders
 from facepgn.synthetic.pairs import FramePair, _five_points, _mask_box, exact_flow, render_pair, synthetic_pair_rows

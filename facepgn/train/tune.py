@@ -79,7 +79,8 @@ def load_tune_config(path: str | None, overrides: Sequence[str] = ()) -> TuneJob
             raise ConfigError(f"{source}: base: expected a path to a training YAML")
         base_path = base
         if path and not storage.is_remote(base) and not os.path.isabs(base):
-            base_path = storage.join(os.path.dirname(str(path)) or ".", base) if not storage.is_remote(str(path)) else storage.join(str(path).rsplit("/", 1)[0], base)
+            folder = str(path).rsplit("/", 1)[0] if storage.is_remote(str(path)) else (os.path.dirname(str(path)) or ".")
+            base_path = storage.join(folder, base)
         train = raw.get("train") or {}
         if not isinstance(train, dict):
             raise ConfigError(f"{source}: train: expected a mapping")
