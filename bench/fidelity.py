@@ -39,6 +39,9 @@ initialisation, batch order and augmentation, the data are the same.
 
 Goals: (c) beats (a) by >= 20% NME 2D (mean of buckets); (d) beats (c) on 3D shape error by >= 10%.
 Both are checked on the seed means and per seed (seed k of one variant against seed k of the other).
+First full run (2026-12-02, defaults, ~/runs/fidelity-work/results-64px-900steps-3seeds.md): both goals
+missed on both data sets -- (c) beats the same-size (a) by 3.2% (ICT) / 8.5% (profiled) NME 2D, and
+(d) is 2.5% / 5.7% WORSE than (c) on shape error.
 
 Same size: the PGN spends its compute at stride 4 (16x16 heatmaps at 64 px), so it has ~50
 multiply-adds per parameter; a widened regressor gains parameters ~4x faster than multiply-adds, and
@@ -49,14 +52,15 @@ width is searched so parameters and MACs both match (c) (at 64 px: width 1.55, 0
 18.5 M MACs against (c)'s 0.39 M and 19.6 M; counted as ``bench/count_macs.py`` counts, Conv2d and
 Linear layers). ``--direct-input-scale 1`` with ``--direct-width`` gives a plain widened regressor.
 
-Cost (defaults, 64 px, one thread of a free CPU): data ~6 min once (ICT: 2048 train faces, 512 pairs,
-512 test faces; profiled: 400 labelled sources x 4 views, 150 sequences x 6 frames = 750 pairs, 172
-test sources x 3 views = 516 test faces), then 18 training runs of 900 steps (batch 16 faces, + 8
-pairs for (d) after step 450): per step ~0.09 s (a), ~0.12 s (c), ~0.14 s (d) of CPU, ~35 min in
-all, and ~2 min of evaluation: ~45 min of CPU for the whole benchmark. On a loaded machine the wall
-clock is longer; the tables report each run's CPU seconds. Data and finished runs are cached in
-``--work-dir`` and reused (``--fresh`` retrains); results go to ``<work-dir>/results-*.json`` and
-``.md`` beside printing. Not a CI test.
+Cost (defaults, 64 px, one thread), measured (~/runs/fidelity-v2.log): 32.5 min of CPU for the whole
+benchmark, data included: data 4.3 min once (ICT 101 s: 2048 train faces, 512 pairs, 512 test faces;
+profiled 158 s: 400 labelled sources x 4 views, 150 sequences x 6 frames = 750 pairs, 172 test
+sources x 3 views = 516 test faces), 18 training runs of 900 steps (batch 16 faces, + 8 pairs for
+(d) from step 450) 27 min (per run on an idle core ~65 s (a), ~70 s (c), ~90 s (d); up to 1.6x more
+while another job loaded the machine), evaluation ~1 min. The wall clock was 97 min because a
+2-thread training job shared the 2 cores for most of it. Data and finished runs are cached in
+``--work-dir`` and reused (``--fresh`` retrains); the tables report each run's CPU seconds; results
+go to ``<work-dir>/results-*.json`` and ``.md`` beside printing. Not a CI test.
 """
 
 from __future__ import annotations
