@@ -433,7 +433,7 @@ def test_report_pictures_without_images_and_grid_sample():
 def test_the_shipped_model_is_the_default_and_works_on_real_faces(aflw_dir, tmp_path, capsys):
     """Without --model, evaluate uses the pretrained model shipped in facepgn/data (sha256-checked),
     and it works on real faces: on 12 frontal dev images (roi crops) its NME is far below the
-    synthetic-only models' (~20%) (MODEL_CARD.md: 4.91% at [0,30] on all 317)."""
+    synthetic-only models' (~20%) (MODEL_CARD.md: 4.33% at [0,30] on all 317)."""
     from facepgn.model import load_model_file, pretrained_model_file
 
     shipped = pretrained_model_file()
