@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     from facepgn import evaluation, geometry, profiling, synthetic  # noqa: F401
     from facepgn.model import load_model_file  # noqa: F401
     from facepgn.nets.macs import count_macs  # noqa: F401
-    from facepgn.train import data as _train_data, loop as _train_loop  # noqa: F401
+    from facepgn.train import data as _train_data  # noqa: F401
 
     torch.set_num_threads(args.threads)
     t_start, c_start = time.perf_counter(), time.process_time()
