@@ -221,12 +221,12 @@ def shape_error(
     ``crop_radius``: keep only ground-truth points within this distance of ``gt_nose_tip`` (a point or
     a vertex index), e.g. 95 (mm) for Florence. ``allow_scale=False`` gives a rigid fit.
     """
-    with _single_torch_thread():
+    with _SingleTorchThread():
         return _shape_error(pred_vertices, gt_vertices, correspondence, pred_landmarks, gt_landmarks, crop_radius,
                             gt_nose_tip, allow_scale, max_iterations, tolerance)
 
 
-class _single_torch_thread:
+class _SingleTorchThread:
     """Run the many small similarity fits of an ICP loop on one torch thread: on a busy CPU the
     thread pool's hand-offs cost more than these 4x4 problems (measured ~4x slower with 2 threads)."""
 
