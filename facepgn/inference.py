@@ -58,6 +58,11 @@ def _empty_face_batch() -> dict[str, list]:
     }
 
 
+def _face_batch(rows: dict[str, list], size: int) -> list[dict[str, np.ndarray]]:
+    """The collected face rows as one batch, or nothing when there are none."""
+    return [_stack_batch(rows, size, KIND_FACE)] if rows["frame_index"] else []
+
+
 def _stack_batch(rows: dict[str, list], size: int, kind: int, footer: dict | None = None) -> dict[str, np.ndarray]:
     n = len(rows["frame_index"])
     out = {
@@ -112,7 +117,7 @@ def video_face_batches(video_path: str, video_id: str, image_size: int, detector
             frames = reader.frames(indices, chunk_size=chunk_frames)
             stream = tracking.track_faces(frames, detector.detect, tracker=tracker if tracker is not None else tracking.new_tracker(),
                                           max_faces=max_faces, clock=tracking.seconds_into(timings, "_s"))
-            rows, in_chunk, faces_seen = _empty_face_batch(), 0, 0
+            rows, in_chunk = _empty_face_batch(), 0
             # CPU time (not wall: that also counts waiting for a core), chunk by chunk: between
             # yields the consumer runs in this thread too (plain loop)
             c0 = _time.thread_time()
@@ -125,20 +130,16 @@ def video_face_batches(video_path: str, video_id: str, image_size: int, detector
                 in_chunk += 1
                 if in_chunk >= chunk_frames:
                     timings_cpu += _time.thread_time() - c0
-                    if rows["frame_index"]:
-                        batch = _stack_batch(rows, image_size, KIND_FACE)
+                    for batch in _face_batch(rows, image_size):
                         emitted += len(batch["frame_index"])
-                        faces_seen += len(batch["frame_index"])
                         yield batch
                     rows, in_chunk = _empty_face_batch(), 0
                     c0 = _time.thread_time()
             timings_cpu += _time.thread_time() - c0
-            if rows["frame_index"]:
-                batch = _stack_batch(rows, image_size, KIND_FACE)
+            for batch in _face_batch(rows, image_size):
                 emitted += len(batch["frame_index"])
-                faces_seen += len(batch["frame_index"])
                 yield batch
-            info["faces"] = faces_seen
+            info["faces"] = emitted
     except InputError as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - a batch job records a bad video and goes on
