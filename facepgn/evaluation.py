@@ -1369,11 +1369,12 @@ def model_predictor(model: Any, device: str = "cpu") -> PredictFn:
     pose (pitch, yaw, roll radians) of the fitted rotation. Crops of another size than the model's
     input are resized to it (the same region) and the landmarks scaled back."""
     import cv2
-    import torch
 
-    model = model.to(device).eval()
+    from facepgn.predictor import Predictor
+
+    predictor = Predictor(model=model, device=device, threads=0)  # what facepgn infer runs
     has_pgn = getattr(model, "pgn", None) is not None
-    own = int(getattr(model, "input_size", 0) or 0)
+    own = predictor.input_size
 
     def predict(crops: np.ndarray) -> dict[str, np.ndarray]:
         size = crops.shape[1]
@@ -1382,13 +1383,10 @@ def model_predictor(model: Any, device: str = "cpu") -> PredictFn:
             interp = cv2.INTER_AREA if size > own else cv2.INTER_LINEAR
             crops = np.stack([cv2.resize(c, (own, own), interpolation=interp) for c in crops])
             scale = size / own
-        images = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 255.0
-        with torch.no_grad():
-            out = model(images)
-            pose = model.pose_angles(out)
-        result = {"mesh_landmarks": out["mesh_landmarks"].float().cpu().numpy() * scale, "pose": pose.cpu().numpy()}
+        out = predictor(crops)
+        result = {"mesh_landmarks": out["mesh_landmarks"] * scale, "pose": out["pose"]}
         if has_pgn:
-            result["landmarks_3d"] = out["landmarks_3d"].float().cpu().numpy() * scale
+            result["landmarks_3d"] = out["landmarks_3d"] * scale
         return result
 
     return predict
