@@ -29,7 +29,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -268,6 +268,60 @@ class ConvertResult:
     errors: list[dict[str, str]] = field(default_factory=list)
 
 
+def _roi_crops(folder: str, image_size: int, limit: int | None) -> dict[str, np.ndarray]:
+    """AFLW2000-3D's standard roi crops (crop -> frame affines) by image path, as the evaluation plans them."""
+    from facepgn.evaluation import plan_aflw2000
+
+    plan = plan_aflw2000(folder, image_size=image_size, box="roi", limit=limit)
+    return dict(zip(plan.image_paths, plan.crop_to_frame))
+
+
+def _chunk_rows(chunk: Sequence[str], result: ConvertResult, *, source: str | None, image_size: int, margin: float,
+                crops: Mapping[str, np.ndarray] | None, done: int, total: int,
+                progress: Callable[[int, int], None] | None) -> tuple[list[dict], int]:
+    """One shard's face records (a bad pair goes to ``result.errors``), and the images done so far."""
+    rows = []
+    for image_path in chunk:
+        try:
+            rows.append(face_record(read_face(image_path, source=source), image_size, margin,
+                                    crop_to_frame=crops.get(image_path) if crops is not None else None))
+        except InputError as exc:
+            result.errors.append({"path": exc.path, "reason": exc.cause})
+            log.warning("skipping %s", exc)
+        done += 1
+        if progress:
+            progress(done, total)
+    return rows, done
+
+
+def _convert_summary(folder: str, out_dir: str, shard_dir: str, result: ConvertResult, total: int,
+                     config: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    """Write and return :func:`convert_folder`'s ``summary.json``."""
+    counts = {
+        "images": total,
+        "records_written": result.records,
+        "shards_written": len(result.shards) - result.skipped_shards,
+        "shards_skipped_existing": result.skipped_shards,
+        "images_skipped": len(result.errors),
+    }
+    extra = {  # the counts also at the top level, where this summary had them before ``counts`` existed
+        "images": total,
+        "records_written": result.records,
+        "shards_skipped_existing": result.skipped_shards,
+        "input": str(folder),
+        "output": str(out_dir),
+        "schema": f"face_record/{records.FACE_RECORD_VERSION}",
+        "shards": [storage.basename(s) for s in result.shards],
+        "data": storage.basename(shard_dir) if shard_dir != out_dir else ".",  # the shards' folder, relative to the output
+    }
+    return write_summary(
+        storage.join(out_dir, SUMMARY_FILE), job="labelled convert", counts=counts, errors=result.errors,
+        timings={"wall_s": round(wall_s, 3)},
+        config=config,
+        extra=extra, versions=versions("pyarrow", "scipy", "cv2"),
+    )
+
+
 def convert_folder(
     folder: str,
     out_dir: str,
@@ -294,12 +348,7 @@ def convert_folder(
     images = list_labelled_images(folder)
     if limit is not None:
         images = images[:limit]
-    roi_crops: dict[str, np.ndarray] = {}
-    if box == "roi":
-        from facepgn.evaluation import plan_aflw2000
-
-        plan = plan_aflw2000(folder, image_size=image_size, box="roi", limit=limit)
-        roi_crops = dict(zip(plan.image_paths, plan.crop_to_frame))
+    roi_crops = _roi_crops(folder, image_size, limit) if box == "roi" else {}
     storage.makedirs(out_dir)
     shard_dir = data_dir(out_dir)
     result = ConvertResult()
@@ -313,46 +362,16 @@ def convert_folder(
             result.shards.append(shard_path)
             done += len(chunk)
             continue
-        rows = []
-        for image_path in chunk:
-            try:
-                rows.append(face_record(read_face(image_path, source=source), image_size, margin,
-                                        crop_to_frame=roi_crops.get(image_path) if box == "roi" else None))
-            except InputError as exc:
-                result.errors.append({"path": exc.path, "reason": exc.cause})
-                log.warning("skipping %s", exc)
-            done += 1
-            if progress:
-                progress(done, total)
+        rows, done = _chunk_rows(chunk, result, source=source, image_size=image_size, margin=margin,
+                                 crops=roi_crops if box == "roi" else None, done=done, total=total, progress=progress)
         if rows:
             table = records.to_table(rows, "face_record")
             storage.atomic_write_bytes(shard_path, _table_bytes(table))
             result.shards.append(shard_path)
             result.records += len(rows)
         log.info("labelled: %d/%d images, shard %s (%d records)", done, total, shard_path, len(rows))
-    counts = {
-        "images": total,
-        "records_written": result.records,
-        "shards_written": len(result.shards) - result.skipped_shards,
-        "shards_skipped_existing": result.skipped_shards,
-        "images_skipped": len(result.errors),
-    }
-    extra = {  # the counts also at the top level, where this summary had them before ``counts`` existed
-        "images": total,
-        "records_written": result.records,
-        "shards_skipped_existing": result.skipped_shards,
-        "input": str(folder),
-        "output": str(out_dir),
-        "schema": f"face_record/{records.FACE_RECORD_VERSION}",
-        "shards": [storage.basename(s) for s in result.shards],
-        "data": storage.basename(shard_dir) if shard_dir != out_dir else ".",  # the shards' folder, relative to the output
-    }
-    return write_summary(
-        storage.join(out_dir, SUMMARY_FILE), job="labelled convert", counts=counts, errors=result.errors,
-        timings={"wall_s": round(time.time() - start, 3)},
-        config={"source": source, "image_size": image_size, "margin": margin, "box": box, "shard_size": shard_size, "limit": limit},
-        extra=extra, versions=versions("pyarrow", "scipy", "cv2"),
-    )
+    config = {"source": source, "image_size": image_size, "margin": margin, "box": box, "shard_size": shard_size, "limit": limit}
+    return _convert_summary(folder, out_dir, shard_dir, result, total, config, time.time() - start)
 
 
 def read_faces(paths: Sequence[str], source: str | None = None) -> list[LabelledFace]:
