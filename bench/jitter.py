@@ -13,16 +13,16 @@ Measures (``facepgn.smoothing.jitter``: the RMS second difference over consecuti
 steady motion, so it counts shake and fast changes of speed):
 
 * landmark jitter: the output rows' 68 2D landmarks, in % of the face size (the median over the
-  track of sqrt(w*h) of the model's 68-landmark box, the AFLW2000-3D normaliser), per track, then
-  the mean over tracks (and, in brackets, the median);
+  track of sqrt(w*h) of the detector's box: the same for every landmark set and model), per track,
+  then the mean over tracks (and, in brackets, the median), and the mean over videos;
 * pose jitter: yaw, pitch, roll in degrees (unwrapped), per track, mean over tracks.
 
 Reference: the 68-point 2D network (Peppa) and MediaPipe's face mesh (its 468 points mapped to the
-68, ``teachers.MediaPipe68``) on the same crops the model gets, mapped to the frame the same way,
-normalised by the same face size; in the "on" table the same smoother (``smooth_rows``) is applied to
-them too. Every measure is its network's own noise plus real motion, so the smallest one bounds the
-real-motion part from above. MediaPipe gets the model's crop as its whole image (its first pass
-covers the whole crop, its second re-crops around its first answer inside it, black beyond).
+68, ``teachers.MediaPipe68``) on the same crops the model gets, mapped to the frame the same way;
+in the "on" table the same smoother (``smooth_rows``) is applied to them too. Every measure is its
+network's own noise plus real motion, so the smallest one bounds the real-motion part from above.
+MediaPipe gets the model's crop as its whole image (its first pass covers the whole crop, its
+second re-crops around its first answer inside it, black beyond).
 
 Tracks shorter than ``--min-track`` frames are left out (brief false detections).
 
@@ -127,7 +127,8 @@ def track_jitter(rows: dict[str, np.ndarray], peers, min_track: int) -> list[dic
             continue
         frames = rows["frame_index"][idx]
         lm = rows["landmarks_2d"][idx].astype(np.float64)
-        size = float(np.median(evaluation.face_size(lm)))
+        box = rows["box"][idx].astype(np.float64)
+        size = float(np.median(np.sqrt(box[:, 2] * box[:, 3])))  # the detector's: one normaliser for every set
         entry = {"frames": int(idx.size), "face_px": size}
         entry["model"] = 100.0 * smoothing.jitter(lm, frames) / size
         for name in peers:
@@ -171,7 +172,7 @@ def table(title: str, per_video: dict[str, list[dict]], peers) -> list[str]:
 
 
 def per_video_table(raw: dict[str, list[dict]], smooth: dict[str, list[dict]], peers) -> list[str]:
-    head = ["video", "tracks", "frames", "face px", "model off", "model on"] + [f"{p} off" for p in peers] + ["yaw off", "yaw on"]
+    head = ["video", "tracks", "frames", "face (box) px", "model off", "model on"] + [f"{p} off" for p in peers] + ["yaw off", "yaw on"]
     lines = ["### Per video (mean over its tracks; landmarks in % of face size, yaw in degrees)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for vid, ts in raw.items():
