@@ -236,18 +236,12 @@ def _markdown(cfg: TuneJobConfig, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_sweep(cfg: TuneJobConfig) -> dict[str, Any]:
-    """Check, run the sweep, write the results table, the best config and ``summary.json``."""
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
+def _prepare_sweep(cfg: TuneJobConfig):
+    """Everything checkable before a trial starts (the base config's data, storage, validation set);
+    returns the config with the checked train config and absolute paths, and the base plan."""
     from facepgn.train import ray_trainer
-    from facepgn.train.datasets import build_datasets
     from facepgn.train.plan import absolute_path, check_writable, preflight
 
-    started = time.time()
-    # everything checkable before a trial starts: the base config's data, storage, validation set
     base_plan = preflight(cfg.train, require_validation=True)
     cfg = cfg.model_copy(update={
         "train": base_plan.config,
@@ -257,6 +251,18 @@ def run_sweep(cfg: TuneJobConfig) -> dict[str, Any]:
     check_writable(cfg.storage_path, "storage_path")
     check_writable(cfg.output_dir, "output_dir")
     ray_trainer.ensure_ray()
+    return cfg, base_plan
+
+
+def _build_tuner(cfg: TuneJobConfig, base_plan):
+    """The Tuner: ASHA, the seeded variant generator (which limits concurrency), trials holding a
+    token driver CPU, the datasets shared by every trial unless the search space changes data."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from facepgn.train import ray_trainer
+    from facepgn.train.datasets import build_datasets
 
     shared = not any(k.startswith(_PER_TRIAL_DATA_SECTIONS) for k in cfg.search_space)
     datasets = build_datasets(base_plan) if shared else None
@@ -285,7 +291,7 @@ def run_sweep(cfg: TuneJobConfig) -> dict[str, Any]:
     # the Train workers hold theirs
     trainable = tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
     storage_kwargs = ray_trainer.storage_args(cfg.storage_path)
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(
@@ -297,22 +303,27 @@ def run_sweep(cfg: TuneJobConfig) -> dict[str, Any]:
         ),
         run_config=tune.RunConfig(name=cfg.name, verbose=0, **storage_kwargs),
     )
-    result_grid = tuner.fit()
-    rows = results_rows(cfg, result_grid)
-    storage.atomic_write_text(storage.join(cfg.output_dir, RESULTS_CSV), _csv_text(rows))
-    storage.atomic_write_text(storage.join(cfg.output_dir, RESULTS_MD), _markdown(cfg, rows))
-    best = next((r for r in rows if r[cfg.sweep.metric] is not None), None)
-    best_yaml = None
-    if best is not None:
-        best_cfg = cfg.train
-        data = best_cfg.model_dump(mode="json")
-        for key in cfg.search_space:
-            data = set_dotted(data, key, best[key])
-        data = set_dotted(data, "ray.name", f"{cfg.name}-best")
-        data = set_dotted(data, "output_dir", storage.join(cfg.output_dir, "best-model"))
-        best_yaml = storage.join(cfg.output_dir, BEST_YAML)
-        dump_config(DistributedTrainConfig.model_validate(data), best_yaml)
-    summary = write_summary(
+
+
+def _write_best_config(cfg: TuneJobConfig, best: dict[str, Any] | None) -> str | None:
+    """The best trial's full train config as YAML (its sampled values, its own run name and output);
+    None when no trial reported the metric."""
+    if best is None:
+        return None
+    best_cfg = cfg.train
+    data = best_cfg.model_dump(mode="json")
+    for key in cfg.search_space:
+        data = set_dotted(data, key, best[key])
+    data = set_dotted(data, "ray.name", f"{cfg.name}-best")
+    data = set_dotted(data, "output_dir", storage.join(cfg.output_dir, "best-model"))
+    best_yaml = storage.join(cfg.output_dir, BEST_YAML)
+    dump_config(DistributedTrainConfig.model_validate(data), best_yaml)
+    return best_yaml
+
+
+def _write_sweep_summary(cfg: TuneJobConfig, rows: list[dict[str, Any]], best: dict[str, Any] | None,
+                         best_yaml: str | None, started: float) -> dict[str, Any]:
+    return write_summary(
         storage.join(cfg.output_dir, SUMMARY_FILE), job="tune",
         counts={
             "trials": len(rows),
@@ -330,6 +341,19 @@ def run_sweep(cfg: TuneJobConfig) -> dict[str, Any]:
         config=cfg.model_dump(mode="json"),
         versions=versions("ray", "torch", "pyarrow"),
     )
+
+
+def run_sweep(cfg: TuneJobConfig) -> dict[str, Any]:
+    """Check, run the sweep, write the results table, the best config and ``summary.json``."""
+    started = time.time()
+    cfg, base_plan = _prepare_sweep(cfg)
+    result_grid = _build_tuner(cfg, base_plan).fit()
+    rows = results_rows(cfg, result_grid)
+    storage.atomic_write_text(storage.join(cfg.output_dir, RESULTS_CSV), _csv_text(rows))
+    storage.atomic_write_text(storage.join(cfg.output_dir, RESULTS_MD), _markdown(cfg, rows))
+    best = next((r for r in rows if r[cfg.sweep.metric] is not None), None)
+    best_yaml = _write_best_config(cfg, best)
+    summary = _write_sweep_summary(cfg, rows, best, best_yaml, started)
     if best is None:
         raise FacepgnError(f"{cfg.output_dir}: no trial reported {cfg.sweep.metric} (see {RESULTS_MD})")
     return summary
