@@ -46,11 +46,7 @@ def training_curve(log_dir: str, out_path: str) -> bool:
         ax2.legend(loc="upper center", fontsize=7)
     ax.legend(loc="upper right", fontsize=7)
     ax.set_title("training")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    storage.atomic_write_bytes(out_path, buf.getvalue())
+    _save_figure(fig, out_path)
     return True
 
 
@@ -98,11 +94,7 @@ def inference_stats(rows_dir: str, plot_path: str | None = None) -> dict[str, di
         ax.set_ylabel("yaw (deg)")
         ax.set_title("estimated head yaw along each face track")
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        storage.atomic_write_bytes(plot_path, buf.getvalue())
+        _save_figure(fig, plot_path)
     return stats
 
 
@@ -292,3 +284,14 @@ def _headline(metrics: dict[str, Any]) -> str:
     """'NME x.xx%' (68 points, 2D, mean of the yaw-bucket means) of an evaluation's metrics.json."""
     value = _get(metrics, "landmarks", "mesh_landmarks", "nme_2d_68", "mean", default=None)
     return f"NME {100 * value:.2f}%" if isinstance(value, (int, float)) else "(no NME)"
+
+
+def _save_figure(fig, path: str) -> None:
+    """A matplotlib figure as a PNG at ``path`` (atomically, local or s3://), then closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    storage.atomic_write_bytes(path, buf.getvalue())
