@@ -73,17 +73,6 @@ def run_model(batch: dict[str, np.ndarray], model_path: str, runtime: str, threa
     return inference.infer_batch(_predictor(model_path, runtime, threads, device), batch)
 
 
-class FaceModelActor:
-    """The model stage as a callable class (one model per instance), for callers that run the
-    stage themselves; the pipeline uses :func:`run_model`."""
-
-    def __init__(self, model_path: str, runtime: str, threads: int, device: str):
-        self.runner = _predictor(model_path, runtime, threads, device)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return inference.infer_batch(self.runner, batch)
-
-
 # ---- driving ---------------------------------------------------------------------------------
 
 
