@@ -1,5 +1,7 @@
 """The ``facepgn`` command. Each subcommand lives in ``facepgn/commands/<name>.py`` and exposes
-``register(subparsers)``; heavy imports (torch, ray) happen inside the handlers, so ``--help`` is fast.
+``register(subparsers)``, which declares it with :func:`add_command` (name, help, description, its
+flags, handler) or :func:`add_command_group` (a command made of actions); heavy imports (torch,
+ray) happen inside the handlers, so ``--help`` is fast.
 
 User errors (:class:`facepgn.errors.FacepgnError`) print one line, ``facepgn: error: ...``, and
 exit with status 2; anything else is a bug and keeps its traceback.
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from facepgn import __version__
 from facepgn.errors import FacepgnError
@@ -43,6 +45,51 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    description: str | None = None,
+    handler: Handler,
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    config: bool = True,
+) -> argparse.ArgumentParser:
+    """One (sub)command, built the one way every command is: its parser with ``help`` and
+    ``description``, its own flags (``arguments(parser)``), then ``--config`` / ``--set`` unless
+    ``config=False``, and the ``handler`` that runs it."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    if arguments is not None:
+        arguments(parser)
+    if config:
+        add_config_args(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_command_group(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    dest: str,
+    metavar: str,
+    required: bool = True,
+) -> argparse._SubParsersAction:
+    """A command made of actions (``facepgn synth faces|videos``): its parser and the subparsers
+    its actions register on (with :func:`add_command`). ``required=False``: the bare command
+    prints its help."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    actions = parser.add_subparsers(dest=dest, metavar=metavar, required=required)
+    if not required:
+        parser.set_defaults(handler=lambda args: (parser.print_help(), 0)[1])
+    return actions
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from facepgn.cli import add_command, add_command_group
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from facepgn.config import JOB_CONFIGS
 
-    parser = subparsers.add_parser(
-        "config",
-        help="show a job's config defaults",
-        description="Inspect the typed job configs (facepgn/config/).",
-    )
-    actions = parser.add_subparsers(dest="config_action", metavar="ACTION")
-    show = actions.add_parser(
-        "show",
+    actions = add_command_group(subparsers, "config", dest="config_action", metavar="ACTION", required=False,
+                                help="show a job's config defaults",
+                                description="Inspect the typed job configs (facepgn/config/).")
+    add_command(
+        actions, "show", handler=run_show, config=False,
+        arguments=lambda parser: parser.add_argument("job", nargs="?", choices=sorted(JOB_CONFIGS), metavar="JOB",
+                                                     help="one of: " + ", ".join(sorted(JOB_CONFIGS))),
         help="print a job's full defaults as commented YAML",
         description=(
             "Print every key of JOB's config with its default value and the comment its field has in "
@@ -23,10 +24,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "this output is a complete config file (`--config`)."
         ),
     )
-    show.add_argument("job", nargs="?", choices=sorted(JOB_CONFIGS), metavar="JOB",
-                      help="one of: " + ", ".join(sorted(JOB_CONFIGS)))
-    show.set_defaults(handler=run_show)
-    parser.set_defaults(handler=lambda args: (parser.print_help(), 0)[1])
 
 
 def run_show(args: argparse.Namespace) -> int:

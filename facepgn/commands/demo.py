@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from facepgn.cli import add_config_args
+from facepgn.cli import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
+    add_command(
+        subparsers, "demo", handler=run, arguments=_arguments,
         help="run the whole pipeline locally on the bundled data and write a report",
         description=(
             "Synthetic faces and videos -> preprocess (real + synthetic videos) -> train -> a small "
@@ -18,11 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "everything went. Sizes live in configs/demo.yaml (DemoConfig); --set changes them."
         ),
     )
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "-o", default=None, help="output folder (default runs/demo)")
     parser.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                         help="run only these stages (model synth_faces synth_videos preprocess train tune infer evaluate)")
-    add_config_args(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

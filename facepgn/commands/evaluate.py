@@ -19,35 +19,37 @@ import time
 
 
 def register(subparsers) -> None:
-    from facepgn.cli import add_config_args
+    from facepgn.cli import add_command, add_command_group
 
-    parser = subparsers.add_parser(
-        "evaluate",
+    benchmarks = add_command_group(
+        subparsers, "evaluate", dest="evaluate_command", metavar="BENCHMARK",
         help="evaluate landmarks/pose on AFLW2000-3D (3DDFA protocol) and write a report",
         description="Evaluate a model file on a folder laid out like AFLW2000-3D, or precomputed "
         "prediction arrays, with the 3DDFA protocol (NME by |yaw| bucket).",
     )
-    sub = parser.add_subparsers(dest="evaluate_command", metavar="BENCHMARK", required=True)
+    add_command(benchmarks, "aflw2000", handler=run_aflw2000, arguments=_aflw2000_arguments,
+                help="run a model file over AFLW2000-3D images (jpg + mat)")
+    add_command(benchmarks, "arrays", handler=run_arrays, arguments=_arrays_arguments, config=False,
+                help="score precomputed prediction arrays (.npy)")
 
-    aflw = sub.add_parser("aflw2000", help="run a model file over AFLW2000-3D images (jpg + mat)")
-    aflw.add_argument("--model", default=None,
-                      help="model file (facepgn.model.save_model_file), local or s3:// (default: the pretrained model)")
-    aflw.add_argument("--peer-only", action="store_true", help="score only the shared 2D landmark network, no model")
-    aflw.add_argument("--data", required=True, help="folder laid out like AFLW2000-3D (imageNNNNN.jpg + .mat)")
-    aflw.add_argument("--out", required=True, help="output folder (local or s3://)")
-    aflw.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    add_config_args(aflw)
-    aflw.set_defaults(handler=run_aflw2000)
 
-    arrays = sub.add_parser("arrays", help="score precomputed prediction arrays (.npy)")
-    arrays.add_argument("--pred", required=True, help="predicted landmarks (N, 68, 2|3) or (N, 2|3, 68), image pixels")
-    arrays.add_argument("--gt", required=True, help="ground-truth landmarks, e.g. AFLW2000-3D.pts68.npy")
-    arrays.add_argument("--pose", required=True, help="(N,) yaw degrees (AFLW2000-3D.pose.npy) or (N, 3) pitch/yaw/roll degrees")
-    arrays.add_argument("--pred-pose", default=None, help="predicted (N, 3) pitch/yaw/roll degrees (pose MAE)")
-    arrays.add_argument("--roi", default=None, help="(N, 4) crop boxes: --pred is then in crop pixels (3DDFA style)")
-    arrays.add_argument("--crop-size", type=int, default=None, help="crop side of --pred when --roi is given (3DDFA: 120)")
-    arrays.add_argument("--out", default=None, help="output folder for the report (optional)")
-    arrays.set_defaults(handler=run_arrays)
+def _aflw2000_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="model file (facepgn.model.save_model_file), local or s3:// (default: the pretrained model)")
+    parser.add_argument("--peer-only", action="store_true", help="score only the shared 2D landmark network, no model")
+    parser.add_argument("--data", required=True, help="folder laid out like AFLW2000-3D (imageNNNNN.jpg + .mat)")
+    parser.add_argument("--out", required=True, help="output folder (local or s3://)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _arrays_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pred", required=True, help="predicted landmarks (N, 68, 2|3) or (N, 2|3, 68), image pixels")
+    parser.add_argument("--gt", required=True, help="ground-truth landmarks, e.g. AFLW2000-3D.pts68.npy")
+    parser.add_argument("--pose", required=True, help="(N,) yaw degrees (AFLW2000-3D.pose.npy) or (N, 3) pitch/yaw/roll degrees")
+    parser.add_argument("--pred-pose", default=None, help="predicted (N, 3) pitch/yaw/roll degrees (pose MAE)")
+    parser.add_argument("--roi", default=None, help="(N, 4) crop boxes: --pred is then in crop pixels (3DDFA style)")
+    parser.add_argument("--crop-size", type=int, default=None, help="crop side of --pred when --roi is given (3DDFA: 120)")
+    parser.add_argument("--out", default=None, help="output folder for the report (optional)")
 
 
 def _print_headline(metrics: dict) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 
+from facepgn.cli import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "export",
+    add_command(
+        subparsers, "export", handler=run, arguments=_arguments, config=False,
         help="export a model (ONNX) for onnxruntime and other runtimes",
         description=(
             "Export the model's networks (coefficient regressor + PGN) to ONNX with a dynamic batch axis. "
@@ -17,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "on the ONNX outputs. The export is checked against torch on random crops."
         ),
     )
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=["onnx", "release"],
                         help="onnx: the networks for onnxruntime; release: float16 model file + sha256 into --out (a folder)")
     parser.add_argument("--model", "-m", default=None, help="model file or training checkpoint (default: the pretrained model)")
@@ -26,7 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--atol", type=float, default=1e-3, help="largest allowed difference in the check (crop pixels)")
     parser.add_argument("--mirror-test", choices=["on", "off"], default=None,
                         help="set the model's test-time mirroring (ModelConfig.mirror_test) in what is written; default: keep the model's")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

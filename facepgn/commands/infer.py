@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from facepgn.cli import add_config_args
+from facepgn.cli import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "infer",
+    add_command(
+        subparsers, "infer", handler=run, arguments=_arguments,
         help="videos and photos -> per-face 3D reconstructions (Parquet rows, overlays, meshes) on Ray Data",
         description=(
             "Detect and track faces in videos and run the model on every sampled frame; detect the faces of "
@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and summary.json with a one-line reason."
         ),
     )
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default=None, help="model file (facepgn.model) or training checkpoint")
     parser.add_argument("--input", "-i", default=None,
                         help="video, photo, folder, glob, s3:// prefix, or .csv/.jsonl manifest (videos and photos may be mixed)")
@@ -31,8 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stride", type=int, default=None, help="process every Nth frame")
     parser.add_argument("--runtime", choices=["torch", "onnx"], default=None, help="model runtime (onnx: onnxruntime, faster on CPU)")
     parser.add_argument("--local", action="store_true", help="run as a plain loop in this process, without Ray")
-    add_config_args(parser)
-    parser.set_defaults(handler=run)
 
 
 def overrides_from_args(args: argparse.Namespace) -> list[str]:

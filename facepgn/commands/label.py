@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from facepgn.cli import add_command
+from facepgn.commands.jobargs import add_io_args
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from facepgn.commands.jobargs import add_io_args
-
-    parser = subparsers.add_parser(
-        "label",
+    add_command(
+        subparsers, "label", handler=run, config=False,
+        arguments=lambda parser: add_io_args(
+            parser, "videos and photos: folder, glob, s3:// prefix, or .csv/.jsonl manifest (path[, subject_id])"),
         help="real videos and photos -> pseudo-labelled face-record shards (Ray Data)",
         description=(
             "Detect faces in videos (sampled frames) and photos, label each with the face model fitted "
@@ -18,8 +21,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Reruns skip items already done. The output folder can be given to training as data.labelled."
         ),
     )
-    add_io_args(parser, "videos and photos: folder, glob, s3:// prefix, or .csv/.jsonl manifest (path[, subject_id])")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

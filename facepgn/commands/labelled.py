@@ -11,20 +11,21 @@ import sys
 
 
 def register(subparsers) -> None:
-    from facepgn.cli import add_config_args
+    from facepgn.cli import add_command, add_command_group
 
-    parser = subparsers.add_parser(
-        "labelled",
+    actions = add_command_group(
+        subparsers, "labelled", dest="labelled_command", metavar="ACTION",
         help="convert AFLW2000-3D / 300W-LP folders (jpg + mat) into face-record Parquet shards",
         description="Read every <name>.jpg + <name>.mat under --data (AFLW2000-3D: pt3d_68; 300W-LP: "
         "pt2d) into square face crops with landmarks in crop pixels, written as Parquet shards.",
     )
-    sub = parser.add_subparsers(dest="labelled_command", metavar="ACTION", required=True)
-    convert = sub.add_parser("convert", help="folder -> face-record shards (OUT/data/part-NNNNN.parquet, summary.json beside data/)")
-    convert.add_argument("--data", required=True, help="dataset folder (local or s3://), searched recursively")
-    convert.add_argument("--out", required=True, help="output folder (local or s3://); a rerun skips finished shards")
-    add_config_args(convert)
-    convert.set_defaults(handler=run_convert)
+    add_command(actions, "convert", handler=run_convert, arguments=_convert_arguments,
+                help="folder -> face-record shards (OUT/data/part-NNNNN.parquet, summary.json beside data/)")
+
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset folder (local or s3://), searched recursively")
+    parser.add_argument("--out", required=True, help="output folder (local or s3://); a rerun skips finished shards")
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -12,48 +12,50 @@ from __future__ import annotations
 import argparse
 import json
 
+from facepgn.cli import add_command, add_command_group
+
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "model",
-        help="inspect, convert and download face models and detector/landmark models",
-        description="Inspect, convert and download the 3D face model and the ONNX assets.",
-    )
-    sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    actions = add_command_group(subparsers, "model", dest="model_command", metavar="ACTION",
+                                help="inspect, convert and download face models and detector/landmark models",
+                                description="Inspect, convert and download the 3D face model and the ONNX assets.")
+    add_command(actions, "info", handler=run_info, arguments=_info_arguments, config=False,
+                help="print a face model's sizes (vertices, modes, landmarks, units)")
+    add_command(actions, "convert", handler=run_convert, arguments=_convert_arguments, config=False,
+                help="convert a face model (ICT folder, SFM, BFM, npz) to the canonical .npz")
+    add_command(actions, "download", handler=run_download, arguments=_download_arguments, config=False,
+                help="download checksum-pinned upstream files")
 
-    info = sub.add_parser("info", help="print a face model's sizes (vertices, modes, landmarks, units)")
-    info.add_argument("path", nargs="?", default=None,
-                      help="face model file or folder (default: the configured face model)")
-    info.add_argument("--expression-path", default=None, help="BFM only: a 3DDFA Model_Expression.mat")
-    info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    info.set_defaults(handler=run_info)
 
-    convert = sub.add_parser("convert", help="convert a face model (ICT folder, SFM, BFM, npz) to the canonical .npz")
-    convert.add_argument("path", help="face model file or folder")
-    convert.add_argument("--out", required=True, help="output .npz (local or s3://)")
-    convert.add_argument("--expression-path", default=None, help="BFM only: a 3DDFA Model_Expression.mat")
-    convert.add_argument("--allow-missing", action="store_true",
-                         help="ICT folder only: build from the modes present instead of requiring all")
-    convert.add_argument("--n-id", type=int, default=None, help="keep only the first N identity modes")
-    convert.add_argument("--n-exp", type=int, default=None, help="keep only N expressions")
-    convert.set_defaults(handler=run_convert)
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", nargs="?", default=None, help="face model file or folder (default: the configured face model)")
+    parser.add_argument("--expression-path", default=None, help="BFM only: a 3DDFA Model_Expression.mat")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    download = sub.add_parser("download", help="download checksum-pinned upstream files")
-    download.add_argument("what", choices=["ict", "detector", "landmarks", "mediapipe"],
-                          help="ict: the ICT-FaceKit model (159 files, 405 MB) -> ict_face_area.npz; "
-                               "detector / landmarks: the ONNX models; mediapipe: the face-mesh teacher "
-                               "(extracted from the pinned mediapipe 0.10.21 wheel, 36 MB) and its canonical mesh")
-    download.add_argument("--dest", default=None,
-                          help="destination folder (default: ~/.cache/facepgn/models for ict, the cache for the others)")
-    download.add_argument("--base-url", default=None,
-                          help="ict: a mirror of the FaceXModel folder (also $FACEPGN_ICT_BASE_URL)")
-    download.add_argument("--sha-table", default=None,
-                          help="ict: a 'sha256 size path' table to use instead of the pinned one (mirrors, tests)")
-    download.add_argument("--allow-missing", action="store_true",
-                          help="ict: convert even if the table lists only some modes")
-    download.add_argument("--url", default=None, help="detector/landmarks: download from this URL instead")
-    download.add_argument("--quiet", action="store_true", help="no progress bars")
-    download.set_defaults(handler=run_download)
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="face model file or folder")
+    parser.add_argument("--out", required=True, help="output .npz (local or s3://)")
+    parser.add_argument("--expression-path", default=None, help="BFM only: a 3DDFA Model_Expression.mat")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="ICT folder only: build from the modes present instead of requiring all")
+    parser.add_argument("--n-id", type=int, default=None, help="keep only the first N identity modes")
+    parser.add_argument("--n-exp", type=int, default=None, help="keep only N expressions")
+
+
+def _download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=["ict", "detector", "landmarks", "mediapipe"],
+                        help="ict: the ICT-FaceKit model (159 files, 405 MB) -> ict_face_area.npz; "
+                             "detector / landmarks: the ONNX models; mediapipe: the face-mesh teacher "
+                             "(extracted from the pinned mediapipe 0.10.21 wheel, 36 MB) and its canonical mesh")
+    parser.add_argument("--dest", default=None,
+                        help="destination folder (default: ~/.cache/facepgn/models for ict, the cache for the others)")
+    parser.add_argument("--base-url", default=None, help="ict: a mirror of the FaceXModel folder (also $FACEPGN_ICT_BASE_URL)")
+    parser.add_argument("--sha-table", default=None,
+                        help="ict: a 'sha256 size path' table to use instead of the pinned one (mirrors, tests)")
+    parser.add_argument("--allow-missing", action="store_true", help="ict: convert even if the table lists only some modes")
+    parser.add_argument("--url", default=None, help="detector/landmarks: download from this URL instead")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _open(path: str | None, expression_path: str | None = None, allow_missing: bool = False):

@@ -6,12 +6,14 @@ import argparse
 import json
 import logging
 
-from facepgn.cli import add_config_args
+from facepgn.cli import add_command
+from facepgn.commands.jobargs import add_io_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "preprocess",
+    add_command(
+        subparsers, "preprocess", handler=run, config=False,
+        arguments=lambda parser: add_io_args(parser, "folder, glob, s3:// prefix, or .csv/.jsonl manifest (path[, subject_id])"),
         help="videos -> frame-pair Parquet shards (Ray Data)",
         description=(
             "Detect, track and crop faces in videos, pair frames of each face track, compute optical "
@@ -19,10 +21,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Reruns skip videos already done."
         ),
     )
-    parser.add_argument("--input", "-i", default=None, help="folder, glob, s3:// prefix, or .csv/.jsonl manifest (path[, subject_id])")
-    parser.add_argument("--output", "-o", default=None, help="output folder or s3:// prefix")
-    add_config_args(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from facepgn.cli import add_command
+from facepgn.commands.jobargs import add_io_args
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from facepgn.commands.jobargs import add_io_args
-
-    parser = subparsers.add_parser(
-        "profile",
+    add_command(
+        subparsers, "profile", handler=run, arguments=_arguments, config=False,
         help="face records -> views of each face at new head poses, as face-record shards (Ray Data)",
         description=(
             "Turn each face record with fitted coefficients (e.g. a facepgn label output) into --views new "
@@ -19,9 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the same views (poses seeded by record id)."
         ),
     )
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     add_io_args(parser, "face-record Parquet: file, folder (searched recursively), glob, s3:// prefix or .csv/.jsonl manifest")
     parser.add_argument("--views", "-n", type=int, default=None, help="new views per record (config: views)")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

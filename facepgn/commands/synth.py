@@ -6,20 +6,19 @@ import argparse
 import json
 import os
 import time
+from typing import Callable
 
-from facepgn.cli import add_config_args
+from facepgn.cli import add_command, add_command_group
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "synth",
+    kinds = add_command_group(
+        subparsers, "synth", dest="synth_kind", metavar="KIND", required=False,
         help="render synthetic labelled faces or videos",
         description="Render synthetic faces from the face model with exact ground truth.",
     )
-    kinds = parser.add_subparsers(dest="synth_kind", metavar="KIND")
-
-    faces = kinds.add_parser(
-        "faces",
+    add_command(
+        kinds, "faces", handler=run_faces, arguments=_kind_arguments("faces", 1000, _face_arguments),
         help="labelled face crops -> face-record Parquet shards",
         description=(
             "Write N labelled face crops (68 3D landmarks, visibility, pose, coefficients) as "
@@ -29,16 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the top level, from before data/, is resumed in place)."
         ),
     )
-    faces.add_argument("--n", type=int, default=None, help="number of faces (default 1000)")
-    faces.add_argument("--out", "-o", default=None, help="output folder or s3:// prefix")
-    faces.add_argument("--size", type=int, default=None, help="crop side in pixels (default 128)")
-    faces.add_argument("--seed", type=int, default=None)
-    faces.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
-    add_config_args(faces)
-    faces.set_defaults(handler=run_faces)
-
-    videos = kinds.add_parser(
-        "videos",
+    add_command(
+        kinds, "videos", handler=run_videos, arguments=_kind_arguments("clips", 3, _video_arguments),
         help="mp4 clips with per-frame ground truth",
         description=(
             "Write N mp4 clips (one synthetic identity each, smooth head motion and expressions) as "
@@ -46,17 +37,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "coefficients, 68 landmarks 2D/3D and visibility in frame pixels), plus summary.json."
         ),
     )
-    videos.add_argument("--n", type=int, default=None, help="number of clips (default 3)")
-    videos.add_argument("--out", "-o", default=None, help="output folder or s3:// prefix")
-    videos.add_argument("--frames", type=int, default=None, help="frames per clip (default 60)")
-    videos.add_argument("--size", type=int, default=None, help="frame side in pixels (default 256)")
-    videos.add_argument("--fps", type=float, default=None, help="frames per second (default 25)")
-    videos.add_argument("--seed", type=int, default=None)
-    videos.add_argument("--workers", type=int, default=None)
-    add_config_args(videos)
-    videos.set_defaults(handler=run_videos)
 
-    parser.set_defaults(handler=lambda args: (parser.print_help(), 0)[1])
+
+def _kind_arguments(what: str, default_n: int, own: Callable[[argparse.ArgumentParser], None]):
+    """The flags both kinds take (--n, --out, then the kind's ``own``, then --seed, --workers)."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--n", type=int, default=None, help=f"number of {what} (default {default_n})")
+        parser.add_argument("--out", "-o", default=None, help="output folder or s3:// prefix")
+        own(parser)
+        parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
+
+    return add
+
+
+def _face_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=None, help="crop side in pixels (default 128)")
+
+
+def _video_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=int, default=None, help="frames per clip (default 60)")
+    parser.add_argument("--size", type=int, default=None, help="frame side in pixels (default 256)")
+    parser.add_argument("--fps", type=float, default=None, help="frames per second (default 25)")
 
 
 def _overrides(args: argparse.Namespace, names: dict[str, str]) -> list[str]:

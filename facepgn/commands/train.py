@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facepgn.cli import add_config_args
+from facepgn.cli import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train",
+    add_command(
+        subparsers, "train", handler=run,
+        arguments=lambda parser: parser.add_argument("--local", action="store_true", help="plain single-process loop, no Ray"),
         help="train the model (Ray Train DDP; --local: plain loop)",
         description=(
             "Train the reconstruction model on labelled face records and unlabelled frame pairs. "
@@ -19,9 +20,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "<output_dir>/model.pt + summary.json. --local runs the same config with the plain loop."
         ),
     )
-    parser.add_argument("--local", action="store_true", help="plain single-process loop, no Ray")
-    add_config_args(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facepgn.cli import add_config_args
+from facepgn.cli import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "tune",
+    add_command(
+        subparsers, "tune", handler=run,
         help="sweep loss weights with Ray Tune (ASHA on validation NME)",
         description=(
             "Run a Ray Tune sweep: each trial is a Ray Train run of the training config (base + train) "
@@ -19,8 +19,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "summary.json to output_dir."
         ),
     )
-    add_config_args(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
