@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from facepgn import records, storage
+from facepgn import markers, records, storage
 from facepgn.errors import FacepgnError
 
 
@@ -55,8 +55,8 @@ class OutputLayout:
         return storage.join(self.root, "summary.json")
 
     def done_ids(self) -> set[str]:
-        files = storage.list_files(storage.join(self.root, "done"), extensions=[".json"], recursive=False)
-        return {storage.basename(f)[: -len(".json")] for f in files}
+        """The ids of the items with a done marker: one (paginated) listing of ``done/``, no marker read."""
+        return set(markers.list_markers(storage.join(self.root, "done")))
 
 
 def parse_mesh_selection(spec: str | None) -> tuple[str, Any] | None:

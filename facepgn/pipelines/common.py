@@ -1,7 +1,8 @@
 """What the per-item Ray Data jobs share (``preprocess``, ``label``, ``profile``).
 
 * Done markers: one small JSON file per finished input item (:func:`read_markers`); a rerun skips
-  the items that have one. ``errors.csv`` (:func:`errors_csv`) lists the items not fully read.
+  the items that have one. They are read in bulk (:mod:`facepgn.markers`: one listing plus the
+  folder's compacted file, which :func:`run_item_job` rewrites at the end of a run). ``errors.csv`` (:func:`errors_csv`) lists the items not fully read.
 * :func:`failure_reason`: the one-line reason recorded for an item that failed.
 * :class:`StageClock`: wall and CPU seconds per stage of one item; :func:`stage_throughput` turns
   summed stage CPU seconds into faces per second per core for ``summary.json``.
@@ -18,6 +19,7 @@
 
       data/part-<item_id>.parquet   the item's face records (the only Parquet files)
       items/<item_id>.json          the item's done marker (its ItemResult)
+      items/_compacted.jsonl.gz     every marker in one file (facepgn.markers; a cache, rewritten per run)
       summary.json, errors.csv, contact_sheet.png
 """
 
@@ -39,7 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from facepgn import storage
+from facepgn import markers, storage
 from facepgn.errors import FacepgnError, InputError
 
 # The item runner lives in facepgn.pipelines.runner; its names stay importable from here.
@@ -67,16 +69,10 @@ YAW_BIN_DEG = 10
 
 
 def read_markers(folder: str, key: str) -> dict[str, dict]:
-    """The done markers (``*.json``) in ``folder`` by their ``key`` field; unreadable ones are left
-    out (their items are simply redone)."""
-    found = {}
-    for path in storage.list_files(folder, extensions=[".json"], recursive=False):
-        try:
-            data = json.loads(storage.read_text(path))
-            found[data[key]] = data
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return found
+    """The done markers (``*.json``) in ``folder`` by item id (their ``key`` field's value), read in
+    bulk (:func:`facepgn.markers.load_markers`: one listing and the compacted file); unreadable ones
+    are left out (their items are simply redone)."""
+    return markers.load_markers(folder, key).by_id
 
 
 def errors_csv(markers: Iterable[Mapping[str, Any]], key: str) -> str:
@@ -348,9 +344,11 @@ def run_item_job(cfg, items: list[dict], make_worker: Callable[[], Callable[[dic
     output = cfg.output
     storage.makedirs(output)
     ids = [it["item_id"] for it in items]
-    markers = {} if cfg.overwrite else read_markers(storage.join(output, MARKERS_DIR), "item_id")
-    markers = {k: v for k, v in markers.items() if k in set(ids)}
-    pending = [it for it in items if it["item_id"] not in markers or (cfg.retry_failed and markers[it["item_id"]]["status"] == "skipped")]
+    markers_dir = storage.join(output, MARKERS_DIR)
+    loaded = markers.Markers(markers_dir, {}) if cfg.overwrite else markers.load_markers(markers_dir, "item_id")
+    wanted = set(ids)
+    found = {k: v for k, v in loaded.by_id.items() if k in wanted}
+    pending = [it for it in items if it["item_id"] not in found or (cfg.retry_failed and found[it["item_id"]]["status"] == "skipped")]
     already_done = len(items) - len(pending)
     if cfg.max_items is not None:
         pending = pending[: max(0, cfg.max_items)]
@@ -359,7 +357,7 @@ def run_item_job(cfg, items: list[dict], make_worker: Callable[[], Callable[[dic
     results: list[dict] = []
     for result in run_items(pending, make_worker, executor=cfg.executor, num_cpus=cfg.num_cpus_per_actor, max_actors=cfg.max_actors):
         results.append(result)
-        markers[result["item_id"]] = result
+        found[result["item_id"]] = result
         if progress:
             shown = f"skipped: {result['reason']}" if result["status"] == "skipped" else note(result)
             log.info("[%d/%d] %s: %s (%.1fs)", len(results), len(pending), result["item_id"], shown, result["seconds"])
@@ -371,14 +369,16 @@ def run_item_job(cfg, items: list[dict], make_worker: Callable[[], Callable[[dic
             storage.remove(shard_path(output, item["item_id"]))
             storage.atomic_write_text(marker_path(output, item["item_id"]), json_text(marker.to_dict()))
             results.append(marker.to_dict())
-            markers[item["item_id"]] = marker.to_dict()
+            found[item["item_id"]] = marker.to_dict()
             log.warning("%s: %s", item["path"], LOST_REASON)
     run_seconds = time.perf_counter() - run_started
-    done = [markers[i] for i in ids if i in markers]
+    done = [found[i] for i in ids if i in found]
     sheet = contact_sheet_png([storage.join(output, m["shard"]) for m in done if m["shard"]], cfg.contact_sheet)
     if sheet is not None:
         storage.atomic_write_bytes(storage.join(output, "contact_sheet.png"), sheet)
     storage.atomic_write_text(storage.join(output, "errors.csv"), errors_csv(done, "item_id"))
+    if results or not loaded.compacted_is_current:
+        markers.compact_markers(markers_dir, {**loaded.by_id, **found})
     return ItemRun(items, done, results, already_done, run_seconds, started, sheet is not None)
 
 
