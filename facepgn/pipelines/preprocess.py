@@ -11,6 +11,7 @@ Output layout (a local folder or an ``s3://`` prefix)::
 
     shards/<video_id>/part-00000.parquet   frame pairs, FRAME_PAIR_SCHEMA (the only Parquet files)
     videos/<video_id>.json                 done marker: the video's result (ok / partial / skipped + reason)
+    videos/_compacted.jsonl.gz             every marker in one file, rewritten per run (facepgn.markers: planning reads it in one GET)
     summary.json                           counts, errors (videos not fully read and why), rejections, timings, versions, config
     errors.csv                             video_id, path, status, reason of every video not fully read
 
@@ -34,6 +35,7 @@ from typing import Any, Iterable
 from facepgn import framepairs, paths, records, storage
 from facepgn.config import PreprocessConfig
 from facepgn.errors import FacepgnError, InputError
+from facepgn.markers import Markers, compact_markers, load_markers
 from facepgn.pipelines import common
 from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
@@ -215,28 +217,31 @@ def resolve_config(cfg: PreprocessConfig) -> PreprocessConfig:
     return cfg
 
 
-def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the whole job; returns the summary (also written to ``<output>/summary.json``).
+@dataclass
+class VideoPlan:
+    """What a run will do: the input's videos, the done markers read (``loaded``: all of them;
+    ``markers``: those of this input's videos), the videos to process and how many are done."""
 
-    Raises :class:`FacepgnError` (one line) when there are no inputs, or when not a single video
-    could be read (the summary is still written first).
-    """
+    items: list
+    loaded: Markers
+    markers: dict[str, dict]
+    pending: list
+    already_done: int
+
+
+def plan_videos(cfg: PreprocessConfig) -> VideoPlan:
+    """List the input (one read of a manifest, or one listing) and the done markers in bulk
+    (:func:`facepgn.markers.load_markers`: one listing plus the compacted file, no GET per video),
+    and pick the videos to process."""
     from facepgn.video import list_videos
 
-    if not cfg.input:
-        raise FacepgnError("preprocess: no input given (--input or input: in the config)")
-    if not cfg.output:
-        raise FacepgnError("preprocess: no output given (--output or output: in the config)")
-    cfg = resolve_config(cfg)
-    output = cfg.output.rstrip("/")
-    started = time.perf_counter()
     items = list_videos(cfg.input, cfg.extensions)
     if not items:
         raise InputError(cfg.input, f"no video files found (extensions {', '.join(cfg.extensions)})")
-    storage.makedirs(output)
-    markers = {} if cfg.overwrite else common.read_markers(storage.join(output, MARKERS_DIR), "video_id")
+    markers_dir = storage.join(cfg.output.rstrip("/"), MARKERS_DIR)
+    loaded = Markers(markers_dir, {}) if cfg.overwrite else load_markers(markers_dir, "video_id")
     item_ids = {it.video_id for it in items}
-    markers = {k: v for k, v in markers.items() if k in item_ids}
+    markers = {k: v for k, v in loaded.by_id.items() if k in item_ids}
 
     def is_done(video_id: str) -> bool:
         m = markers.get(video_id)
@@ -246,6 +251,25 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, An
     already_done = len(items) - len(pending)
     if cfg.max_videos is not None:
         pending = pending[: max(0, cfg.max_videos)]
+    return VideoPlan(items, loaded, markers, pending, already_done)
+
+
+def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, Any]:
+    """Run the whole job; returns the summary (also written to ``<output>/summary.json``).
+
+    Raises :class:`FacepgnError` (one line) when there are no inputs, or when not a single video
+    could be read (the summary is still written first).
+    """
+    if not cfg.input:
+        raise FacepgnError("preprocess: no input given (--input or input: in the config)")
+    if not cfg.output:
+        raise FacepgnError("preprocess: no output given (--output or output: in the config)")
+    cfg = resolve_config(cfg)
+    output = cfg.output.rstrip("/")
+    started = time.perf_counter()
+    plan = plan_videos(cfg)
+    storage.makedirs(output)
+    items, loaded, markers, pending, already_done = plan.items, plan.loaded, plan.markers, plan.pending, plan.already_done
     log.info("preprocess: %d videos found, %d already done, %d to process", len(items), already_done, len(pending))
 
     run_started = time.perf_counter()
@@ -270,6 +294,8 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, An
 
     summary = _write_summary(cfg, items, markers, results, already_done, run_seconds, time.perf_counter() - started)
     storage.atomic_write_text(storage.join(output, "errors.csv"), common.errors_csv([markers.get(it.video_id) for it in items], "video_id"))
+    if results or not loaded.compacted_is_current:  # every marker in one file: the next run's planning reads it in one GET
+        compact_markers(loaded.folder, {**loaded.by_id, **markers})
     if summary["videos_read"] == 0 and summary["videos_skipped_count"]:
         first = summary["videos_skipped"][0]
         raise FacepgnError(
