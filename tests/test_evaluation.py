@@ -288,6 +288,11 @@ def test_cli_evaluate_aflw2000_with_model_file(tmp_path, aflw_dir, tiny_model_fi
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["batch_size"] == 2 and summary["num_images"] == 4
     assert summary["config"]["detector_boxes"] is True
+    # the one summary shape (facepgn.summary): job, counts, errors, timings, extras, versions, config
+    assert list(summary)[:4] == ["job", "counts", "errors", "timings"] and list(summary)[-2:] == ["versions", "config"]
+    assert summary["job"] == "evaluate aflw2000" and summary["errors"] == [] and summary["timings"]["wall_s"] > 0
+    assert summary["counts"] == {"images": 4, "images_skipped": 0, "detector_detected": 3, "detector_missed": 1}
+    assert summary["arguments"]["model"] == str(tiny_model_file) and summary["metrics"] == "metrics.json"
 
     # the switch: no detector pass, no pictures (small runs)
     quick = tmp_path / "quick"
@@ -357,6 +362,9 @@ def test_cli_evaluate_arrays(tmp_path, arrays, capsys):
     assert metrics["landmarks"]["landmarks"]["nme_2d_68"]["mean"] < 1e-6
     assert metrics["bucket_counts"] == {"[0,30]": 1312, "(30,60]": 383, "(60,90]": 305}
     assert "nme_2d_68 0.00%" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["job"] == "evaluate arrays" and summary["counts"] == {"images": 2000, "images_skipped": 0}
+    assert summary["config"] == {} and summary["arguments"]["crop_size"] == 120 and summary["num_images"] == 2000
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
     assert main(["evaluate", "arrays", "--pred", str(tmp_path / "bad.npy"), "--gt", str(tmp_path / "pred.npy"),
                  "--pose", str(arrays["dir"] / "AFLW2000-3D.pose.npy")]) == 2

@@ -13,7 +13,6 @@ predictions on the images (``grid.png``, ``grid_detector.png``, ``best_worst.png
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -64,21 +63,27 @@ def _print_headline(metrics: dict) -> None:
 
 
 def _write_summary(out_dir: str, args: argparse.Namespace, metrics: dict, config: dict, seconds: float) -> None:
-    from facepgn import __version__, storage
-    from facepgn.evaluation import _json_safe
+    """``summary.json`` in :mod:`facepgn.summary`'s shape; the image count and buckets also at the top
+    level, where this summary had them before."""
+    from facepgn import storage
+    from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
-    summary = {
-        "command": f"evaluate {args.evaluate_command}",
-        "arguments": {k: v for k, v in vars(args).items() if k not in ("handler",) and not callable(v)},
-        "config": config,
-        "num_images": metrics["num_images"],
-        "bucket_counts": metrics["bucket_counts"],
-        "errors": metrics.get("errors", []),
-        "seconds": round(seconds, 3),
-        "versions": {"facepgn": __version__},
-        "metrics": "metrics.json",
-    }
-    storage.atomic_write_text(storage.join(out_dir, "summary.json"), json.dumps(_json_safe(summary), indent=2))
+    errors = metrics.get("errors", [])
+    counts = {"images": metrics["num_images"], "images_skipped": len(errors)}
+    det = metrics.get("detector_boxes")
+    if det:
+        counts.update(detector_detected=det["num_detected"], detector_missed=det["num_missed"])
+    write_summary(
+        storage.join(out_dir, SUMMARY_FILE), job=f"evaluate {args.evaluate_command}", counts=counts, errors=errors,
+        timings={"wall_s": seconds}, config=config,
+        extra={
+            "arguments": {k: v for k, v in vars(args).items() if k != "handler" and not callable(v)},
+            "num_images": metrics["num_images"],
+            "bucket_counts": metrics["bucket_counts"],
+            "metrics": "metrics.json",
+        },
+        versions=versions("torch", "cv2", "matplotlib"),
+    )
 
 
 def run_aflw2000(args: argparse.Namespace) -> int:
