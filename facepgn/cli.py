@@ -1,7 +1,7 @@
 """The ``facepgn`` command. Each subcommand lives in ``facepgn/commands/<name>.py`` and exposes
-``register(subparsers)``, which declares it with :func:`add_command` (name, help, description, its
-flags, handler) or :func:`add_command_group` (a command made of actions); heavy imports (torch,
-ray) happen inside the handlers, so ``--help`` is fast.
+``register(subparsers)``: for a command that is one action, ``register = command(name, handler=...,
+help=..., arguments=...)``; a command made of actions declares them with :func:`add_command_group`
+and :func:`add_command`. Heavy imports (torch, ray) happen inside the handlers, so ``--help`` is fast.
 
 User errors (:class:`facepgn.errors.FacepgnError`) print one line, ``facepgn: error: ...``, and
 exit with status 2; anything else is a bug and keeps its traceback.
@@ -10,6 +10,7 @@ exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from typing import Callable, Sequence
@@ -70,6 +71,21 @@ def add_command(
         add_config_args(parser)
     parser.set_defaults(handler=handler)
     return parser
+
+
+def command(
+    name: str,
+    *,
+    help: str,
+    description: str | None = None,
+    handler: Handler,
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    config: bool = True,
+) -> Callable[[argparse._SubParsersAction], argparse.ArgumentParser]:
+    """A command module's ``register`` for a command that is one action: ``register =
+    command("tune", handler=run, help=...)`` declares it (:func:`add_command` builds it)."""
+    return functools.partial(add_command, name=name, help=help, description=description, handler=handler,
+                             arguments=arguments, config=config)
 
 
 def add_command_group(

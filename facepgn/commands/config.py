@@ -18,15 +18,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         arguments=lambda parser: parser.add_argument("job", nargs="?", choices=sorted(JOB_CONFIGS), metavar="JOB",
                                                      help="one of: " + ", ".join(sorted(JOB_CONFIGS))),
         help="print a job's full defaults as commented YAML",
-        description=(
-            "Print every key of JOB's config with its default value and the comment its field has in "
-            "facepgn/config/. The files in configs/ list only what differs from these defaults; a copy of "
-            "this output is a complete config file (`--config`)."
-        ),
+        description=run_show.__doc__,
     )
 
 
 def run_show(args: argparse.Namespace) -> int:
+    """Print every key of JOB's config with its default value and the comment its field has in
+    facepgn/config/. The files in configs/ list only what differs from these defaults; a copy of
+    this output is a complete config file (`--config`)."""
     from facepgn.config import JOB_CONFIGS
     from facepgn.config.show import defaults_yaml
 

@@ -4,20 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from facepgn.cli import add_command
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    add_command(
-        subparsers, "demo", handler=run, arguments=_arguments,
-        help="run the whole pipeline locally on the bundled data and write a report",
-        description=(
-            "Synthetic faces and videos -> preprocess (real + synthetic videos) -> train -> a small "
-            "sweep -> batch inference with overlays on the real videos -> AFLW2000-3D evaluation, on an "
-            "embedded local Ray. Writes REPORT.md and summary.json under --out and prints where "
-            "everything went. Sizes live in configs/demo.yaml (DemoConfig); --set changes them."
-        ),
-    )
+from facepgn.cli import command
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +14,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Synthetic faces and videos -> preprocess (real + synthetic videos) -> train -> a small sweep ->
+    batch inference with overlays on the real videos -> AFLW2000-3D evaluation, on an embedded local
+    Ray. Writes REPORT.md and summary.json under --out and prints where everything went. Sizes live
+    in configs/demo.yaml (DemoConfig); --set changes them."""
     import json
 
     from facepgn.config import DemoConfig, load_config
@@ -44,3 +35,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(DemoConfig, config, overrides)
     summary = run_demo(cfg)
     return 1 if summary["errors"] else 0
+
+
+register = command(
+    "demo", handler=run, arguments=_arguments, description=run.__doc__,
+    help="run the whole pipeline locally on the bundled data and write a report",
+)

@@ -6,19 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from facepgn.cli import add_command
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    add_command(
-        subparsers, "export", handler=run, arguments=_arguments, config=False,
-        help="export a model (ONNX) for onnxruntime and other runtimes",
-        description=(
-            "Export the model's networks (coefficient regressor + PGN) to ONNX with a dynamic batch axis. "
-            "The closed-form pose fit has no ONNX operator; `facepgn infer --runtime onnx` runs it in torch "
-            "on the ONNX outputs. The export is checked against torch on random crops."
-        ),
-    )
+from facepgn.cli import command
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +22,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Export the model's networks (coefficient regressor + PGN) to ONNX with a dynamic batch axis. The
+    closed-form pose fit has no ONNX operator; `facepgn infer --runtime onnx` runs it in torch on
+    the ONNX outputs. The export is checked against torch on random crops."""
     from facepgn import export
     from facepgn.errors import FacepgnError
     from facepgn.model import load
@@ -60,3 +51,9 @@ def run(args: argparse.Namespace) -> int:
         if worst > args.atol:
             raise FacepgnError(f"{args.out}: ONNX outputs differ from torch by {worst:.2e} (> {args.atol})")
     return 0
+
+
+register = command(
+    "export", handler=run, arguments=_arguments, config=False, description=run.__doc__,
+    help="export a model (ONNX) for onnxruntime and other runtimes",
+)

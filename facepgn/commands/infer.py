@@ -5,22 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from facepgn.cli import add_command
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    add_command(
-        subparsers, "infer", handler=run, arguments=_arguments,
-        help="videos and photos -> per-face 3D reconstructions (Parquet rows, overlays, meshes) on Ray Data",
-        description=(
-            "Detect and track faces in videos and run the model on every sampled frame; detect the faces of "
-            "photos (jpg/png, in the same input) and run it on each. Writes rows/<item>.parquet (one row per "
-            "face per frame, or per face of a photo: pose, 68 landmarks in 2D and 3D in frame/photo pixels, "
-            "coefficients, quality), optional overlays/ (an .mp4 per video, an image per photo) and meshes/, "
-            "and summary.json. Reruns skip items already done; bad videos and photos are recorded in errors/ "
-            "and summary.json with a one-line reason."
-        ),
-    )
+from facepgn.cli import command
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +41,12 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Detect and track faces in videos and run the model on every sampled frame; detect the faces of
+    photos (jpg/png, in the same input) and run it on each. Writes rows/<item>.parquet (one row per
+    face per frame, or per face of a photo: pose, 68 landmarks in 2D and 3D in frame/photo pixels,
+    coefficients, quality), optional overlays/ (an .mp4 per video, an image per photo) and meshes/,
+    and summary.json. Reruns skip items already done; bad videos and photos are recorded in errors/
+    and summary.json with a one-line reason."""
     from facepgn.config import InferConfig, load_config
     from facepgn.pipelines.infer import run_inference
 
@@ -70,3 +61,9 @@ def run(args: argparse.Namespace) -> int:
     for err in summary["errors"]:
         print(f"  failed: {err['reason']}")
     return 1 if counts["items_failed"] and not counts["items_done_total"] else 0
+
+
+register = command(
+    "infer", handler=run, arguments=_arguments, description=run.__doc__,
+    help="videos and photos -> per-face 3D reconstructions (Parquet rows, overlays, meshes) on Ray Data",
+)

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from facepgn.cli import add_command
+from facepgn.cli import command
 from facepgn.commands.jobargs import add_io_args
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    add_command(
-        subparsers, "label", handler=run, config=False,
-        arguments=lambda parser: add_io_args(
-            parser, "videos and photos: folder, glob, s3:// prefix, or .csv/.jsonl manifest (path[, subject_id])"),
-        help="real videos and photos -> pseudo-labelled face-record shards (Ray Data)",
-        description=(
-            "Detect faces in videos (sampled frames) and photos, label each with the face model fitted "
-            "to teacher networks (facepgn.pseudolabel), and write face records (FACE_RECORD_SCHEMA v2), "
-            "one Parquet shard per input under data/, plus summary.json, errors.csv and contact_sheet.png. "
-            "Reruns skip items already done. The output folder can be given to training as data.labelled."
-        ),
-    )
-
-
 def run(args: argparse.Namespace) -> int:
+    """Detect faces in videos (sampled frames) and photos, label each with the face model fitted to
+    teacher networks (facepgn.pseudolabel), and write face records (FACE_RECORD_SCHEMA v2), one
+    Parquet shard per input under data/, plus summary.json, errors.csv and contact_sheet.png. Reruns
+    skip items already done. The output folder can be given to training as data.labelled."""
     from facepgn.commands.jobargs import load_job_config
     from facepgn.config import LabelConfig
     from facepgn.pipelines.label import run_label
@@ -36,3 +25,10 @@ def run(args: argparse.Namespace) -> int:
         + (f" (skipped items and why: {cfg.output}/errors.csv)" if s["items_skipped_count"] else "")
     )
     return 0
+
+
+register = command(
+    "label", handler=run, config=False, description=run.__doc__,
+    arguments=lambda parser: add_io_args(parser, "videos and photos: folder, glob, s3:// prefix, or .csv/.jsonl manifest (path[, subject_id])"),
+    help="real videos and photos -> pseudo-labelled face-record shards (Ray Data)",
+)

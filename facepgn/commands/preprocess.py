@@ -6,24 +6,14 @@ import argparse
 import json
 import logging
 
-from facepgn.cli import add_command
+from facepgn.cli import command
 from facepgn.commands.jobargs import add_io_args
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    add_command(
-        subparsers, "preprocess", handler=run, config=False,
-        arguments=lambda parser: add_io_args(parser, "folder, glob, s3:// prefix, or .csv/.jsonl manifest (path[, subject_id])"),
-        help="videos -> frame-pair Parquet shards (Ray Data)",
-        description=(
-            "Detect, track and crop faces in videos, pair frames of each face track, compute optical "
-            "flow, and write Parquet shards in FRAME_PAIR_SCHEMA plus summary.json and errors.csv. "
-            "Reruns skip videos already done."
-        ),
-    )
-
-
 def run(args: argparse.Namespace) -> int:
+    """Detect, track and crop faces in videos, pair frames of each face track, compute optical flow,
+    and write Parquet shards in FRAME_PAIR_SCHEMA plus summary.json and errors.csv. Reruns skip
+    videos already done."""
     from facepgn.config import PreprocessConfig, load_config
     from facepgn.pipelines.preprocess import run_preprocess
 
@@ -42,3 +32,10 @@ def run(args: argparse.Namespace) -> int:
         + (f" (reasons in {cfg.output.rstrip('/')}/errors.csv)" if skipped else "")
     )
     return 0
+
+
+register = command(
+    "preprocess", handler=run, config=False, description=run.__doc__,
+    arguments=lambda parser: add_io_args(parser, "folder, glob, s3:// prefix, or .csv/.jsonl manifest (path[, subject_id])"),
+    help="videos -> frame-pair Parquet shards (Ray Data)",
+)

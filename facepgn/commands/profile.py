@@ -4,22 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from facepgn.cli import add_command
+from facepgn.cli import command
 from facepgn.commands.jobargs import add_io_args
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    add_command(
-        subparsers, "profile", handler=run, arguments=_arguments, config=False,
-        help="face records -> views of each face at new head poses, as face-record shards (Ray Data)",
-        description=(
-            "Turn each face record with fitted coefficients (e.g. a facepgn label output) into --views new "
-            "views at other head poses (facepgn.profiling: the fitted head re-rendered, landmarks exact), "
-            "written as face records (FACE_RECORD_SCHEMA v2), one Parquet shard per input shard under data/, "
-            "plus summary.json, errors.csv and contact_sheet.png. Reruns skip shards already done and write "
-            "the same views (poses seeded by record id)."
-        ),
-    )
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +14,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Turn each face record with fitted coefficients (e.g. a facepgn label output) into --views new
+    views at other head poses (facepgn.profiling: the fitted head re-rendered, landmarks exact),
+    written as face records (FACE_RECORD_SCHEMA v2), one Parquet shard per input shard under data/,
+    plus summary.json, errors.csv and contact_sheet.png. Reruns skip shards already done and write
+    the same views (poses seeded by record id)."""
     from facepgn.commands.jobargs import load_job_config
     from facepgn.config import ProfileConfig
     from facepgn.pipelines.profile import run_profile
@@ -40,3 +31,9 @@ def run(args: argparse.Namespace) -> int:
         f"(records skipped: {skipped}; shards skipped: {s['items_skipped_count']}) -> {cfg.output}"
     )
     return 0
+
+
+register = command(
+    "profile", handler=run, arguments=_arguments, config=False, description=run.__doc__,
+    help="face records -> views of each face at new head poses, as face-record shards (Ray Data)",
+)

@@ -5,24 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facepgn.cli import add_command
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    add_command(
-        subparsers, "train", handler=run,
-        arguments=lambda parser: parser.add_argument("--local", action="store_true", help="plain single-process loop, no Ray"),
-        help="train the model (Ray Train DDP; --local: plain loop)",
-        description=(
-            "Train the reconstruction model on labelled face records and unlabelled frame pairs. "
-            "With Ray Train: DDP workers (scaling.*), checkpoints under ray.storage_path/ray.name "
-            "(local or s3://; the same name resumes), TensorBoard events, validation NME, and "
-            "<output_dir>/model.pt + summary.json. --local runs the same config with the plain loop."
-        ),
-    )
+from facepgn.cli import command
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train the reconstruction model on labelled face records and unlabelled frame pairs. With Ray
+    Train: DDP workers (scaling.*), checkpoints under ray.storage_path/ray.name (local or s3://; the
+    same name resumes), TensorBoard events, validation NME, and <output_dir>/model.pt +
+    summary.json. --local runs the same config with the plain loop."""
     from facepgn.config import DistributedTrainConfig, load_config
 
     cfg = load_config(DistributedTrainConfig, args.config, args.overrides)
@@ -44,3 +34,10 @@ def run(args: argparse.Namespace) -> int:
         + f" -> {summary['model_file']}"
     )
     return 0
+
+
+register = command(
+    "train", handler=run, description=run.__doc__,
+    arguments=lambda parser: parser.add_argument("--local", action="store_true", help="plain single-process loop, no Ray"),
+    help="train the model (Ray Train DDP; --local: plain loop)",
+)

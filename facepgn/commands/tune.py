@@ -5,23 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facepgn.cli import add_command
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    add_command(
-        subparsers, "tune", handler=run,
-        help="sweep loss weights with Ray Tune (ASHA on validation NME)",
-        description=(
-            "Run a Ray Tune sweep: each trial is a Ray Train run of the training config (base + train) "
-            "with values from search_space; ASHA stops weak trials early on the validation NME. "
-            "Writes results.csv, results.md, best.yaml (train it with `facepgn train --config`) and "
-            "summary.json to output_dir."
-        ),
-    )
+from facepgn.cli import command
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run a Ray Tune sweep: each trial is a Ray Train run of the training config (base + train) with
+    values from search_space; ASHA stops weak trials early on the validation NME. Writes
+    results.csv, results.md, best.yaml (train it with `facepgn train --config`) and summary.json to
+    output_dir."""
     from facepgn.train.tune import load_tune_config, run_sweep
 
     cfg = load_tune_config(args.config, args.overrides)
@@ -34,3 +25,9 @@ def run(args: argparse.Namespace) -> int:
         f"{best[cfg.sweep.metric]:.4f} -> {summary['best_config']}"
     )
     return 0
+
+
+register = command(
+    "tune", handler=run, description=run.__doc__,
+    help="sweep loss weights with Ray Tune (ASHA on validation NME)",
+)
