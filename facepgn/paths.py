@@ -40,65 +40,32 @@ class Asset:
     how_to_get: str = ""
 
 
-ASSETS: dict[str, Asset] = {
-    "face_model": Asset(
-        name="face_model",
-        env_var="FACEPGN_FACE_MODEL",
-        shared_relpath="facemodels/ict/ict_face_area.npz",
-        cache_relpath="models/ict_face_area.npz",
-        how_to_get="run `facepgn model download ict --dest ~/.cache/facepgn/models`",
-    ),
-    "detector": Asset(
-        name="detector",
-        env_var="FACEPGN_DETECTOR",
-        shared_relpath="detectors/yunet_s_640_640.onnx",
-        cache_relpath="detectors/yunet_s_640_640.onnx",
-        url=(
-            "https://raw.githubusercontent.com/ShiqiYu/libfacedetection.train/"
-            "0047ac24afb1a50a0c6105001c89d1b5b805dbf1/onnx/yunet_s_640_640.onnx"
-        ),
-        sha256="8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
-        size=232589,
-        how_to_get="run `facepgn model download detector`",
-    ),
-    "landmarks": Asset(
-        name="landmarks",
-        env_var="FACEPGN_LANDMARKS",
-        shared_relpath="landmarks/peppa_slim_160_latest.onnx",
-        cache_relpath="landmarks/peppa_slim_160_latest.onnx",
-        url=(
-            "https://raw.githubusercontent.com/ainrichman/Peppa-Facial-Landmark-PyTorch/"
-            "master/pretrained_weights/slim_160_latest.onnx"
-        ),
-        sha256="2121aacea9169ac27227508238237376fe64b96e2f2cc57082f26e88d650fbd2",
-        size=973972,
-        how_to_get="run `facepgn model download landmarks`",
-    ),
+def _asset(name: str, shared_relpath: str, download: str, *, cache_relpath: str | None = None, url: str | None = None,
+           sha256: str | None = None, size: int | None = None) -> Asset:
+    """The asset ``name``: ``$FACEPGN_<NAME>`` points at it, the cache holds it where shared/ does
+    (unless ``cache_relpath``), and ``facepgn model download <download>`` fetches it."""
+    return Asset(name, f"FACEPGN_{name.upper()}", shared_relpath, cache_relpath or shared_relpath, url, sha256, size,
+                 f"run `facepgn model download {download}`")
+
+
+ASSETS: dict[str, Asset] = {asset.name: asset for asset in (
+    _asset("face_model", "facemodels/ict/ict_face_area.npz", "ict --dest ~/.cache/facepgn/models",
+           cache_relpath="models/ict_face_area.npz"),
+    _asset("detector", "detectors/yunet_s_640_640.onnx", "detector", size=232589,
+           url="https://raw.githubusercontent.com/ShiqiYu/libfacedetection.train/0047ac24afb1a50a0c6105001c89d1b5b805dbf1/onnx/yunet_s_640_640.onnx",
+           sha256="8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"),
+    _asset("landmarks", "landmarks/peppa_slim_160_latest.onnx", "landmarks", size=973972,
+           url="https://raw.githubusercontent.com/ainrichman/Peppa-Facial-Landmark-PyTorch/master/pretrained_weights/slim_160_latest.onnx",
+           sha256="2121aacea9169ac27227508238237376fe64b96e2f2cc57082f26e88d650fbd2"),
     # MediaPipe face mesh (Apache-2.0). Upstream ships it inside the mediapipe wheel; `facepgn model
     # download mediapipe` fetches the pinned 0.10.21 wheel and extracts these files (facepgn.download).
-    "mediapipe_mesh": Asset(
-        name="mediapipe_mesh",
-        env_var="FACEPGN_MEDIAPIPE_MESH",
-        shared_relpath="landmarks/mediapipe/face_landmark.tflite",
-        cache_relpath="landmarks/mediapipe/face_landmark.tflite",
-        sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
-        size=1242398,
-        how_to_get="run `facepgn model download mediapipe`",
-    ),
-    "mediapipe_canonical": Asset(
-        name="mediapipe_canonical",
-        env_var="FACEPGN_MEDIAPIPE_CANONICAL",
-        shared_relpath="landmarks/mediapipe/canonical_face_model.obj",
-        cache_relpath="landmarks/mediapipe/canonical_face_model.obj",
-        url=(
-            "https://raw.githubusercontent.com/google-ai-edge/mediapipe/"
-            "85c0cdc7d70653888903c88df45962b764296342/mediapipe/modules/face_geometry/data/canonical_face_model.obj"
-        ),
-        sha256="8bac80443397e113f41a8b565ea72c59390bc031d9defab289dba7bc0c54e618",
-        size=45999,
-        how_to_get="run `facepgn model download mediapipe`",
-    ),
-}
+    _asset("mediapipe_mesh", "landmarks/mediapipe/face_landmark.tflite", "mediapipe", size=1242398,
+           sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814"),
+    _asset("mediapipe_canonical", "landmarks/mediapipe/canonical_face_model.obj", "mediapipe", size=45999,
+           url=("https://raw.githubusercontent.com/google-ai-edge/mediapipe/85c0cdc7d70653888903c88df45962b764296342/"
+                "mediapipe/modules/face_geometry/data/canonical_face_model.obj"),
+           sha256="8bac80443397e113f41a8b565ea72c59390bc031d9defab289dba7bc0c54e618"),
+)}
 
 
 def resolve_asset(name: str, explicit: str | os.PathLike | None = None) -> Path:
