@@ -15,6 +15,7 @@ PCA expression models (``"pca"``) have prior N(0, 1).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import threading
@@ -266,19 +267,8 @@ class FaceModel:
                 keep = list(range(n_exp))
             else:
                 keep = sorted(self.expressions_by_landmark_motion()[:n_exp])
-        return FaceModel(
-            mean=self.mean,
-            id_basis=self.id_basis[:n_id],
-            exp_basis=self.exp_basis[keep],
-            exp_names=[self.exp_names[i] for i in keep],
-            triangles=self.triangles,
-            landmark_ids=self.landmark_ids,
-            units=self.units,
-            name=self.name,
-            exp_kind=self.exp_kind,
-            jaw_right_ids=self.jaw_right_ids,
-            jaw_left_ids=self.jaw_left_ids,
-        )
+        return dataclasses.replace(self, id_basis=self.id_basis[:n_id], exp_basis=self.exp_basis[keep],
+                                   exp_names=[self.exp_names[i] for i in keep])
 
     def using_jaw_substitutes(self, right: bool = True, left: bool = True) -> "FaceModel":
         """The same model with landmarks 0-7 (right) and/or 9-16 (left) moved to the published jaw
@@ -313,11 +303,7 @@ class FaceModel:
 
     def with_landmark_ids(self, ids: np.ndarray) -> "FaceModel":
         """The same model (arrays shared) with other landmark vertex ids."""
-        return FaceModel(
-            mean=self.mean, id_basis=self.id_basis, exp_basis=self.exp_basis, exp_names=self.exp_names,
-            triangles=self.triangles, landmark_ids=ids, units=self.units, name=self.name,
-            exp_kind=self.exp_kind, jaw_right_ids=self.jaw_right_ids, jaw_left_ids=self.jaw_left_ids,
-        )
+        return dataclasses.replace(self, landmark_ids=ids)
 
     def expressions_by_landmark_motion(self) -> list[int]:
         """Expression indices sorted by how much they move the mapped landmarks (RMS), largest first."""
@@ -421,33 +407,23 @@ def face_model_from_arrays(arrays: dict[str, np.ndarray], source: str | os.PathL
         version = int(arrays["facepgn_format"])
         if version != FORMAT_VERSION:
             raise InputError(source, f"face model format version {version} is not supported (expected {FORMAT_VERSION})")
-        required = ["mean", "id_basis", "exp_basis", "exp_names", "triangles", "landmark_ids"]
-        missing = [k for k in required if k not in arrays]
-        if missing:
-            raise InputError(source, f"face model file lacks {', '.join(missing)}")
-        kwargs = dict(
-            mean=arrays["mean"], id_basis=arrays["id_basis"], exp_basis=arrays["exp_basis"],
-            exp_names=list(arrays["exp_names"].reshape(-1)), triangles=arrays["triangles"],
-            landmark_ids=arrays["landmark_ids"],
-            units=str(arrays.get("units", "unknown")), name=str(arrays.get("name", Path(str(source)).stem)),
-            exp_kind=str(arrays.get("exp_kind", "blendshapes")),
-            jaw_right_ids=arrays.get("jaw_right_ids"), jaw_left_ids=arrays.get("jaw_left_ids"),
-        )
+        layout, landmarks = "face model", "landmark_ids"
+        own = dict(units=str(arrays.get("units", "unknown")), name=str(arrays.get("name", Path(str(source)).stem)),
+                   exp_kind=str(arrays.get("exp_kind", "blendshapes")),
+                   jaw_right_ids=arrays.get("jaw_right_ids"), jaw_left_ids=arrays.get("jaw_left_ids"))
     elif "lm68" in arrays and "mean" in arrays:
-        required = ["id_basis", "exp_basis", "exp_names", "triangles"]
-        missing = [k for k in required if k not in arrays]
-        if missing:
-            raise InputError(source, f"ICT face model file lacks {', '.join(missing)}")
-        kwargs = dict(
-            mean=arrays["mean"], id_basis=arrays["id_basis"], exp_basis=arrays["exp_basis"],
-            exp_names=list(arrays["exp_names"].reshape(-1)), triangles=arrays["triangles"],
-            landmark_ids=arrays["lm68"], units="cm", name="ict-face-area", exp_kind="blendshapes",
-            jaw_right_ids=ICT_JAW_RIGHT_IDS, jaw_left_ids=ICT_JAW_LEFT_IDS,
-        )
+        layout, landmarks = "ICT face model", "lm68"
+        own = dict(units="cm", name="ict-face-area", exp_kind="blendshapes",
+                   jaw_right_ids=ICT_JAW_RIGHT_IDS, jaw_left_ids=ICT_JAW_LEFT_IDS)
     else:
         raise InputError(source, "not a face model .npz (no facepgn_format or lm68/mean arrays)")
+    missing = [k for k in ("mean", "id_basis", "exp_basis", "exp_names", "triangles", landmarks) if k not in arrays]
+    if missing:
+        raise InputError(source, f"{layout} file lacks {', '.join(missing)}")
     try:
-        return FaceModel(**kwargs)
+        return FaceModel(mean=arrays["mean"], id_basis=arrays["id_basis"], exp_basis=arrays["exp_basis"],
+                         exp_names=list(arrays["exp_names"].reshape(-1)), triangles=arrays["triangles"],
+                         landmark_ids=arrays[landmarks], **own)
     except (ValueError, IndexError, TypeError) as exc:
         raise InputError(source, f"inconsistent face model arrays ({exc})") from None
 

@@ -120,25 +120,11 @@ def run_aflw2000(args: argparse.Namespace) -> int:
             predict = evaluation.with_peer_landmarks(predict)
             crop_notes["peer_2d"] = evaluation.PEER_2D_CROP_NOTE
     frame_peers = {"peer_mediapipe": evaluation.mediapipe_peer()} if cfg.peer_mediapipe else {}
+    # the config's run and report settings go through by name (EvaluateConfig's fields are evaluate_aflw2000's keywords)
+    run_settings = cfg.model_dump(exclude={"peer_landmarks", "peer_mediapipe", "compare_models"})
     result = evaluation.evaluate_aflw2000(
-        predict,
-        args.data,
-        args.out,
-        image_size=image_size,
-        batch_size=cfg.batch_size,
-        box=cfg.box,
-        margin=cfg.margin,
-        arrays_dir=cfg.arrays_dir,
-        skip_bad=cfg.skip_bad,
-        limit=cfg.limit,
-        detector_boxes=cfg.detector_boxes,
-        grid_per_bucket=cfg.grid_per_bucket,
-        grid_columns=cfg.grid_columns,
-        best_worst=cfg.best_worst,
-        grid_tile=cfg.grid_tile,
-        frame_peers=frame_peers,
-        crop_notes=crop_notes,
-        model_labels=labels,
+        predict, args.data, args.out, image_size=image_size, frame_peers=frame_peers, crop_notes=crop_notes,
+        model_labels=labels, **run_settings,
         title=f"AFLW2000-3D: {'peer 2D landmark network' if args.peer_only else args.model or 'the pretrained model'}",
     )
     _write_summary(args.out, args, result.metrics, cfg.model_dump(mode="json"), time.time() - start)
