@@ -388,6 +388,29 @@ def infer_batch(runner: Predictor, batch: dict[str, np.ndarray]) -> dict[str, np
     return out
 
 
+def iter_item_outputs(path: str, item_id: str, kind: str, cfg: InferConfig, image_size: int, runner: Predictor
+                      ) -> Iterator[dict[str, np.ndarray]]:
+    """Stages 1 and 2 in one process: one item's crop batches (:func:`iter_item_batches`) through
+    the model in batches of about ``cfg.batch_size`` faces; yields :func:`infer_batch` outputs, the
+    footer last. The plain loop runs this, and so does a Ray task when the model runs on CPU (no
+    crops cross processes, and every core does whole items)."""
+    pending: list[dict[str, np.ndarray]] = []
+    pending_rows = 0
+    for batch in iter_item_batches(path, item_id, kind, cfg, image_size):
+        pending.append(batch)
+        pending_rows += len(batch["kind"])
+        if pending_rows >= cfg.batch_size:
+            yield infer_batch(runner, concat_batches(pending))
+            pending, pending_rows = [], 0
+    if pending:
+        yield infer_batch(runner, concat_batches(pending))
+
+
+def concat_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Column batches with the same columns, as one."""
+    return batches[0] if len(batches) == 1 else {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
 # --------------------------------------------------------------------------------------------
 # stage 3: per-video outputs
 # --------------------------------------------------------------------------------------------

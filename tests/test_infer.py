@@ -56,6 +56,7 @@ def real_run(ray_session, shared, model_file, tmp_path_factory):
         meshes="every:12",
         batch_size=16,
         max_actors=2,
+        model_stage="separate",  # decode and model tasks apart (the GPU layout); the photo run uses the fused default
     )
     from facepgn.pipelines.infer import run_inference
 
@@ -139,6 +140,41 @@ def test_rerun_skips_done_videos_and_redoes_missing(real_run):
     after = outputs.read_rows(cfg.output, "d6").to_pydict()
     assert after["frame_index"] == before["frame_index"]  # the plain loop agrees with the Ray pipeline
     np.testing.assert_allclose(np.asarray(after["landmarks_2d"]), np.asarray(before["landmarks_2d"]), atol=1e-3)
+
+
+def test_fused_stage_gives_the_rows_of_separate_stages(real_run, tmp_path):
+    """On CPU, decode, detection and the model run fused in one task (actors.stage: auto); the rows
+    are those of the separate stages (the real_run fixture), up to batch-composition rounding."""
+    from facepgn.pipelines.infer import run_inference
+
+    cfg, _ = real_run
+    fused = cfg.model_copy(update={"output": str(tmp_path / "fused"), "overlay": False, "meshes": None})
+    fused.actors.stage = "auto"
+    summary = run_inference(fused, progress=None)
+    assert summary["counts"]["videos_done_this_run"] == 3 and not summary["errors"]
+    for vid in ("d3", "d6", "short_hamilton_clip"):
+        a, b = outputs.read_rows(cfg.output, vid).to_pydict(), outputs.read_rows(fused.output, vid).to_pydict()
+        assert list(zip(a["frame_index"], a["track_id"])) == list(zip(b["frame_index"], b["track_id"]))
+        np.testing.assert_allclose(np.asarray(b["landmarks_2d"]), np.asarray(a["landmarks_2d"]), atol=1e-3)
+        np.testing.assert_allclose(np.asarray(b["yaw"]), np.asarray(a["yaw"]), atol=1e-3)
+
+
+def test_stage_pools_keep_every_core_busy():
+    from facepgn.pipelines.infer import stage_pools
+
+    cfg = InferConfig()
+    fused = stage_pools(cfg, cpus=2, gpus=0, items=30)  # CPU: one task does a whole item, 4 at 0.5 CPU
+    assert (fused.fused, fused.decode_tasks, fused.device) == (True, 4, "cpu")
+    assert stage_pools(cfg, cpus=2, gpus=0, items=3).decode_tasks == 3  # never more tasks than items
+    sep = cfg.model_copy(deep=True)
+    sep.actors.stage = "separate"
+    pools = stage_pools(sep, cpus=2, gpus=0, items=30)  # decode leaves actors.min model slots; the model may take all
+    assert (pools.fused, pools.decode_tasks, pools.model_tasks, pools.model_resources) == (False, 3, 4, {"num_cpus": 0.5})
+    gpu = stage_pools(cfg, cpus=16, gpus=2, items=100)  # auto with GPUs: separate, one model task per GPU
+    assert (gpu.fused, gpu.decode_tasks, gpu.model_tasks, gpu.device, gpu.model_resources) == (False, 32, 2, "cuda", {"num_gpus": 1.0})
+    capped = cfg.model_copy(deep=True)
+    capped.actors.stage, capped.actors.max, capped.decode.tasks = "separate", 1, 2
+    assert (stage_pools(capped, 2, 0, 30).model_tasks, stage_pools(capped, 2, 0, 30).decode_tasks) == (1, 2)
 
 
 # ---- S3 in and out, a corrupt video ----------------------------------------------------------

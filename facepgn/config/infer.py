@@ -29,7 +29,7 @@ class InferDecodeSettings(StrictModel):
     max_frames: Optional[int] = None  # per video, before the stride (previews, tests)
     chunk_frames: int = 32  # frames decoded at a time per video (bounds memory)
     num_cpus: float = 0.5  # CPUs reserved per decode+detect task
-    tasks: Optional[int] = None  # concurrent decode+detect tasks; None: the CPUs the model actors leave
+    tasks: Optional[int] = None  # concurrent decode+detect tasks; None: the CPUs the actors.min model slots leave
     block_mb: float = 1.0  # Ray Data block size: crops stream to the model in blocks of about this size
 
 
@@ -42,14 +42,20 @@ class PhotoSettings(StrictModel):
 
 
 class ModelActorSettings(StrictModel):
-    """The pool of model actors (Ray Data ``ActorPoolStrategy``)."""
+    """The model stage: Ray tasks, each worker process loading the model once (the section keeps
+    its older name, ``actors``). Decode and model tasks share the cluster's CPUs: decode never takes
+    the ``min`` model slots, and the model takes every slot decode leaves (the end of a job)."""
 
     batch_size: int = 32  # faces per model call
-    min: int = 1  # model actor pool size
-    max: int = 1
-    num_cpus: float = 0.5  # CPUs reserved per model actor (no GPU)
-    num_gpus: Optional[float] = None  # per model actor; None: 1 when the cluster has GPUs, else 0
-    torch_threads: int = 1  # intra-op threads per actor (CPU)
+    # auto: fused when the model runs on CPU (each decode+detect task also runs the model on its own
+    # crops: no crops cross processes, every core does whole items), separate with GPUs (model tasks
+    # batch the crops of all decode tasks on the GPU)
+    stage: Literal["auto", "fused", "separate"] = "auto"
+    min: int = 1  # model task slots decode+detect tasks never take (so decode cannot starve the model)
+    max: Optional[int] = None  # model tasks at once; None: as many as the cluster's CPUs (GPUs) hold
+    num_cpus: float = 0.5  # CPUs reserved per model task (no GPU)
+    num_gpus: Optional[float] = None  # per model task; None: 1 when the cluster has GPUs, else 0
+    torch_threads: int = 1  # intra-op threads per model task (CPU)
 
 
 class InferOutputSettings(StrictModel):
@@ -73,7 +79,7 @@ class InferConfig(StrictModel):
         "decode_num_cpus": "decode.num_cpus", "decode_tasks": "decode.tasks", "block_mb": "decode.block_mb",
         "photo_max_side": "photos.max_side", "photo_detect_width": "photos.detect_width",
         "photo_max_faces": "photos.max_faces",
-        "batch_size": "actors.batch_size", "min_actors": "actors.min", "max_actors": "actors.max",
+        "batch_size": "actors.batch_size", "model_stage": "actors.stage", "min_actors": "actors.min", "max_actors": "actors.max",
         "actor_num_cpus": "actors.num_cpus", "num_gpus": "actors.num_gpus", "torch_threads": "actors.torch_threads",
         "overlay": "outputs.overlay", "overlay_style": "outputs.overlay_style", "meshes": "outputs.meshes",
         "mesh_format": "outputs.mesh_format", "finalize_on": "outputs.finalize_on",
@@ -97,5 +103,6 @@ class InferConfig(StrictModel):
     outputs: InferOutputSettings = InferOutputSettings()
     smoothing: SmoothingConfig = SmoothingConfig()  # videos only (a photo has no time axis)
     resume: bool = True  # skip items (videos, photos) whose done marker exists (False: redo everything)
+    shared_storage: bool = False  # local paths are on storage every Ray node mounts (NFS, ...): allowed on a multi-node cluster (else s3:// only there)
     max_videos: Optional[int] = None  # process at most this many items (videos and photos) not yet done
     executor: Literal["ray", "local"] = "ray"  # local: a plain loop in this process (debugging, baseline)

@@ -10,7 +10,7 @@ Graph (streaming; each arrow is a stream of small column batches)::
       -> map_batches(decode_detect_crop)   tasks, fractional CPUs: facepgn.inference.iter_item_batches
                                            (a video: chunked decode, YuNet, tracker, crops; a photo:
                                            decode, YuNet on a downscaled copy, full-resolution crops)
-      -> map_batches(run_model)            tasks (TaskPoolStrategy, max_actors at once): the model,
+      -> map_batches(run_model)            tasks (TaskPoolStrategy, stage_pools: sized from the cluster): the model,
                                            loaded once per worker process, GPU if any
       -> driver: groups rows by item; when an item's footer and all its rows have arrived
          (the footer says how many), it is finalised (driver threads, or Ray tasks with
@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -53,6 +54,21 @@ def decode_detect_crop(batch: dict[str, np.ndarray], cfg_json: str, image_size: 
             yield inference.footer_batch(str(path), str(video_id), image_size, reason, {"kind": str(kind)})
             continue
         yield from inference.iter_item_batches(str(path), str(video_id), str(kind), cfg, image_size)
+
+
+def decode_detect_infer(batch: dict[str, np.ndarray], cfg_json: str, image_size: int, model_path: str, runtime: str, threads: int,
+                        device: str, counter=None) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data generator UDF of the fused stage (``actors.stage``: the model on CPU): one batch of
+    items -> the model's output batches + footers (``inference.iter_item_outputs``), the model
+    loaded once per worker process."""
+    cfg = InferConfig.model_validate_json(cfg_json)
+    runner = _predictor(model_path, runtime, threads, device)
+    for path, video_id, kind in zip(batch["path"], batch["video_id"], batch["kind"]):
+        if not common.attempt_allowed(counter, str(video_id)):
+            reason = f"{path}: given up after {common.MAX_ATTEMPTS} attempts (the worker decoding it died each time)"
+            yield inference.infer_batch(runner, inference.footer_batch(str(path), str(video_id), image_size, reason, {"kind": str(kind)}))
+            continue
+        yield from inference.iter_item_outputs(str(path), str(video_id), str(kind), cfg, image_size, runner)
 
 
 @functools.lru_cache(maxsize=2)
@@ -180,9 +196,13 @@ def _resolve(cfg: InferConfig) -> InferConfig:
 
 def plan_items(cfg: InferConfig) -> tuple[list[Any], list[Any]]:
     """(items to process, items skipped because their done marker exists): ``facepgn.video.MediaItem``
-    (path, item_id, subject_id, kind) of the input's videos and photos."""
+    (path, item_id, subject_id, kind) of the input's videos and photos. The input is one listing
+    or one manifest read, the done ids one listing of ``done/`` (no marker is read)."""
     from facepgn import video
+    from facepgn.cluster import require_shared_storage
 
+    if cfg.executor == "ray":  # a local output on a multi-node cluster: refused before any work
+        require_shared_storage({"output": cfg.output}, cfg.shared_storage)
     items = video.list_media(cfg.input, cfg.video_extensions, cfg.image_extensions)
     if not any(it.kind in ("video", "photo") for it in items):
         from facepgn.errors import InputError
@@ -205,8 +225,8 @@ def run_inference(cfg: InferConfig, progress: Callable[[str], None] | None = pri
     cfg = _resolve(cfg)
     started = time.time()
     log = progress or (lambda _msg: None)
-    storage.makedirs(cfg.output)
-    todo, skipped = plan_items(cfg)
+    storage.check_writable(cfg.output)  # an output that cannot be written: one line before any work
+    todo, skipped = plan_items(cfg)  # refuses a local output on a multi-node cluster before anything is written
     photos = sum(it.kind == "photo" for it in todo)
     log(f"facepgn infer: {len(todo)} items to process ({len(todo) - photos} videos, {photos} photos), {len(skipped)} already done ({cfg.output})")
     model = load(cfg.model)
@@ -232,24 +252,10 @@ def _run_local(cfg: InferConfig, todo, face_model, face_model_name: str, image_s
     """The plain loop over the same functions, in this process (debugging and the bench baseline)."""
     runner = Predictor(cfg.model, runtime=cfg.runtime, threads=cfg.torch_threads)
     for n, item in enumerate(todo, 1):
-        outs = []
-        pending: list[dict[str, np.ndarray]] = []
-        pending_rows = 0
-        for batch in inference.iter_item_batches(item.path, item.item_id, item.kind, cfg, image_size):
-            pending.append(batch)
-            pending_rows += len(batch["kind"])
-            if pending_rows >= cfg.batch_size:
-                outs.append(inference.infer_batch(runner, _concat(pending)))
-                pending, pending_rows = [], 0
-        if pending:
-            outs.append(inference.infer_batch(runner, _concat(pending)))
+        outs = list(inference.iter_item_outputs(item.path, item.item_id, item.kind, cfg, image_size, runner))
         stats = inference.finalize_video(item.item_id, outs, cfg, face_model, face_model_name)
         log(_video_line(stats, n, len(todo)))
         yield stats
-
-
-def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
 def _video_line(stats: dict, n: int, total: int) -> str:
@@ -258,6 +264,49 @@ def _video_line(stats: dict, n: int, total: int) -> str:
     if stats.get("kind") == "photo":
         return f"  [{n}/{total}] {stats['video_id']}: photo, {stats['rows']} faces"
     return f"  [{n}/{total}] {stats['video_id']}: {stats['rows']} rows, {stats['tracks']} tracks"
+
+
+@dataclass(frozen=True)
+class StagePools:
+    """How the stages run: fused (decode, detect and the model in one task) or separate, how many
+    tasks of each at once, and what a model task reserves."""
+
+    fused: bool
+    decode_tasks: int
+    model_tasks: int  # separate stages only
+    device: str  # "cuda" or "cpu"
+    model_resources: dict[str, float]
+
+
+def stage_pools(cfg: InferConfig, cpus: float, gpus: float, items: int) -> StagePools:
+    """Size the stages from the cluster's resources, so that every given core is kept busy.
+
+    Fused (``actors.stage: auto`` on CPU): as many decode+detect+model tasks as the CPUs hold at
+    ``decode.num_cpus`` each. Separate on CPU: decode and model tasks draw on the same CPUs; decode
+    may take all but ``actors.min`` model slots (it cannot starve the model), and the model may take
+    every slot (when decoding is done, the crops still queued get all the cores). Separate on GPU:
+    each model task holds ``actors.num_gpus``, decode gets all the CPUs. ``decode.tasks`` and
+    ``actors.max`` cap them when set."""
+    num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if gpus > 0 else 0.0)
+    fused = cfg.actors.stage == "fused" or (cfg.actors.stage == "auto" and num_gpus <= 0)
+    cpu_slots = max(1, int(cpus / max(cfg.decode_num_cpus, 1e-3) + 1e-6))
+    if fused:
+        model_slots, decode_slots = 0, cpu_slots
+        resources: dict[str, float] = {"num_cpus": cfg.decode_num_cpus}
+        num_gpus = 0.0
+    elif num_gpus > 0:
+        model_slots, decode_slots = max(1, int(gpus / num_gpus + 1e-6)), cpu_slots
+        resources = {"num_gpus": num_gpus}
+    else:
+        model_slots = max(1, int(cpus / max(cfg.actor_num_cpus, 1e-3) + 1e-6))
+        left = cpus - min(cfg.min_actors, model_slots) * cfg.actor_num_cpus
+        decode_slots = max(1, int(left / max(cfg.decode_num_cpus, 1e-3) + 1e-6))
+        resources = {"num_cpus": cfg.actor_num_cpus}
+    if cfg.decode_tasks is not None:
+        decode_slots = cfg.decode_tasks
+    if cfg.max_actors is not None and not fused:
+        model_slots = min(model_slots, cfg.max_actors)
+    return StagePools(fused, max(1, min(decode_slots, items)), model_slots, "cuda" if num_gpus > 0 else "cpu", resources)
 
 
 def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_size: int, log) -> Iterable[dict]:
@@ -284,43 +333,47 @@ def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: 
     ctx.enable_progress_bars = common.progress_bars_wanted()
     # Ray Data's default reservations leave room for one decode task beside the model workers on a
     # small cluster, and without them decode tasks take every CPU and starve the model. So: no
-    # reservations, and an explicit cap on concurrent decode tasks (the CPUs the model leaves).
+    # reservations, and an explicit cap on concurrent decode tasks (stage_pools: decode never takes
+    # the actors.min model slots, the model may take all).
     ctx.op_resource_reservation_enabled = False
     # A decode task's output becomes a block once this many bytes of crops have piled up: small
     # blocks stream chunks to the model while the video is still being decoded (and bound memory).
     ctx.target_max_block_size = int(cfg.block_mb * 1024 * 1024)
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if has_gpu else 0.0)
-    device = "cuda" if num_gpus > 0 else "cpu"
-    model_resources: dict[str, Any] = {"num_gpus": num_gpus} if num_gpus > 0 else {"num_cpus": cfg.actor_num_cpus}
-
-    max_actors = max(cfg.min_actors, cfg.max_actors)
-    decode_tasks = cfg.decode_tasks
-    if decode_tasks is None:
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        left = cpus - (0.0 if num_gpus > 0 else max_actors * cfg.actor_num_cpus)
-        decode_tasks = max(1, int(left / max(cfg.decode_num_cpus, 1e-3) + 1e-6))
-    decode_tasks = min(decode_tasks, len(todo))
+    resources = ray.cluster_resources()
+    pools = stage_pools(cfg, float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)), len(todo))
     items = [{"path": it.path, "video_id": it.item_id, "kind": it.kind} for it in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        decode_detect_crop,
-        batch_size=1,
-        fn_kwargs={"cfg_json": cfg.model_dump_json(), "image_size": image_size, "counter": common.attempt_counter()},
-        num_cpus=cfg.decode_num_cpus,
-        compute=ray.data.TaskPoolStrategy(size=decode_tasks),
-    )
-    # The model: max_actors tasks at a time, each worker process loading it once (max_calls=0:
-    # processes are kept, GPU ones too). Its remote args differ from decode's (max_calls), so Ray
-    # Data never fuses the two stages: decode+detect runs in its own tasks, in parallel with the model.
-    ds = ds.map_batches(
-        run_model,
-        fn_kwargs={"model_path": cfg.model, "runtime": cfg.runtime, "threads": cfg.torch_threads, "device": device},
-        batch_size=cfg.batch_size,
-        compute=ray.data.TaskPoolStrategy(size=max_actors),
-        max_calls=0,
-        **model_resources,
-    )
+    model_kwargs = {"model_path": cfg.model, "runtime": cfg.runtime, "threads": cfg.torch_threads, "device": pools.device}
+    if pools.fused:
+        log(f"facepgn infer: up to {pools.decode_tasks} tasks at once, each decoding, detecting and running the model (CPU)")
+        ds = ds.map_batches(
+            decode_detect_infer,
+            batch_size=1,
+            fn_kwargs={"cfg_json": cfg.model_dump_json(), "image_size": image_size, "counter": common.attempt_counter(), **model_kwargs},
+            num_cpus=cfg.decode_num_cpus,
+            compute=ray.data.TaskPoolStrategy(size=pools.decode_tasks),
+        )
+    else:
+        log(f"facepgn infer: up to {pools.decode_tasks} decode+detect tasks and {pools.model_tasks} model tasks "
+            f"({'GPU' if pools.device == 'cuda' else 'CPU'}) at once")
+        ds = ds.map_batches(
+            decode_detect_crop,
+            batch_size=1,
+            fn_kwargs={"cfg_json": cfg.model_dump_json(), "image_size": image_size, "counter": common.attempt_counter()},
+            num_cpus=cfg.decode_num_cpus,
+            compute=ray.data.TaskPoolStrategy(size=pools.decode_tasks),
+        )
+        # The model: pools.model_tasks tasks at a time, each worker process loading it once (max_calls=0:
+        # processes are kept, GPU ones too). Its remote args differ from decode's (max_calls), so Ray
+        # Data never fuses the two stages: decode+detect runs in its own tasks, in parallel with the model.
+        ds = ds.map_batches(
+            run_model,
+            fn_kwargs=model_kwargs,
+            batch_size=cfg.batch_size,
+            compute=ray.data.TaskPoolStrategy(size=pools.model_tasks),
+            max_calls=0,
+            **pools.model_resources,
+        )
     finalizer = _Finalizer(cfg, face_model, face_model_name)
     assembler = _VideoAssembler()
     finished = 0
