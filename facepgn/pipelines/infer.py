@@ -4,18 +4,23 @@ plain loop.
 Inputs: videos and photos together (``facepgn.video.list_media``, the listing the label job uses:
 a folder, glob, ``s3://`` prefix or manifest; each item is a video or a photo by its extension).
 
-Graph (streaming; each arrow is a stream of small column batches)::
+Graph (streaming; each arrow is a stream of small column batches), sized by :func:`stage_pools`
+from the cluster's resources::
 
     items not done yet (from_items, one block per video or photo)
       -> map_batches(decode_detect_crop)   tasks, fractional CPUs: facepgn.inference.iter_item_batches
                                            (a video: chunked decode, YuNet, tracker, crops; a photo:
                                            decode, YuNet on a downscaled copy, full-resolution crops)
-      -> map_batches(run_model)            tasks (TaskPoolStrategy, stage_pools: sized from the cluster): the model,
-                                           loaded once per worker process, GPU if any
+      -> map_batches(run_model)            tasks: the model, loaded once per worker process, GPU if any
       -> driver: groups rows by item; when an item's footer and all its rows have arrived
          (the footer says how many), it is finalised (driver threads, or Ray tasks with
          ``finalize_on: tasks``): smoothing (videos), rows Parquet, meshes, overlay, done marker
          (facepgn.inference.finalize_video).
+
+When the model runs on CPU (``actors.stage: auto``), the first two stages are one
+(``decode_detect_infer``: facepgn.inference.iter_item_outputs, the plain loop's own body): each
+task does whole items, so every core decodes, detects and runs the model, no crops cross
+processes, and no stage waits for another.
 
 Memory stays bounded: a decode task holds one chunk of one video, or one photo; the driver holds
 only the (small, crop-free) rows of items in flight. Items already done are skipped; a bad video or
