@@ -29,20 +29,24 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 
 
+class _ItemDict:
+    """An input item (a frozen dataclass) as the plain dict Ray Data and the markers carry."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # the subclasses are dataclasses
+
+
 @dataclass(frozen=True)
-class VideoItem:
+class VideoItem(_ItemDict):
     """One input video: where it is, the id its outputs are named by, and whose face it shows."""
 
     path: str
     video_id: str
     subject_id: str
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class MediaItem:
+class MediaItem(_ItemDict):
     """One input item of a job over videos and photos: where it is, the id its outputs are named
     by, whose face it shows, and what it is (``video``, ``photo``, or ``other``: a manifest entry
     whose extension is neither)."""
@@ -51,9 +55,6 @@ class MediaItem:
     item_id: str
     subject_id: str
     kind: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
