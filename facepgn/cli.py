@@ -16,7 +16,7 @@ import sys
 from typing import Callable, Sequence
 
 from facepgn import __version__
-from facepgn.errors import FacepgnError
+from facepgn.errors import FacepgnError, user_error
 
 # Order is the order shown in --help.
 COMMAND_MODULES = [
@@ -123,6 +123,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user error (also one raised in a Ray task or worker, which arrives
+    wrapped: :func:`facepgn.errors.user_error`) is one line on stderr and exit status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -132,6 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.handler(args)
     except FacepgnError as exc:
         print(f"facepgn: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        error = user_error(exc)  # one raised in a Ray task or worker arrives wrapped
+        if error is None:
+            raise  # a bug: its traceback
+        print(f"facepgn: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("facepgn: interrupted", file=sys.stderr)

@@ -17,6 +17,39 @@ class InputError(FacepgnError):
         self.cause = cause
         super().__init__(f"{self.path}: {cause}")
 
+    def __reduce__(self):
+        # rebuilt from (path, cause), not from the message: the error crosses processes (Ray
+        # tasks, process pools) and must unpickle there
+        return (type(self), (self.path, self.cause))
+
+
+class StorageError(InputError):
+    """A local path or ``s3://`` location that cannot be read or written: permissions, a parent
+    that is not a folder, a read-only file system, an unreachable S3 endpoint, a missing bucket,
+    missing or refused credentials, access denied. Raised by :mod:`facepgn.storage` (its one
+    translation of OS, fsspec and botocore errors); ``cause`` is short and plain."""
+
 
 class ConfigError(FacepgnError):
     """A config file or override that does not validate."""
+
+
+def user_error(exc: BaseException) -> FacepgnError | None:
+    """The :class:`FacepgnError` behind ``exc``: itself, or one raised inside a Ray task or worker
+    and re-raised wrapped (``RayTaskError``'s ``cause``, Ray Data's ``UserCodeException``, or an
+    exception chained ``from`` it); None when there is none (a bug: keep its traceback)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        wrapped = getattr(current, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
+        if isinstance(wrapped, BaseException):
+            pending.insert(0, wrapped)
+            continue
+        if isinstance(current, FacepgnError):
+            return current
+        pending.extend([current.__cause__, current.__context__])
+    return None

@@ -43,7 +43,8 @@ def list_markers(folder: str) -> dict[str, str]:
     fs, path = storage.get_fs(folder)
     fs.invalidate_cache(path)  # listings are cached per process: other processes may have written since
     try:
-        entries = fs.ls(path, detail=True)
+        with storage.faults(folder):  # a folder that cannot be listed: one line (StorageError)
+            entries = fs.ls(path, detail=True)
     except FileNotFoundError:
         return {}
     found = {}

@@ -6,13 +6,12 @@ the run name), each failure a one-line error."""
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from facepgn import storage
 from facepgn.config import DistributedTrainConfig
-from facepgn.errors import ConfigError, InputError
+from facepgn.errors import ConfigError, InputError, StorageError
 
 
 @dataclass
@@ -107,15 +106,11 @@ def count_rows(files: Sequence[str], kind: str, landmark_definition: str | None 
 
 
 def check_writable(path: str, what: str) -> None:
-    """Write and delete a probe object under ``path``; a one-line error if that fails."""
-    probe = storage.join(path, f".facepgn-write-probe-{os.getpid()}-{time.time_ns()}")
+    """:func:`facepgn.storage.check_writable`, its one-line error naming the setting (``what``)."""
     try:
-        storage.makedirs(path)
-        storage.atomic_write_bytes(probe, b"ok")
-        storage.remove(probe)
-    except Exception as exc:  # noqa: BLE001 - any failure means we cannot use this location
-        cause = str(exc).splitlines()[0] if str(exc) else ""
-        raise InputError(path, f"{what} is not writable ({exc.__class__.__name__}{': ' + cause if cause else ''})") from None
+        storage.check_writable(path)
+    except StorageError as exc:
+        raise StorageError(exc.path, f"{what} is not writable ({exc.cause})") from None
 
 
 def _find_inputs(plan: TrainPlan) -> None:
