@@ -45,28 +45,23 @@ class Raster:
         return self.triangle_ids.shape  # type: ignore[return-value]
 
 
+def _of_raster(name: str) -> property:
+    """A read-only attribute of a :class:`Rendering` that is its raster's ``name``."""
+    return property(lambda self: getattr(self.raster, name), doc=f"``raster.{name}``")
+
+
 @dataclass
 class Rendering:
-    """The output of :func:`render`: an RGB uint8 image plus the raster it came from."""
+    """The output of :func:`render`: an RGB uint8 image plus the raster it came from (its mask,
+    depth, triangle ids and barycentrics read through)."""
 
     image: np.ndarray
     raster: Raster
 
-    @property
-    def mask(self) -> np.ndarray:
-        return self.raster.mask
-
-    @property
-    def depth(self) -> np.ndarray:
-        return self.raster.depth
-
-    @property
-    def triangle_ids(self) -> np.ndarray:
-        return self.raster.triangle_ids
-
-    @property
-    def barycentrics(self) -> np.ndarray:
-        return self.raster.barycentrics
+    mask = _of_raster("mask")
+    depth = _of_raster("depth")
+    triangle_ids = _of_raster("triangle_ids")
+    barycentrics = _of_raster("barycentrics")
 
 
 # ---- rasterisation -------------------------------------------------------------------------
