@@ -342,7 +342,7 @@ def run_item_job(cfg, items: list[dict], make_worker: Callable[[], Callable[[dic
     done item) and errors.csv."""
     started = time.perf_counter() if started is None else started
     output = cfg.output
-    storage.makedirs(output)
+    storage.check_writable(output)  # an output that cannot be written: one line before any work
     ids = [it["item_id"] for it in items]
     markers_dir = storage.join(output, MARKERS_DIR)
     loaded = markers.Markers(markers_dir, {}) if cfg.overwrite else markers.load_markers(markers_dir, "item_id")
