@@ -267,8 +267,8 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, An
     cfg = resolve_config(cfg)
     output = cfg.output.rstrip("/")
     started = time.perf_counter()
+    storage.check_writable(output)  # an output that cannot be written: one line before any work
     plan = plan_videos(cfg)
-    storage.makedirs(output)
     items, loaded, markers, pending, already_done = plan.items, plan.loaded, plan.markers, plan.pending, plan.already_done
     log.info("preprocess: %d videos found, %d already done, %d to process", len(items), already_done, len(pending))
 
