@@ -74,7 +74,7 @@ def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, on_metri
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     out_dir = cfg.output_dir
-    storage.makedirs(out_dir)
+    storage.check_writable(out_dir)  # an output that cannot be written: one line before any work
     ckpt_path = storage.join(out_dir, STATE_FILE)
     state = new_state(cfg, device, amp_mode(cfg.optim.amp, device), face_model)
     start_state(state, ckpt_path if cfg.resume and storage.exists(ckpt_path) else None, log.info)
