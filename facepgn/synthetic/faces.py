@@ -212,7 +212,7 @@ def generate_faces(
     Returns counts and timings (what ``summary.json`` records).
     """
     settings = settings or SyntheticFacesConfig()
-    storage.makedirs(out_dir)
+    storage.check_writable(out_dir)  # an output that cannot be written: one line before any work
     _background_bank(settings)  # build (and cache) a real-background bank once, before any worker needs it
     tasks = []
     skipped = []
