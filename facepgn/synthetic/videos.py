@@ -139,7 +139,7 @@ def generate_videos(out_dir: str, n: int, seed: int = 0, settings: SyntheticVide
                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Write ``n`` clips as ``synthetic-NNNN.mp4`` + ``synthetic-NNNN.gt.npz`` under ``out_dir``."""
     settings = settings or SyntheticVideosConfig()
-    storage.makedirs(out_dir)
+    storage.check_writable(out_dir)  # an output that cannot be written: one line before any work
     tasks, skipped = [], []
     for i in range(n):
         path = storage.join(out_dir, f"synthetic-{i:04d}.mp4")
