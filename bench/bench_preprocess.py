@@ -16,8 +16,15 @@ per-video code (``VideoProcessor``); only the executor differs. Prints, in one r
   other names): the peak RSS of any one worker process, and the peak RSS of the whole process tree
   (driver + raylet + workers) sampled every 0.1 s. Bounded memory means these stay flat.
 
-Usage: ``.venv/bin/python bench/bench_preprocess.py [--frames 40] [--cpus N] [--json out.json]``.
-Timings on a shared machine are noisy; run it twice if a figure matters.
+Input: every video of the visible corpus (``media/videos``, ``media/corpus``, ``media/corpus2``:
+79 videos, ~3000 sampled frames at ``--frames 40``), so that start-up and the tail weigh what
+they weigh on a real job. For each run it also prints the cores its process tree obtained and
+the CPU time other processes took meanwhile (``cpu_accounting``; "machine busy, ratio not valid"
+when others took more than 10% of the CPUs, and exit status 3 with ``--strict``), and for the Ray
+runs how the task slots were used (ramp-up, middle, tail: which part left cores idle).
+
+Usage: ``.venv/bin/python bench/bench_preprocess.py [--frames 40] [--cpus N] [--strict] [--json out.json]``.
+Run it with nothing else running on the machine.
 """
 
 from __future__ import annotations
@@ -26,15 +33,19 @@ import argparse
 import json
 import os
 import resource
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from cpu_accounting import CpuMeter, slot_use
+
 from facepgn.config import PreprocessConfig
 from facepgn.paths import shared_path
 
-DEFAULT_VIDEOS = [
+CORPUS_FOLDERS = ("videos", "corpus", "corpus2")  # the visible corpus under media/
+DEFAULT_VIDEOS = [  # the memory runs: these 8, once and four times over
     "sadtalker/RD_Radio2_000.mp4",
     "videoretalking/2.mp4",
     "tpsmm/driving.mp4",
@@ -103,32 +114,67 @@ class TreeMemorySampler:
         self._thread.join()
 
 
-def _make_input(folder: Path, videos: list[str], copies: int) -> Path:
+def _make_input(folder: Path, videos: list[Path], copies: int) -> Path:
     folder.mkdir(parents=True)
-    for rel in videos:
-        src = shared_path(f"media/corpus/{rel}")
+    for src in videos:
+        rel = src.relative_to(shared_path("media"))
         for i in range(copies):
-            name = rel.replace("/", "__").replace(".mp4", f"__copy{i}.mp4")
+            name = str(rel.with_suffix("")).replace("/", "__") + f"__copy{i}{src.suffix}"
             (folder / name).symlink_to(src)
     return folder
 
 
-def _run(cfg: PreprocessConfig) -> tuple[dict, float]:
+def corpus_videos() -> list[Path]:
+    """Every video of the visible corpus, sorted."""
+    found = []
+    for sub in CORPUS_FOLDERS:
+        found += [p for p in sorted(shared_path(f"media/{sub}").rglob("*")) if p.suffix.lower() in (".mp4", ".avi", ".mov", ".mkv", ".webm")]
+    return found
+
+
+def _run(cfg: PreprocessConfig, slots: int | None = None) -> dict:
+    """One timed run: its summary, wall seconds, CPU shares, and (Ray) its task-slot use."""
     from facepgn.pipelines.preprocess import run_preprocess
 
-    start = time.perf_counter()
-    summary = run_preprocess(cfg, progress=False)
-    return summary, time.perf_counter() - start
+    t0, start = time.time(), time.perf_counter()
+    with CpuMeter() as meter:
+        summary = run_preprocess(cfg, progress=False)
+    wall = time.perf_counter() - start
+    use = slot_use(t0, time.time(), slots) if slots else None
+    return {"summary": summary, "wall_s": wall, "shares": meter.shares, "slots": use}
 
 
-def main() -> None:
+def _side(runs: list[dict], frames: int) -> dict:
+    """The best (shortest) of a side's runs, with every run's wall time and CPU shares."""
+    best = min(runs, key=lambda r: r["wall_s"])
+    t = best["summary"]["timings"]
+    return {
+        "wall_s": round(best["wall_s"], 2),
+        "all_wall_s": [round(r["wall_s"], 2) for r in runs],
+        "frames_per_s": round(frames / best["wall_s"], 1),
+        "cores_obtained": round(best["shares"].tree_cores or 0.0, 2),
+        "others_cpu_s": round(best["shares"].others_cpu_s or 0.0, 1),
+        "busy": any(r["shares"].busy for r in runs),
+        "task_cpu_ms_per_frame": round(1000 * t["cpu_s"] / max(frames, 1), 2),
+        "tree_cpu_ms_per_frame": round(1000 * (best["shares"].tree_cpu_s or 0.0) / max(frames, 1), 2),
+        "stage_s": t["stage_s"],
+        "cpu_s": t["cpu_s"],
+        "video_s": t["video_s"],
+        "runs": [r["shares"].to_dict() for r in runs],
+        "slot_use": best["slots"].to_dict() if best["slots"] else None,
+    }
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=40, help="sampled frames per video")
+    parser.add_argument("--videos", type=int, default=None, help="only the first N videos of the corpus")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs for the local Ray")
     parser.add_argument("--num-cpus-per-video", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=2, help="alternating loop/Ray runs; the best of each is kept")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved loop/Ray runs; the best of each is kept")
     parser.add_argument("--niceness", type=int, default=15, help="niceness of the loop and the Ray workers alike")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 1x/4x memory runs")
+    parser.add_argument("--strict", action="store_true", help="exit 3 when the machine was busy (ratio not valid)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -142,32 +188,30 @@ def main() -> None:
     import ray
 
     tmp = Path(tempfile.mkdtemp(prefix="facepgn-bench-preprocess-"))
-    input_1x = _make_input(tmp / "in1x", DEFAULT_VIDEOS, 1)
+    videos = corpus_videos()[: args.videos]
+    input_1x = _make_input(tmp / "in1x", videos, 1)
     base = dict(max_frames_per_video=args.frames, target_fps=10.0, image_size=128, num_cpus_per_video=args.num_cpus_per_video)
+    slots = max(1, int(args.cpus / args.num_cpus_per_video + 1e-6))
 
-    # Ray first (ray.init and a warm-up run that starts the workers and loads the models are not
-    # timed), then loop and Ray runs alternate `--repeats` times and the best of each is kept: the
-    # machine is shared, and alternating exposes both to the same background load.
+    # ray.init and a warm-up run that starts the workers and loads the models are not timed (a
+    # long job pays them once); then loop and Ray runs interleave `--repeats` times and the best of
+    # each is kept, so both see the same background load.
     ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray_cfg = dict(input=str(input_1x), executor="ray", **base)
-    warm_in = _make_input(tmp / "warm", DEFAULT_VIDEOS[:1], int(args.cpus / args.num_cpus_per_video))
+    warm_in = _make_input(tmp / "warm", videos[:1], slots)
     _run(PreprocessConfig(output=str(tmp / "out_warm"), **{**ray_cfg, "input": str(warm_in), "max_frames_per_video": 4}))
 
-    loop_runs, ray_runs, mem_1x = [], [], None
+    loop_runs, ray_runs = [], []
     for r in range(args.repeats):
         # plain loop in this process over the same functions (VideoProcessor), one OpenCV thread
         loop_runs.append(_run(PreprocessConfig(input=str(input_1x), output=str(tmp / f"out_loop{r}"), executor="local", **base)))
-        sampler = TreeMemorySampler()
-        with sampler:
-            ray_runs.append(_run(PreprocessConfig(output=str(tmp / f"out_ray{r}"), **ray_cfg)))
-        mem_1x = sampler if mem_1x is None or sampler.peak_mb > mem_1x.peak_mb else mem_1x
-    loop_summary, loop_wall = min(loop_runs, key=lambda x: x[1])
-    ray_summary, ray_wall = min(ray_runs, key=lambda x: x[1])
+        ray_runs.append(_run(PreprocessConfig(output=str(tmp / f"out_ray{r}"), **ray_cfg), slots))
+    loop_summary, ray_summary = loop_runs[0]["summary"], ray_runs[0]["summary"]
     frames = loop_summary["frames_sampled_this_run"]
     loop_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     assert ray_summary["frames_sampled_this_run"] == frames and ray_summary["pairs_written"] == loop_summary["pairs_written"]
 
-    figures = {
+    figures: dict = {
         "machine": {
             "cpus_for_ray": args.cpus,
             "os_cpu_count": os.cpu_count(),
@@ -175,75 +219,66 @@ def main() -> None:
             "niceness": os.nice(0),
             "load_avg_1m_at_end": round(os.getloadavg()[0], 1),
         },
-        "input": {"videos": len(DEFAULT_VIDEOS), "sampled_frames": frames, "pairs": loop_summary["pairs_written"]},
-        "loop": {
-            "wall_s": round(loop_wall, 2),
-            "all_wall_s": [round(w, 2) for _, w in loop_runs],
-            "frames_per_s": round(frames / loop_wall, 1),
-            "stage_s": loop_summary["timings"]["stage_s"],
-            "cpu_s": loop_summary["timings"]["cpu_s"],
-            "video_s": loop_summary["timings"]["video_s"],
-            "peak_rss_mb": round(loop_rss),
-        },
-        "ray": {
-            "wall_s": round(ray_wall, 2),
-            "all_wall_s": [round(w, 2) for _, w in ray_runs],
-            "frames_per_s": round(frames / ray_wall, 1),
-            "stage_s": ray_summary["timings"]["stage_s"],
-            "cpu_s": ray_summary["timings"]["cpu_s"],
-            "video_s": ray_summary["timings"]["video_s"],
-        },
-        "ray_over_loop": round(loop_wall / ray_wall, 2),
-        "cores_obtained": {"loop": round(loop_summary["timings"]["cpu_s"] / loop_wall, 2), "ray": round(ray_summary["timings"]["cpu_s"] / ray_wall, 2)},
+        "input": {"videos": len(videos), "sampled_frames": frames, "pairs": loop_summary["pairs_written"]},
+        "loop": {**_side(loop_runs, frames), "peak_rss_mb": round(loop_rss)},
+        "ray": _side(ray_runs, frames),
     }
+    figures["ray_over_loop"] = round(figures["loop"]["wall_s"] / figures["ray"]["wall_s"], 2)
+    figures["valid"] = not (figures["loop"]["busy"] or figures["ray"]["busy"])
     if not args.skip_memory:
-        input_4x = _make_input(tmp / "in4x", DEFAULT_VIDEOS, 4)
-        with TreeMemorySampler() as mem_4x:
-            s4, wall_4x = _run(PreprocessConfig(output=str(tmp / "out_ray4x"), **{**ray_cfg, "input": str(input_4x)}))
-        figures["memory"] = {
-            "1x": {
-                "videos": len(DEFAULT_VIDEOS),
-                "tree_peak_rss_mb": round(mem_1x.peak_mb),
-                "tree_before_mb": round(mem_1x.baseline_mb),
-                "worker_peak_rss_mb": ray_summary["timings"]["max_worker_rss_mb"],
-            },
-            "4x": {
-                "videos": 4 * len(DEFAULT_VIDEOS),
-                "tree_peak_rss_mb": round(mem_4x.peak_mb),
-                "tree_before_mb": round(mem_4x.baseline_mb),
-                "worker_peak_rss_mb": s4["timings"]["max_worker_rss_mb"],
-                "frames_per_s": round(s4["frames_sampled_this_run"] / wall_4x, 1),
-            },
-        }
+        figures["memory"] = _memory_runs(tmp, ray_cfg)
     ray.shutdown()
-
-    print(f"preprocess bench: {len(DEFAULT_VIDEOS)} videos, {frames} sampled frames, {loop_summary['pairs_written']} pairs, 128 px crops")
-    print(f"  plain loop : {figures['loop']['frames_per_s']:7.1f} frames/s ({loop_wall:.1f} s)")
-    print(f"  Ray Data   : {figures['ray']['frames_per_s']:7.1f} frames/s ({ray_wall:.1f} s, {args.cpus} CPUs, {args.num_cpus_per_video} CPU/video)")
-    print(f"  ratio Ray / loop: {figures['ray_over_loop']:.2f}x")
-    for name, summ, wall in (("loop", loop_summary, loop_wall), ("Ray ", ray_summary, ray_wall)):
-        t = summ["timings"]
-        print(
-            f"  {name}: CPU {1000 * t['cpu_s'] / frames:5.1f} ms per frame; CPU cores it actually got: {t['cpu_s'] / wall:.2f} "
-            f"(video tasks ran on a CPU {t['cpu_s'] / max(t['video_s'], 1e-9):.0%} of their wall time)"
-        )
-    print(
-        "  (Linux autogroup scheduling shares the CPUs between login sessions: while other sessions are busy, "
-        "this process tree gets about one core whatever its number of workers.)"
-    )
-    print("  stage seconds (summed over videos)   loop     ray")
-    for k in loop_summary["timings"]["stage_s"]:
-        print(f"    {k:10s}                        {loop_summary['timings']['stage_s'][k]:7.2f} {ray_summary['timings']['stage_s'][k]:7.2f}")
-    if "memory" in figures:
-        for k, m in figures["memory"].items():
-            print(
-                f"  memory {k}: {m['videos']:3d} videos, peak worker RSS {m['worker_peak_rss_mb']} MB (lifetime max of any worker), "
-                f"process tree peak {m['tree_peak_rss_mb']} MB = {m['tree_peak_rss_mb'] - m['tree_before_mb']} MB above its level before the run"
-            )
-    print(json.dumps(figures))
+    _print(figures, loop_runs, ray_runs, args)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
+    return 3 if args.strict and not figures["valid"] else 0
+
+
+def _memory_runs(tmp: Path, ray_cfg: dict) -> dict:
+    """Peak memory for the 8 default videos once and four times over (bounded memory: flat)."""
+    default = [shared_path(f"media/corpus/{v}") for v in DEFAULT_VIDEOS]
+    input_1x = _make_input(tmp / "mem1x", default, 1)
+    input_4x = _make_input(tmp / "mem4x", default, 4)
+    with TreeMemorySampler() as mem_1x:
+        s1 = _run(PreprocessConfig(output=str(tmp / "out_mem1x"), **{**ray_cfg, "input": str(input_1x)}))["summary"]
+    with TreeMemorySampler() as mem_4x:
+        run4 = _run(PreprocessConfig(output=str(tmp / "out_mem4x"), **{**ray_cfg, "input": str(input_4x)}))
+    s4 = run4["summary"]
+    return {
+        "1x": {"videos": len(default), "tree_peak_rss_mb": round(mem_1x.peak_mb), "tree_before_mb": round(mem_1x.baseline_mb),
+               "worker_peak_rss_mb": s1["timings"]["max_worker_rss_mb"]},
+        "4x": {"videos": 4 * len(default), "tree_peak_rss_mb": round(mem_4x.peak_mb), "tree_before_mb": round(mem_4x.baseline_mb),
+               "worker_peak_rss_mb": s4["timings"]["max_worker_rss_mb"], "frames_per_s": round(s4["frames_sampled_this_run"] / run4["wall_s"], 1)},
+    }
+
+
+def _print(figures: dict, loop_runs: list[dict], ray_runs: list[dict], args) -> None:
+    inp, loop, ray_ = figures["input"], figures["loop"], figures["ray"]
+    print(f"preprocess bench: {inp['videos']} videos, {inp['sampled_frames']} sampled frames, {inp['pairs']} pairs, 128 px crops")
+    print(f"  plain loop : {loop['frames_per_s']:7.1f} frames/s ({loop['wall_s']:.1f} s; runs {loop['all_wall_s']})")
+    print(f"  Ray Data   : {ray_['frames_per_s']:7.1f} frames/s ({ray_['wall_s']:.1f} s; runs {ray_['all_wall_s']}; "
+          f"{args.cpus} CPUs, {args.num_cpus_per_video} CPU/video)")
+    print(f"  ratio Ray / loop: {figures['ray_over_loop']:.2f}x (goal >= 1.8x on 2 free cores)")
+    print("  cores each run obtained (its process tree) and CPU time other processes took meanwhile:")
+    for r in range(len(loop_runs)):
+        print(loop_runs[r]["shares"].line(f"loop #{r + 1}"))
+        print(ray_runs[r]["shares"].line(f"Ray #{r + 1}"))
+    if not figures["valid"]:
+        print("  machine busy, ratio not valid: other processes took more than 10% of the CPUs during a run")
+    print(f"  CPU per frame inside the video tasks: loop {loop['task_cpu_ms_per_frame']:.1f} ms, Ray {ray_['task_cpu_ms_per_frame']:.1f} ms "
+          f"(goal: within 10%); whole process tree: loop {loop['tree_cpu_ms_per_frame']:.1f} ms, Ray {ray_['tree_cpu_ms_per_frame']:.1f} ms")
+    best = min(ray_runs, key=lambda r: r["wall_s"])
+    if best["slots"] is not None:
+        print(best["slots"].diagnosis(best["shares"].tree_cores, args.cpus))
+    print("  stage seconds (summed over videos)   loop     ray")
+    for k in loop["stage_s"]:
+        print(f"    {k:10s}                        {loop['stage_s'][k]:7.2f} {ray_['stage_s'][k]:7.2f}")
+    for k, m in figures.get("memory", {}).items():
+        print(
+            f"  memory {k}: {m['videos']:3d} videos, peak worker RSS {m['worker_peak_rss_mb']} MB (lifetime max of any worker), "
+            f"process tree peak {m['tree_peak_rss_mb']} MB = {m['tree_peak_rss_mb'] - m['tree_before_mb']} MB above its level before the run"
+        )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
