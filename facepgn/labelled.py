@@ -27,16 +27,14 @@ import io
 import logging
 import os
 import re
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from facepgn import crops, records, storage
 from facepgn.errors import InputError
 from facepgn.facemodel import read_mat
-from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -239,14 +237,6 @@ def face_record(
 # ---- folders -> Parquet shards -----------------------------------------------------------------
 
 
-def _table_bytes(table) -> bytes:
-    import pyarrow.parquet as pq
-
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
-
-
 DATA_DIR = "data"
 
 
@@ -260,15 +250,7 @@ def data_dir(out_dir: str) -> str:
     return storage.join(out_dir, DATA_DIR)
 
 
-@dataclass
-class ConvertResult:
-    shards: list[str] = field(default_factory=list)
-    records: int = 0
-    skipped_shards: int = 0
-    errors: list[dict[str, str]] = field(default_factory=list)
-
-
-def _roi_crops(folder: str, image_size: int, limit: int | None) -> dict[str, np.ndarray]:
+def roi_crops(folder: str, image_size: int, limit: int | None) -> dict[str, np.ndarray]:
     """AFLW2000-3D's standard roi crops (crop -> frame affines) by image path, as the evaluation plans them."""
     from facepgn.evaluation import plan_aflw2000
 
@@ -276,50 +258,35 @@ def _roi_crops(folder: str, image_size: int, limit: int | None) -> dict[str, np.
     return dict(zip(plan.image_paths, plan.crop_to_frame))
 
 
-def _chunk_rows(chunk: Sequence[str], result: ConvertResult, *, source: str | None, image_size: int, margin: float,
-                crops: Mapping[str, np.ndarray] | None, done: int, total: int,
-                progress: Callable[[int, int], None] | None) -> tuple[list[dict], int]:
-    """One shard's face records (a bad pair goes to ``result.errors``), and the images done so far."""
-    rows = []
-    for image_path in chunk:
+def convert_chunk(images: Sequence[str], shard_path: str, *, source: str | None = None,
+                  image_size: int = DEFAULT_IMAGE_SIZE, margin: float = DEFAULT_MARGIN,
+                  crops: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
+    """One chunk of a labelled folder: the face records of ``images`` (``crops``: their crop ->
+    frame affines, 6 numbers each, e.g. the roi boxes; None: around the landmarks) written as one
+    Parquet shard at ``shard_path`` (atomically; none when no image could be read). A bad pair is
+    left out and listed with its one-line reason. Plain values in and out: the same chunk gives the
+    same bytes in whichever process runs it.
+
+    Returns ``{"records", "errors": [{"path", "reason"}], "written": [shard_path] or []}``."""
+    rows, errors = [], []
+    for i, image_path in enumerate(images):
         try:
-            rows.append(face_record(read_face(image_path, source=source), image_size, margin,
-                                    crop_to_frame=crops.get(image_path) if crops is not None else None))
+            affine = None if crops is None else np.asarray(crops[i], np.float32).reshape(2, 3)
+            rows.append(face_record(read_face(image_path, source=source), image_size, margin, crop_to_frame=affine))
         except InputError as exc:
-            result.errors.append({"path": exc.path, "reason": exc.cause})
+            errors.append({"path": exc.path, "reason": exc.cause})
             log.warning("skipping %s", exc)
-        done += 1
-        if progress:
-            progress(done, total)
-    return rows, done
+    if rows:
+        storage.atomic_write_bytes(shard_path, _table_bytes(records.to_table(rows, "face_record")))
+    return {"records": len(rows), "errors": errors, "written": [shard_path] if rows else []}
 
 
-def _convert_summary(folder: str, out_dir: str, shard_dir: str, result: ConvertResult, total: int,
-                     config: dict[str, Any], wall_s: float) -> dict[str, Any]:
-    """Write and return :func:`convert_folder`'s ``summary.json``."""
-    counts = {
-        "images": total,
-        "records_written": result.records,
-        "shards_written": len(result.shards) - result.skipped_shards,
-        "shards_skipped_existing": result.skipped_shards,
-        "images_skipped": len(result.errors),
-    }
-    extra = {  # the counts also at the top level, where this summary had them before ``counts`` existed
-        "images": total,
-        "records_written": result.records,
-        "shards_skipped_existing": result.skipped_shards,
-        "input": str(folder),
-        "output": str(out_dir),
-        "schema": f"face_record/{records.FACE_RECORD_VERSION}",
-        "shards": [storage.basename(s) for s in result.shards],
-        "data": storage.basename(shard_dir) if shard_dir != out_dir else ".",  # the shards' folder, relative to the output
-    }
-    return write_summary(
-        storage.join(out_dir, SUMMARY_FILE), job="labelled convert", counts=counts, errors=result.errors,
-        timings={"wall_s": round(wall_s, 3)},
-        config=config,
-        extra=extra, versions=versions("pyarrow", "scipy", "cv2"),
-    )
+def _table_bytes(table) -> bytes:
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
 
 
 def convert_folder(
@@ -333,45 +300,28 @@ def convert_folder(
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     box: str = "landmarks",
+    executor: str = "local",
 ) -> dict[str, Any]:
-    """Read every image + ``.mat`` pair under ``folder`` into face-record Parquet shards in ``out_dir``.
+    """Read every image + ``.mat`` pair under ``folder`` into face-record Parquet shards in
+    ``out_dir``: ``facepgn labelled convert`` (:func:`facepgn.pipelines.labelled.run_convert`),
+    in this process by default (``executor="ray"``: as Ray tasks); returns its summary.
 
     ``box``: ``landmarks`` (square crops around the ground truth, ``margin``) or ``roi`` (AFLW2000-3D's
     standard 3DDFA roi boxes, as ``facepgn evaluate aflw2000`` crops; faces not in the standard
     arrays are a one-line error).
 
     Shards (``<out_dir>/data/part-NNNNN.parquet``, :func:`data_dir`; ``summary.json`` beside
-    ``data/``) hold fixed slices of the sorted file list and are written atomically; a rerun skips
-    shards that already exist. A bad pair is recorded in ``summary.json`` with its reason and skipped.
+    ``data/``) hold fixed slices of ``shard_size`` images of the sorted file list (one chunk each,
+    :func:`convert_chunk`) and are written atomically, then the chunk's done marker; a rerun skips
+    chunks that are done. A bad pair is recorded in ``summary.json`` and ``errors.csv`` with its
+    reason and skipped. ``progress(images done, images)`` as chunks finish.
     """
-    start = time.time()
-    images = list_labelled_images(folder)
-    if limit is not None:
-        images = images[:limit]
-    roi_crops = _roi_crops(folder, image_size, limit) if box == "roi" else {}
-    storage.makedirs(out_dir)
-    shard_dir = data_dir(out_dir)
-    result = ConvertResult()
-    total = len(images)
-    done = 0
-    for shard_index, first in enumerate(range(0, total, shard_size)):
-        shard_path = storage.join(shard_dir, f"part-{shard_index:05d}.parquet")
-        chunk = images[first:first + shard_size]
-        if storage.exists(shard_path):
-            result.skipped_shards += 1
-            result.shards.append(shard_path)
-            done += len(chunk)
-            continue
-        rows, done = _chunk_rows(chunk, result, source=source, image_size=image_size, margin=margin,
-                                 crops=roi_crops if box == "roi" else None, done=done, total=total, progress=progress)
-        if rows:
-            table = records.to_table(rows, "face_record")
-            storage.atomic_write_bytes(shard_path, _table_bytes(table))
-            result.shards.append(shard_path)
-            result.records += len(rows)
-        log.info("labelled: %d/%d images, shard %s (%d records)", done, total, shard_path, len(rows))
-    config = {"source": source, "image_size": image_size, "margin": margin, "box": box, "shard_size": shard_size, "limit": limit}
-    return _convert_summary(folder, out_dir, shard_dir, result, total, config, time.time() - start)
+    from facepgn.config import LabelledConfig
+    from facepgn.pipelines.labelled import run_convert
+
+    cfg = LabelledConfig(source=source, image_size=image_size, margin=margin, box=box, shard_size=shard_size,
+                         limit=limit, executor=executor)
+    return run_convert(cfg, folder, out_dir, progress=progress)
 
 
 def read_faces(paths: Sequence[str], source: str | None = None) -> list[LabelledFace]:

@@ -1,4 +1,5 @@
-"""``ray job submit -- python jobs/labelled.py convert --data s3://.../300W_LP --out s3://.../records/300w-lp --config configs/labelled.yaml``"""
+"""``ray job submit -- python jobs/labelled.py convert --data s3://.../300W_LP --out s3://.../records/300w-lp --config configs/labelled.yaml``:
+chunks of ``shard_size`` images as Ray tasks over the cluster (``executor: ray``)."""
 
 import sys
 

@@ -201,7 +201,7 @@ def test_cli_convert_writes_records(tmp_path, aflw_dir, capsys):
     for jpg in sorted(aflw_dir.glob("*.jpg"))[:3]:
         _link_pair(jpg, data)
     out = tmp_path / "out"
-    assert main(["labelled", "convert", "--data", str(data), "--out", str(out), "--set", "image_size=64"]) == 0
+    assert main(["labelled", "convert", "--data", str(data), "--out", str(out), "--set", "image_size=64", "executor=local"]) == 0
     assert "3 records" in capsys.readouterr().out
     table = pq.read_table(out / "data" / "part-00000.parquet")
     assert table.num_rows == 3

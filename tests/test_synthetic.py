@@ -134,13 +134,14 @@ def test_video_decodes_and_ground_truth_aligns(tmp_path):
 def test_cli_synth_faces_writes_shards_sheet_and_summary(tmp_path):
     out = tmp_path / "faces"
     assert main(["synth", "faces", "--n", "6", "--out", str(out), "--size", "64", "--workers", "1",
-                 "--set", "rows_per_shard=4"]) == 0
+                 "--set", "rows_per_shard=4", "executor=local"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["written"] == 6 and len(summary["shards"]) == 2 and summary["config"]["size"] == 64
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[0] >= 64
     assert len(_read_rows(str(out / "data"))) == 6
-    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "data", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "data", "errors.csv", "items", "summary.json"]
+    assert sorted(p.name for p in (out / "items").iterdir()) == ["00000.json", "00001.json", "_compacted.jsonl.gz"]
     assert sorted(p.name for p in (out / "data").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
 
 
@@ -155,7 +156,7 @@ def test_synth_faces_data_folder_reads_with_pandas_and_pyarrow(tmp_path):
 
     out = tmp_path / "faces"
     assert main(["synth", "faces", "--n", "5", "--out", str(out), "--size", "64", "--workers", "1",
-                 "--set", "rows_per_shard=2"]) == 0
+                 "--set", "rows_per_shard=2", "executor=local"]) == 0
     frame = pd.read_parquet(out / "data")
     assert len(frame) == 5 and sorted(frame["record_id"]) == [f"synthetic-s0/{i:08d}" for i in range(5)]
     assert ds.dataset(str(out / "data")).count_rows() == 5
@@ -175,7 +176,7 @@ def test_synth_faces_resumes_a_folder_written_before_data(tmp_path):
     (out / "contact_sheet.png").write_bytes(b"png")
     assert synthetic.data_dir(str(out)) == str(out)
     assert main(["synth", "faces", "--n", "4", "--out", str(out), "--size", "64", "--workers", "1",
-                 "--set", "rows_per_shard=2"] + [f"--set={k}={v}" for k, v in _BARE.items()]) == 0
+                 "--set", "rows_per_shard=2", "executor=local"] + [f"--set={k}={v}" for k, v in _BARE.items()]) == 0
     assert not (out / "data").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["written"] == 2 and summary["skipped_existing"] == 2
@@ -194,9 +195,10 @@ def test_cli_synth_faces_to_s3(s3_bucket):
     from facepgn import storage
 
     out = f"{s3_bucket}/synthetic/faces"
-    assert main(["synth", "faces", "--n", "3", "--out", out, "--size", "64", "--workers", "1"]) == 0
+    assert main(["synth", "faces", "--n", "3", "--out", out, "--size", "64", "--workers", "1", "--set", "executor=local"]) == 0
     files = [p[len(out) + 1:] for p in storage.list_files(out)]
-    assert files == ["contact_sheet.png", "data/part-00000.parquet", "summary.json"]
+    assert files == ["contact_sheet.png", "data/part-00000.parquet", "errors.csv", "items/00000.json",
+                     "items/_compacted.jsonl.gz", "summary.json"]
     table = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/data/part-00000.parquet")))
     records.check_table(table, "face_record")
     assert table.num_rows == 3

@@ -31,17 +31,15 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     import logging
 
-    from facepgn import labelled
     from facepgn.config import LabelledConfig, load_config
+    from facepgn.pipelines.labelled import run_convert as convert
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     cfg = load_config(LabelledConfig, args.config, args.overrides)
-    summary = labelled.convert_folder(
-        args.data, args.out, source=cfg.source, image_size=cfg.image_size, margin=cfg.margin,
-        shard_size=cfg.shard_size, limit=cfg.limit, box=cfg.box,
-    )
+    summary = convert(cfg, args.data, args.out)
     print(
         f"{summary['records_written']} records in {len(summary['shards'])} shard(s) "
         f"({summary['shards_skipped_existing']} already there), {len(summary['errors'])} skipped: {args.out}"
+        + (f" (skipped images and why: {args.out.rstrip('/')}/errors.csv)" if summary["errors"] else "")
     )
     return 0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
 from typing import Callable
 
 from facepgn.cli import add_command, add_command_group
@@ -71,80 +69,42 @@ def _overrides(args: argparse.Namespace, names: dict[str, str]) -> list[str]:
     return out
 
 
-def _workers(requested: int) -> int:
-    return requested if requested > 0 else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
 def run_faces(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from facepgn import records, storage, synthetic
+    from facepgn import synthetic
     from facepgn.config import SyntheticFacesConfig, load_config
-    from facepgn.summary import SUMMARY_FILE, versions, write_summary
+    from facepgn.pipelines.synth import run_synth_faces
 
     cfg = load_config(SyntheticFacesConfig, args.config,
                       _overrides(args, {"n": "n", "out": "output", "size": "size", "seed": "seed", "workers": "workers"}))
-    synthetic.face_model_for(cfg)  # a missing/bad face model fails here, in one line
-    workers = _workers(cfg.workers)
-    data_dir = synthetic.data_dir(cfg.output)
-    if data_dir == cfg.output:
+    synthetic.face_model_for(cfg)  # a missing/bad face model fails here, in one line (before the progress bar)
+    if synthetic.data_dir(cfg.output) == cfg.output:
         print(f"facepgn synth faces: {cfg.output} holds shards at its top level (written before data/): resuming there")
-    t0 = time.time()
     with tqdm(total=cfg.n, unit="face", desc="synth faces") as bar:
-        summary = synthetic.generate_faces(data_dir, cfg.n, cfg.seed, cfg, cfg.rows_per_shard, workers,
-                                           progress=bar.update)
-    sheet_path = None
-    if cfg.contact_sheet > 0 and summary["shards"]:
-        sheet = synthetic.contact_sheet_from_records(summary["shards"], limit=cfg.contact_sheet)
-        sheet_path = storage.join(cfg.output, "contact_sheet.png")
-        storage.atomic_write_bytes(sheet_path, records.encode_image(sheet, ".png"))
-    write_summary(
-        storage.join(cfg.output, SUMMARY_FILE), job="synth faces",
-        counts={"faces": summary["faces"], "written": summary["written"], "skipped_existing": summary["skipped_existing"],
-                "shards": len(summary["shards"])},
-        errors=[],
-        timings={"wall_s": time.time() - t0, "render_s": summary["seconds"], "cpu_s": summary["cpu_seconds"],
-                 "faces_per_s": summary["faces_per_second"]},
-        config=cfg.model_dump(mode="json"),
-        extra={  # the counts also at the top level, where this summary had them before ``counts`` existed
-            "faces": summary["faces"], "written": summary["written"], "skipped_existing": summary["skipped_existing"],
-            "shards": summary["shards"], "yaw_buckets_deg": summary["yaw_buckets_deg"],
-            "mean_visible_landmarks": summary["mean_visible_landmarks"], "workers": workers, "contact_sheet": sheet_path,
-        },
-        versions=versions("cv2", "pyarrow"),
-    )
-    rate = summary["faces_per_second"]
+        summary = run_synth_faces(cfg, progress=bar.update)
+    rate = summary["timings"]["faces_per_s"]
+    failed = summary["counts"]["chunks_failed"]
     print(f"facepgn synth faces: {summary['written']} written, {summary['skipped_existing']} already there, "
-          f"{len(summary['shards'])} shards -> {cfg.output}" + (f" ({rate:.1f} faces/s)" if rate else ""))
+          f"{len(summary['shards'])} shards -> {cfg.output}" + (f" ({rate:.1f} faces/s)" if rate else "")
+          + (f"; {failed} chunk(s) failed (why: {cfg.output.rstrip('/')}/errors.csv)" if failed else ""))
     return 0
 
 
 def run_videos(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from facepgn import storage, synthetic
+    from facepgn import synthetic
     from facepgn.config import SyntheticFacesConfig, SyntheticVideosConfig, load_config
-    from facepgn.summary import SUMMARY_FILE, versions, write_summary
+    from facepgn.pipelines.synth import run_synth_videos
 
     cfg = load_config(SyntheticVideosConfig, args.config,
                       _overrides(args, {"n": "n", "out": "output", "frames": "frames", "size": "size",
                                         "fps": "fps", "seed": "seed", "workers": "workers"}))
     synthetic.face_model_for(SyntheticFacesConfig(num_id=cfg.num_id, num_exp=cfg.num_exp, face_model=cfg.face_model))
-    workers = _workers(cfg.workers)
-    t0 = time.time()
     with tqdm(total=cfg.n, unit="video", desc="synth videos") as bar:
-        summary = synthetic.generate_videos(cfg.output, cfg.n, cfg.seed, cfg, workers, progress=bar.update)
-    write_summary(
-        storage.join(cfg.output, SUMMARY_FILE), job="synth videos",
-        counts={"videos": summary["videos"], "written": summary["written"], "skipped_existing": summary["skipped_existing"]},
-        errors=[],
-        timings={"wall_s": time.time() - t0, "render_s": summary["seconds"]},
-        config=cfg.model_dump(mode="json"),
-        extra={  # the counts also at the top level, where this summary had them before ``counts`` existed
-            "videos": summary["videos"], "written": summary["written"], "skipped_existing": summary["skipped_existing"],
-            "files": summary["files"], "frames_per_video": summary["frames_per_video"], "workers": workers,
-        },
-        versions=versions("cv2"),
-    )
-    print(f"facepgn synth videos: {summary['written']} written, {summary['skipped_existing']} already there -> {cfg.output}")
+        summary = run_synth_videos(cfg, progress=bar.update)
+    failed = summary["counts"]["chunks_failed"]
+    print(f"facepgn synth videos: {summary['written']} written, {summary['skipped_existing']} already there -> {cfg.output}"
+          + (f"; {failed} clip(s) failed (why: {cfg.output.rstrip('/')}/errors.csv)" if failed else ""))
     return 0

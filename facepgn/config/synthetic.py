@@ -28,8 +28,12 @@ class SyntheticFacesConfig(StrictModel):
     face_fill: tuple[float, float] = (0.62, 0.80)
     centre_jitter: float = 0.05  # of the crop side
     image_format: Literal[".jpg", ".png"] = ".jpg"
-    rows_per_shard: int = 256
-    workers: int = 0  # processes; 0: one per CPU
+    rows_per_shard: int = 256  # faces per chunk: one chunk is one task and one part-NNNNN.parquet
+    executor: Literal["ray", "local"] = "ray"  # ray: chunks as Ray tasks over the cluster; local: this machine (workers processes)
+    workers: int = 0  # executor local: processes; 0: one per CPU
+    num_cpus_per_task: float = 0.5  # executor ray: Ray CPUs per chunk task (fractional on small machines)
+    max_tasks: Optional[int] = None  # executor ray: chunk tasks at once; None: cluster CPUs / num_cpus_per_task
+    overwrite: bool = False  # ignore done markers and render every chunk again
     contact_sheet: int = 64  # faces in contact_sheet.png; 0: none
     face_model: Optional[str] = None  # None: facepgn.paths.resolve_asset("face_model")
     # which face-model vertices the 68 labels are (facemodel.LANDMARK_DEFINITIONS), applied after
@@ -65,6 +69,7 @@ class SyntheticFacesConfig(StrictModel):
             raise ValueError(f"jpeg_quality {list(self.jpeg_quality)}: need 1 <= low <= high <= 100")
         if self.background_bank_size < 1:
             raise ValueError("background_bank_size must be >= 1")
+        _check_chunks(self.rows_per_shard, self.num_cpus_per_task)
 
 
 class SyntheticVideosConfig(StrictModel):
@@ -85,5 +90,19 @@ class SyntheticVideosConfig(StrictModel):
     pitch_amplitude_deg: float = 15.0
     roll_amplitude_deg: float = 10.0
     drift_px: float = 12.0  # the face centre wanders by about this much
-    workers: int = 0
+    executor: Literal["ray", "local"] = "ray"  # ray: one Ray task per clip over the cluster; local: this machine (workers processes)
+    workers: int = 0  # executor local: processes; 0: one per CPU
+    num_cpus_per_task: float = 0.5  # executor ray: Ray CPUs per clip task
+    max_tasks: Optional[int] = None  # executor ray: clip tasks at once; None: cluster CPUs / num_cpus_per_task
+    overwrite: bool = False  # ignore done markers and render every clip again
     face_model: Optional[str] = None
+
+    def model_post_init(self, __context: Any) -> None:
+        _check_chunks(1, self.num_cpus_per_task)
+
+
+def _check_chunks(size: int, num_cpus: float) -> None:
+    if size < 1:
+        raise ValueError(f"rows_per_shard {size}: need >= 1")
+    if num_cpus <= 0:
+        raise ValueError(f"num_cpus_per_task {num_cpus}: need > 0")

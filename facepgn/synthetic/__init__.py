@@ -23,6 +23,9 @@ Geometry follows :mod:`facepgn.geometry` (``p = s * F @ R @ X + t``); records fo
 
 Outputs:
 
+* :func:`write_face_chunk` / :func:`write_video`: one chunk of faces (one shard) or one clip, plain
+  values in, files out: what ``facepgn synth faces|videos`` runs per Ray task or in a local loop
+  (:mod:`facepgn.pipelines.synth`), and :func:`generate_faces` / :func:`generate_videos` in one process.
 * :func:`generate_faces`: ``part-NNNNN.parquet`` shards in ``FACE_RECORD_SCHEMA`` (face model truncated
   with ``FaceModel.truncated(num_id, num_exp)``, so ``id_coeffs``/``exp_coeffs`` have those lengths);
   ``facepgn synth faces`` writes them to ``<output>/data/`` (:func:`data_dir`), summary.json and
@@ -38,7 +41,18 @@ Outputs:
 
 from facepgn.config import SyntheticFacesConfig, SyntheticVideosConfig
 from facepgn.synthetic.camera import camera_effects
-from facepgn.synthetic.faces import DATA_DIR, contact_sheet_from_records, data_dir, face_model_for, face_record, generate_faces, synthesize_face
+from facepgn.synthetic.faces import (
+    DATA_DIR,
+    background_bank,
+    contact_sheet_from_records,
+    data_dir,
+    face_chunk_stats,
+    face_model_for,
+    face_record,
+    generate_faces,
+    synthesize_face,
+    write_face_chunk,
+)
 from facepgn.synthetic.hair import HeadFrame, hair_mesh, head_frame
 from facepgn.synthetic.occluders import add_occluders
 from facepgn.synthetic.pairs import FramePair, _five_points, _mask_box, exact_flow, render_pair, synthetic_pair_rows
@@ -56,7 +70,7 @@ from facepgn.synthetic.scene import (
 )
 from facepgn.synthetic.skin import FaceSkin, _boundary_loops, face_skin, random_albedo
 from facepgn.synthetic.threads import single_threaded
-from facepgn.synthetic.videos import generate_videos, smooth_signal, synthesize_video, write_mp4
+from facepgn.synthetic.videos import clip_name, generate_videos, smooth_signal, synthesize_video, write_mp4, write_video
 
 #: the generators' settings are the job configs themselves (one definition); the old names stay
 FaceSettings = SyntheticFacesConfig
@@ -68,6 +82,7 @@ __all__ = [
     "exact_flow", "face_model_for", "face_record", "face_skin", "generate_faces", "generate_videos", "hair_mesh",
     "head_frame", "model_vertices", "place_face", "random_albedo", "random_background", "render_face", "render_pair",
     "sample_expression", "sample_identity", "sample_pose", "shade_albedo", "single_threaded", "smooth_signal",
-    "synthesize_face", "synthesize_video", "synthetic_pair_rows", "write_mp4",
+    "synthesize_face", "synthesize_video", "synthetic_pair_rows", "write_mp4", "write_face_chunk", "face_chunk_stats",
+    "write_video", "clip_name", "background_bank",
     "_boundary_loops", "_five_points", "_mask_box",  # used by facepgn.profiling
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -55,7 +55,7 @@ _TRUNCATED: dict[tuple, FaceModel] = {}
 _BANKS: dict[tuple, np.ndarray] = {}
 
 
-def _background_bank(settings: SyntheticFacesConfig) -> np.ndarray | None:
+def background_bank(settings: SyntheticFacesConfig) -> np.ndarray | None:
     """The real-background bank of the settings (None: procedural backgrounds); built and cached
     on disk by the first caller (:func:`generate_faces` does it before starting workers), then
     kept per process."""
@@ -106,7 +106,7 @@ def synthesize_face(index: int, seed: int, settings: SyntheticFacesConfig, model
     albedo = random_albedo(skin, rng, hair=has_hair, colours=colours)
     light, ambient, diffuse = _random_light(rng)
     background = random_background(rng, s, s)
-    bank = _background_bank(settings)
+    bank = background_bank(settings)
     if bank is not None:
         from facepgn import backgrounds
 
@@ -155,29 +155,43 @@ def face_record(face: FaceRender, index: int, seed: int, settings: SyntheticFace
 
 
 
-def _write_shard(task: tuple[int, int, int, int, SyntheticFacesConfig, str]) -> dict[str, Any]:
-    """Generate faces [start, stop) and write them as one Parquet shard (atomic); returns stats."""
-    import pyarrow.parquet as pq
-
-    shard, start, stop, seed, settings, out_dir = task
-    path = storage.join(out_dir, f"part-{shard:05d}.parquet")
+def write_face_chunk(shard_path: str, start: int, stop: int, seed: int, settings: SyntheticFacesConfig) -> dict[str, Any]:
+    """One chunk of a synthetic dataset: faces ``[start, stop)`` of ``seed`` written as one Parquet
+    shard at ``shard_path`` (atomically). Each face depends only on its index and the seed, so a
+    chunk gives the same bytes in whichever process or machine renders it. Returns its stats
+    (:func:`face_chunk_stats`, ``rows``, ``seconds``, ``cpu_seconds``, ``written``)."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     model = face_model_for(settings)
     rows = [synthesize_face(i, seed, settings, model)[1] for i in range(start, stop)]
-    table = records.to_table(rows, "face_record")
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    storage.atomic_write_bytes(path, buf.getvalue())
-    yaws = np.degrees(np.abs([r["pose"][1] for r in rows]))
+    _write_parquet(records.to_table(rows, "face_record"), buf)
+    storage.atomic_write_bytes(shard_path, buf.getvalue())
+    stats = face_chunk_stats([r["pose"] for r in rows], [r["landmarks_visible"] for r in rows])
+    return {**stats, "rows": len(rows), "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
+            "written": [shard_path]}
+
+
+def face_chunk_stats(poses: Sequence[Any], visible: Sequence[Any]) -> dict[str, Any]:
+    """What a summary adds up over chunks: faces per |yaw| bucket ([0, 30], (30, 60], (60, 90])
+    and the mean fraction of visible landmarks, from the records' ``pose`` and ``landmarks_visible``."""
+    yaws = np.degrees(np.abs([np.asarray(p, np.float64).reshape(-1)[1] for p in poses]))
     return {
-        "shard": shard,
-        "path": path,
-        "rows": len(rows),
-        "seconds": time.perf_counter() - t0,
-        "cpu_seconds": time.process_time() - cpu0,
         "yaw_buckets": np.histogram(yaws, bins=[0, 30, 60, 90.0001])[0].tolist(),
-        "visible_fraction": float(np.mean([np.mean(r["landmarks_visible"]) for r in rows])),
+        "visible_fraction": float(np.mean([np.mean(np.asarray(v, bool)) for v in visible])) if len(visible) else None,
     }
+
+
+def _write_parquet(table, sink) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, sink, compression="zstd")
+
+
+def _write_shard(task: tuple[int, int, int, int, SyntheticFacesConfig, str]) -> dict[str, Any]:
+    """:func:`generate_faces`' task: shard ``shard`` of ``out_dir`` (:func:`write_face_chunk`)."""
+    shard, start, stop, seed, settings, out_dir = task
+    path = storage.join(out_dir, f"part-{shard:05d}.parquet")
+    return {"shard": shard, "path": path, **write_face_chunk(path, start, stop, seed, settings)}
 
 
 #: ``facepgn synth faces`` writes its shards into this subfolder of its output and summary.json and
@@ -204,16 +218,18 @@ def generate_faces(
     resume: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Write ``n`` synthetic labelled faces as ``part-NNNNN.parquet`` shards under ``out_dir`` (the
-    only files written there: ``facepgn synth faces`` gives its output's ``data/``, see :func:`data_dir`).
+    """Write ``n`` synthetic labelled faces as ``part-NNNNN.parquet`` shards under ``out_dir``, the
+    only files written there (no markers, no summary): the library's plain path for tests,
+    benchmarks and small sets. ``facepgn synth faces`` (:func:`facepgn.pipelines.synth.run_synth_faces`:
+    Ray or local, done markers, summary.json, contact sheet) renders the same chunks.
 
-    Shards are independent tasks run on ``workers`` processes; each is written atomically, and with
-    ``resume`` a rerun skips shards already present. ``progress(rows)`` is called as shards finish.
-    Returns counts and timings (what ``summary.json`` records).
+    Shards (:func:`write_face_chunk`) are independent tasks run on ``workers`` processes; each is
+    written atomically, and with ``resume`` a rerun skips shards already present. ``progress(rows)``
+    is called as shards finish. Returns counts and timings.
     """
     settings = settings or SyntheticFacesConfig()
     storage.check_writable(out_dir)  # an output that cannot be written: one line before any work
-    _background_bank(settings)  # build (and cache) a real-background bank once, before any worker needs it
+    background_bank(settings)  # build (and cache) a real-background bank once, before any worker needs it
     tasks = []
     skipped = []
     for shard, start in enumerate(range(0, n, rows_per_shard)):

@@ -120,30 +120,44 @@ def write_mp4(frames: list[np.ndarray], path: str, fps: float) -> None:
         storage.atomic_write_file(local, path)
 
 
-def _write_video_task(task: tuple[int, int, SyntheticVideosConfig, str]) -> dict[str, Any]:
-    index, seed, settings, out_dir = task
+def clip_name(index: int) -> str:
+    """The file stem of clip ``index``: ``synthetic-NNNN`` (``.mp4`` and ``.gt.npz``)."""
+    return f"synthetic-{index:04d}"
+
+
+def write_video(index: int, seed: int, settings: SyntheticVideosConfig, out_dir: str) -> dict[str, Any]:
+    """Clip ``index`` of ``seed`` rendered and written into ``out_dir``: its ground truth
+    (``.gt.npz``), then the mp4 (written last: its presence marks the clip done), each atomically.
+    The clip depends only on its index and the seed. Returns its stats and the files ``written``."""
     t0 = time.perf_counter()
-    name = f"synthetic-{index:04d}"
+    name = clip_name(index)
     frames, truth = synthesize_video(index, seed, settings)
     buf = io.BytesIO()
     np.savez_compressed(buf, **truth)
-    storage.atomic_write_bytes(storage.join(out_dir, f"{name}.gt.npz"), buf.getvalue())
+    truth_path = storage.join(out_dir, f"{name}.gt.npz")
+    storage.atomic_write_bytes(truth_path, buf.getvalue())
     video_path = storage.join(out_dir, f"{name}.mp4")
-    write_mp4(frames, video_path, settings.fps)  # written last: its presence marks the clip done
+    write_mp4(frames, video_path, settings.fps)
     return {"video": video_path, "frames": len(frames), "seconds": time.perf_counter() - t0,
-            "visible_landmarks": float(truth["landmarks_visible"].mean() * 68)}
+            "visible_landmarks": float(truth["landmarks_visible"].mean() * 68), "written": [truth_path, video_path]}
+
+
+def _write_video_task(task: tuple[int, int, SyntheticVideosConfig, str]) -> dict[str, Any]:
+    return write_video(*task)
 
 
 def generate_videos(out_dir: str, n: int, seed: int = 0, settings: SyntheticVideosConfig | None = None,
                     workers: int = 1, resume: bool = True,
                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Write ``n`` clips as ``synthetic-NNNN.mp4`` + ``synthetic-NNNN.gt.npz`` under ``out_dir``."""
+    """Write ``n`` clips as ``synthetic-NNNN.mp4`` + ``synthetic-NNNN.gt.npz`` under ``out_dir``
+    (:func:`write_video` each, on ``workers`` processes): the library's plain path; ``facepgn synth
+    videos`` (:func:`facepgn.pipelines.synth.run_synth_videos`) renders the same clips on Ray or here."""
     settings = settings or SyntheticVideosConfig()
     storage.check_writable(out_dir)  # an output that cannot be written: one line before any work
     tasks, skipped = [], []
     for i in range(n):
-        path = storage.join(out_dir, f"synthetic-{i:04d}.mp4")
-        if resume and storage.exists(path) and storage.exists(storage.join(out_dir, f"synthetic-{i:04d}.gt.npz")):
+        path = storage.join(out_dir, f"{clip_name(i)}.mp4")
+        if resume and storage.exists(path) and storage.exists(storage.join(out_dir, f"{clip_name(i)}.gt.npz")):
             skipped.append(path)
             if progress:
                 progress(1)
