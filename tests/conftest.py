@@ -167,3 +167,15 @@ def trained_model_file(synthetic_faces_dir, synthetic_pairs_dir, tmp_path_factor
     )
     summary = train(cfg)
     return summary["model_file"]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    their nets are small, so one thread is as fast on an idle CPU and much faster on a busy one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

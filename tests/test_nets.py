@@ -16,14 +16,7 @@ from facepgn.model import build_model, load_model_file, save_model_file
 from facepgn.nets.macs import count_macs
 from facepgn.nets.pgn import soft_argmax_3d
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These nets are small: one thread is as fast on an idle CPU and much faster on a busy one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small nets (conftest.one_torch_thread)
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,7 @@ from facepgn.train.loop import train
 from facepgn.train.optim import make_optimizer
 from facepgn.train.step import eval_losses, train_step
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These nets are small: one thread is as fast on an idle CPU and much faster on a busy one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small nets (conftest.one_torch_thread)
 
 
 @pytest.fixture(scope="module")
