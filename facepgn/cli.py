@@ -1,5 +1,5 @@
 """The ``facepgn`` command. Each subcommand lives in ``facepgn/commands/<name>.py`` and exposes
-``register(subparsers)``: for a command that is one action, ``register = command(name, handler=...,
+``register(subparsers)``: for a command that is one action, ``register = Command(name, handler=...,
 help=..., arguments=...)``; a command made of actions declares them with :func:`add_command_group`
 and :func:`add_command`. Heavy imports (torch, ray) happen inside the handlers, so ``--help`` is fast.
 
@@ -10,10 +10,10 @@ exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import sys
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from facepgn import __version__
 from facepgn.errors import FacepgnError, user_error
@@ -51,41 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
 Handler = Callable[[argparse.Namespace], int]
 
 
-def add_command(
-    subparsers: argparse._SubParsersAction,
-    name: str,
-    *,
-    help: str,
-    description: str | None = None,
-    handler: Handler,
-    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-    config: bool = True,
-) -> argparse.ArgumentParser:
-    """One (sub)command, built the one way every command is: its parser with ``help`` and
-    ``description``, its own flags (``arguments(parser)``), then ``--config`` / ``--set`` unless
-    ``config=False``, and the ``handler`` that runs it."""
-    parser = subparsers.add_parser(name, help=help, description=description)
-    if arguments is not None:
-        arguments(parser)
-    if config:
-        add_config_args(parser)
-    parser.set_defaults(handler=handler)
-    return parser
+@dataclass(frozen=True)
+class Command:
+    """A command (or an action of one), declared: ``name``, the ``handler`` that runs it, its
+    ``help`` and ``description``, its own flags (``arguments(parser)``), then ``--config`` /
+    ``--set`` unless ``config=False``. Called with the subparsers it goes on, it builds its parser
+    the one way every command's is built, so a command module's ``register`` can be one:
+    ``register = Command("tune", run, help=...)``."""
+
+    name: str
+    handler: Handler
+    help: str
+    description: str | None = None
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    config: bool = True
+
+    def __call__(self, subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(self.name, help=self.help, description=self.description)
+        if self.arguments is not None:
+            self.arguments(parser)
+        if self.config:
+            add_config_args(parser)
+        parser.set_defaults(handler=self.handler)
+        return parser
 
 
-def command(
-    name: str,
-    *,
-    help: str,
-    description: str | None = None,
-    handler: Handler,
-    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-    config: bool = True,
-) -> Callable[[argparse._SubParsersAction], argparse.ArgumentParser]:
-    """A command module's ``register`` for a command that is one action: ``register =
-    command("tune", handler=run, help=...)`` declares it (:func:`add_command` builds it)."""
-    return functools.partial(add_command, name=name, help=help, description=description, handler=handler,
-                             arguments=arguments, config=config)
+def add_command(subparsers: argparse._SubParsersAction, name: str, **declaration: Any) -> argparse.ArgumentParser:
+    """The :class:`Command` ``name`` (``declaration``: its other fields) built on ``subparsers``
+    (an action of a command group)."""
+    return Command(name, **declaration)(subparsers)
 
 
 def add_command_group(

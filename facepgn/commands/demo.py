@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from facepgn.cli import command
+from facepgn.cli import Command
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary["errors"] else 0
 
 
-register = command(
+register = Command(
     "demo", handler=run, arguments=_arguments, description=run.__doc__,
     help="run the whole pipeline locally on the bundled data and write a report",
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from facepgn.cli import command
+from facepgn.cli import Command
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-register = command(
+register = Command(
     "export", handler=run, arguments=_arguments, config=False, description=run.__doc__,
     help="export a model (ONNX) for onnxruntime and other runtimes",
 )

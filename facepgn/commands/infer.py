@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from facepgn.cli import command
+from facepgn.cli import Command
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if counts["items_failed"] and not counts["items_done_total"] else 0
 
 
-register = command(
+register = Command(
     "infer", handler=run, arguments=_arguments, description=run.__doc__,
     help="videos and photos -> per-face 3D reconstructions (Parquet rows, overlays, meshes) on Ray Data",
 )

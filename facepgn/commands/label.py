@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from facepgn.cli import command
+from facepgn.cli import Command
 from facepgn.commands.jobargs import add_io_args
 
 
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-register = command(
+register = Command(
     "label", handler=run, config=False, description=run.__doc__,
     arguments=lambda parser: add_io_args(parser, "videos and photos: folder, glob, s3:// prefix, or .csv/.jsonl manifest (path[, subject_id])"),
     help="real videos and photos -> pseudo-labelled face-record shards (Ray Data)",

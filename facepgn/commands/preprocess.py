@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from facepgn.cli import command
+from facepgn.cli import Command
 from facepgn.commands.jobargs import add_io_args
 
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-register = command(
+register = Command(
     "preprocess", handler=run, config=False, description=run.__doc__,
     arguments=lambda parser: add_io_args(parser, "folder, glob, s3:// prefix, or .csv/.jsonl manifest (path[, subject_id])"),
     help="videos -> frame-pair Parquet shards (Ray Data)",

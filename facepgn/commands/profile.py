@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from facepgn.cli import command
+from facepgn.cli import Command
 from facepgn.commands.jobargs import add_io_args
 
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-register = command(
+register = Command(
     "profile", handler=run, arguments=_arguments, config=False, description=run.__doc__,
     help="face records -> views of each face at new head poses, as face-record shards (Ray Data)",
 )

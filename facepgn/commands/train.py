@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facepgn.cli import command
+from facepgn.cli import Command
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-register = command(
+register = Command(
     "train", handler=run, description=run.__doc__,
     arguments=lambda parser: parser.add_argument("--local", action="store_true", help="plain single-process loop, no Ray"),
     help="train the model (Ray Train DDP; --local: plain loop)",

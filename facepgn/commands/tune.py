@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facepgn.cli import command
+from facepgn.cli import Command
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-register = command(
+register = Command(
     "tune", handler=run, description=run.__doc__,
     help="sweep loss weights with Ray Tune (ASHA on validation NME)",
 )
