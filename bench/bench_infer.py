@@ -5,17 +5,22 @@ Prints, in one run:
 * sampled frames per second of the Ray pipeline (``facepgn.pipelines.infer``, executor ``ray``) and
   of the plain single-process loop (executor ``local``: the same per-video functions of
   ``facepgn.inference``, same config, torch/OpenCV on one thread each as in every Ray worker), and
-  the ratio Ray / loop (goal >= 1.8x on 2 cores). The Ray figure includes starting the actor pool;
-  ``ray.init`` and a tiny warm-up run (worker processes started, as on a running cluster) are not counted.
+  the ratio Ray / loop (goal >= 1.8x on 2 cores), over every video of the visible corpus
+  (media/videos, corpus, corpus2: 79 videos, ~3000 frames at ``--frames 40``), loop and Ray runs
+  interleaved (``--repeats``, best of each). ``ray.init`` and a tiny warm-up run (worker processes
+  started, as on a running cluster) are not counted.
+* for each run, the cores its process tree obtained and the CPU time other processes took
+  meanwhile ("machine busy, ratio not valid" above 10% of the CPUs; exit 3 with ``--strict``), and
+  for Ray how its task slots were used (ramp-up, middle, tail: which part left cores idle);
 * CPU time per frame of the stages (Ray overhead shows there, contention from other processes does
-  not) and the CPU cores each run actually got (CPU seconds / wall seconds);
+  not), and of the whole process tree;
 * the per-stage breakdown (decode, detect, crop, model, write...), seconds summed over videos, for both;
 * the model's per-face latency at batch 1 on one thread: torch eager (networks + closed-form pose),
   onnxruntime networks + the same pose fit in torch, and onnxruntime networks alone (goal <= 4.4 ms).
 
-Usage: ``.venv/bin/python bench/bench_infer.py [--model runs/x/model.pt] [--frames 300] [--cpus 2]
-[--runtime torch|onnx] [--json out.json]``. Without ``--model`` an untrained model of the default
-config is used (speed does not depend on the weights). Timings on a shared machine are noisy.
+Usage: ``.venv/bin/python bench/bench_infer.py [--model runs/x/model.pt] [--frames 40] [--cpus 2]
+[--stage auto|fused|separate] [--runtime torch|onnx] [--strict] [--json out.json]``. Without
+``--model`` the shipped model runs. Run it with nothing else running on the machine.
 """
 
 from __future__ import annotations
@@ -24,28 +29,24 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
 import numpy as np
+from cpu_accounting import CpuMeter, SlotUse, slot_use
 
 from facepgn.paths import shared_path
 
-VIDEOS = ["d0.mp4", "d3.mp4", "d6.mp4", "d9.mp4", "d10.mp4", "short_hamilton_clip.mp4"]
+CORPUS_FOLDERS = ("videos", "corpus", "corpus2")  # the visible corpus under media/
 
 
 def model_file(path: str | None, tmp: str) -> str:
-    if path:
-        return path
-    import torch
+    """The model to run: ``--model``, else the shipped pretrained model (what ``facepgn infer`` runs
+    without ``--model``; its architecture, test-time mirroring included, sets the speed)."""
+    from facepgn.model import resolve_model_file
 
-    from facepgn.config import ModelConfig
-    from facepgn.model import build_model, save_model_file
-
-    torch.manual_seed(0)
-    out = os.path.join(tmp, "model.pt")
-    save_model_file(build_model(ModelConfig()).eval(), out)
-    return out
+    return resolve_model_file(path)
 
 
 def latency(model_path: str, repeats: int) -> dict[str, float]:
@@ -97,71 +98,64 @@ def latency(model_path: str, repeats: int) -> dict[str, float]:
     return out
 
 
-def run(executor: str, cfg_kwargs: dict, output: str) -> dict:
+def corpus_manifest(tmp: str, limit: int | None) -> tuple[str, int]:
+    """A manifest of every video of the visible corpus (media/videos, corpus, corpus2)."""
+    videos = []
+    for sub in CORPUS_FOLDERS:
+        videos += [p for p in sorted(shared_path(f"media/{sub}").rglob("*")) if p.suffix.lower() in (".mp4", ".avi", ".mov", ".mkv", ".webm")]
+    videos = videos[:limit]
+    manifest = os.path.join(tmp, "videos.csv")
+    with open(manifest, "w") as f:
+        f.write("path\n" + "\n".join(str(v) for v in videos) + "\n")
+    return manifest, len(videos)
+
+
+def run(executor: str, cfg_kwargs: dict, output: str, slots: int | None = None) -> dict:
     from facepgn.config import InferConfig
     from facepgn.pipelines.infer import run_inference
 
     cfg = InferConfig(**cfg_kwargs, output=output, executor=executor)
-    t0 = time.perf_counter()
-    summary = run_inference(cfg, progress=None)
-    wall = time.perf_counter() - t0
+    t0, start = time.time(), time.perf_counter()
+    with CpuMeter() as meter:
+        summary = run_inference(cfg, progress=None)
+    wall = time.perf_counter() - start
+    use = slot_use(t0, time.time(), slots) if slots else None
     frames = summary["counts"]["sampled_frames_this_run"]
     if summary["errors"]:
         raise SystemExit(f"bench: {executor} run had errors: {summary['errors']}")
     cpu = summary["timings"]["cpu_s"]
     return {"wall_s": wall, "frames": frames, "faces": summary["counts"]["rows_this_run"], "frames_per_s": frames / wall,
             "stage_s": summary["timings"]["stage_s"], "cpu_s": cpu, "cpu_ms_per_frame": 1000 * cpu / max(frames, 1),
-            "cores_obtained": cpu / wall}
+            "cores_obtained": meter.shares.tree_cores, "tree_cpu_ms_per_frame": 1000 * (meter.shares.tree_cpu_s or 0.0) / max(frames, 1),
+            "shares": meter.shares.to_dict(), "busy": meter.shares.busy, "line": meter.shares.line(executor),
+            "slot_use": use.to_dict() if use else None}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
-    parser.add_argument("--frames", type=int, default=300, help="frames per video (max_frames)")
+    parser.add_argument("--frames", type=int, default=40, help="frames per video (max_frames)")
+    parser.add_argument("--videos", type=int, default=None, help="only the first N videos of the corpus")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs given to the local Ray")
-    parser.add_argument("--max-actors", type=int, default=1)
+    parser.add_argument("--stage", choices=["auto", "fused", "separate"], default="auto", help="actors.stage")
     parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved loop/Ray runs; the best of each is kept")
     parser.add_argument("--latency-repeats", type=int, default=100)
     parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--strict", action="store_true", help="exit 3 when the machine was busy (ratio not valid)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    results: dict = {"cpus": args.cpus, "frames_per_video": args.frames, "runtime": args.runtime}
+    results: dict = {"cpus": args.cpus, "frames_per_video": args.frames, "runtime": args.runtime, "stage": args.stage}
     with tempfile.TemporaryDirectory(prefix="facepgn-bench-infer-") as tmp:
         path = model_file(args.model, tmp)
-        manifest = os.path.join(tmp, "videos.csv")
-        with open(manifest, "w") as f:
-            f.write("path\n" + "\n".join(str(shared_path(f"media/videos/{v}")) for v in VIDEOS) + "\n")
+        manifest, n_videos = corpus_manifest(tmp, args.videos)
+        results["videos"] = n_videos
         cfg_kwargs = dict(model=path, input=manifest, max_frames=args.frames, runtime=args.runtime, batch_size=32,
-                          min_actors=1, max_actors=args.max_actors, torch_threads=1)
+                          model_stage=args.stage, torch_threads=1)
         if not args.skip_pipeline:
-            results["plain_loop"] = run("local", cfg_kwargs, os.path.join(tmp, "out-loop"))
-            print(f"plain loop: {results['plain_loop']['frames']} frames, {results['plain_loop']['faces']} faces in "
-                  f"{results['plain_loop']['wall_s']:.1f} s = {results['plain_loop']['frames_per_s']:.1f} frames/s")
-            import ray
-
-            ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
-            # warm-up: start Ray's worker processes (as on a running cluster); not timed
-            run("ray", {**cfg_kwargs, "max_frames": 4}, os.path.join(tmp, "out-warm"))
-            results["ray"] = run("ray", cfg_kwargs, os.path.join(tmp, "out-ray"))
-            ray.shutdown()
-            print(f"ray data:   {results['ray']['frames']} frames, {results['ray']['faces']} faces in "
-                  f"{results['ray']['wall_s']:.1f} s = {results['ray']['frames_per_s']:.1f} frames/s")
-            results["ratio_ray_over_loop"] = results["ray"]["frames_per_s"] / results["plain_loop"]["frames_per_s"]
-            print(f"ratio ray / loop: {results['ratio_ray_over_loop']:.2f}x on {args.cpus} CPUs (goal >= 1.8x on 2)")
-            for name in ("plain_loop", "ray"):
-                r = results[name]
-                print(f"  {name:<10} CPU {r['cpu_ms_per_frame']:.1f} ms per frame (Ray overhead shows here, contention does not); "
-                      f"CPU cores it got: {r['cores_obtained']:.2f}")
-            results["load_avg_1m_at_end"] = os.getloadavg()[0]
-            if results["plain_loop"]["cores_obtained"] < 0.8:
-                print(f"  note: the plain loop got {results['plain_loop']['cores_obtained']:.2f} of a core: the machine is busy "
-                      f"(load {results['load_avg_1m_at_end']:.1f}); the ratio reflects CPU shares as much as the pipeline")
-            stages = sorted(set(results["plain_loop"]["stage_s"]) | set(results["ray"]["stage_s"]))
-            print("per-stage seconds (summed over videos)   loop      ray")
-            for stage in stages:
-                print(f"  {stage:<38} {results['plain_loop']['stage_s'].get(stage, 0):7.2f}  {results['ray']['stage_s'].get(stage, 0):7.2f}")
+            _pipeline(results, cfg_kwargs, tmp, args)
         results["latency_batch1_one_thread"] = latency(path, args.latency_repeats)
         lat = results["latency_batch1_one_thread"]
         print("per-face latency, batch 1, one thread (median ms; goal <= 4.4)      wall    CPU")
@@ -170,7 +164,49 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+    return 3 if args.strict and not results.get("valid", True) else 0
+
+
+def _pipeline(results: dict, cfg_kwargs: dict, tmp: str, args) -> None:
+    """Interleaved plain-loop and Ray runs over the corpus; the best of each side is kept."""
+    import ray
+
+    from facepgn.config import InferConfig
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # warm-up: start Ray's worker processes (as on a running cluster); not timed
+    run("ray", {**cfg_kwargs, "max_frames": 4}, os.path.join(tmp, "out-warm"))
+    slots = max(1, int(args.cpus / InferConfig().decode_num_cpus + 1e-6))
+    loops, rays = [], []
+    for r in range(args.repeats):
+        loops.append(run("local", cfg_kwargs, os.path.join(tmp, f"out-loop{r}")))
+        rays.append(run("ray", cfg_kwargs, os.path.join(tmp, f"out-ray{r}"), slots=slots))
+    ray.shutdown()
+    loop, ray_ = min(loops, key=lambda r: r["wall_s"]), min(rays, key=lambda r: r["wall_s"])
+    ray_["diagnosis"] = SlotUse(**ray_["slot_use"]).diagnosis(ray_["cores_obtained"], args.cpus) if ray_.get("slot_use") else None
+    results.update({"plain_loop": loop, "ray": ray_, "all_wall_s": {"loop": [r["wall_s"] for r in loops], "ray": [r["wall_s"] for r in rays]}})
+    results["ratio_ray_over_loop"] = ray_["frames_per_s"] / loop["frames_per_s"]
+    results["valid"] = not any(r["busy"] for r in loops + rays)
+    results["load_avg_1m_at_end"] = os.getloadavg()[0]
+    print(f"infer bench: {results['videos']} videos, {loop['frames']} frames, {loop['faces']} faces, stage {args.stage}, runtime {args.runtime}")
+    print(f"  plain loop: {loop['frames_per_s']:.1f} frames/s ({loop['wall_s']:.1f} s; runs {[round(w, 1) for w in results['all_wall_s']['loop']]})")
+    print(f"  ray data:   {ray_['frames_per_s']:.1f} frames/s ({ray_['wall_s']:.1f} s; runs {[round(w, 1) for w in results['all_wall_s']['ray']]})")
+    print(f"  ratio ray / loop: {results['ratio_ray_over_loop']:.2f}x on {args.cpus} CPUs (goal >= 1.8x on 2 free cores)")
+    print("  cores each run obtained (its process tree) and CPU time other processes took meanwhile:")
+    for a, b in zip(loops, rays):
+        print(a["line"].replace("local", "loop", 1))
+        print(b["line"])
+    if not results["valid"]:
+        print("  machine busy, ratio not valid: other processes took more than 10% of the CPUs during a run")
+    print(f"  CPU per frame in the stages: loop {loop['cpu_ms_per_frame']:.1f} ms, Ray {ray_['cpu_ms_per_frame']:.1f} ms (goal: within 10%); "
+          f"whole process tree: loop {loop['tree_cpu_ms_per_frame']:.1f} ms, Ray {ray_['tree_cpu_ms_per_frame']:.1f} ms")
+    if ray_["diagnosis"]:
+        print(ray_["diagnosis"])
+    stages = sorted(set(loop["stage_s"]) | set(ray_["stage_s"]))
+    print("per-stage seconds (summed over videos)   loop      ray")
+    for stage in stages:
+        print(f"  {stage:<38} {loop['stage_s'].get(stage, 0):7.2f}  {ray_['stage_s'].get(stage, 0):7.2f}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
