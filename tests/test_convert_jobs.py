@@ -136,6 +136,23 @@ def test_synth_faces_on_ray_equals_local_and_resumes_one_chunk(ray_session, tmp_
     assert more["counts"]["chunks_processed_this_run"] == 1 and more["written"] == 4 and more["skipped_existing"] == 8
 
 
+def test_synth_faces_over_real_backgrounds_on_ray_equal_local(ray_session, shared, tmp_path):
+    """The driver builds the background bank once and writes it beside the data; tasks read it
+    there (not the source photos) and draw the same faces as the local loop."""
+    photo = shared / "media" / "faces-wild" / "deepface" / "img1.jpg"
+    common = dict(n=4, size=64, rows_per_shard=2, contact_sheet=0, backgrounds=[str(photo)], background_bank_size=4,
+                  background_cache=str(tmp_path / "cache"), **BARE)
+    local = run_synth_faces(SyntheticFacesConfig(output=str(tmp_path / "local"), executor="local", workers=1, **common))
+    on_ray = run_synth_faces(SyntheticFacesConfig(output=str(tmp_path / "ray"), **RAY, **common))
+    assert local["written"] == on_ray["written"] == 4
+    assert _shards(tmp_path / "ray") == _shards(tmp_path / "local")
+    with np.load(tmp_path / "ray" / "background_bank.npz") as bank:
+        assert bank["patches"].shape == (4, 64, 64, 3)
+    plain = run_synth_faces(SyntheticFacesConfig(output=str(tmp_path / "plain"), executor="local", workers=1,
+                                                 **{**common, "backgrounds": []}))
+    assert plain["written"] == 4 and _shards(tmp_path / "plain") != _shards(tmp_path / "local")
+
+
 def test_synth_faces_to_s3_on_ray_through_the_job_entrypoint(ray_session, s3_bucket, monkeypatch, capsys):
     out = f"{s3_bucket}/synthetic/faces"
     argv = ["jobs/synth.py", "faces", "--n", "3", "--out", out, "--size", "64", "--set", "rows_per_shard=2",

@@ -4,13 +4,14 @@ Graph: faces ``[0, n)`` cut into chunks of ``rows_per_shard`` (clips: one chunk 
 item of :func:`facepgn.pipelines.chunks.run_chunks`: a Ray task with ``num_cpus_per_task`` CPUs
 (``executor: ray``) or, here (``executor: local``), a loop or ``workers`` processes, running
 :func:`facepgn.synthetic.write_face_chunk` (:func:`facepgn.synthetic.write_video`) on it. Face
-``i`` comes from ``(seed, i)`` alone, so a chunk is the same bytes on any executor. A
-real-background bank is built (and cached, ``background_cache``) by the driver before any task.
+``i`` comes from ``(seed, i)`` alone, so a chunk is the same bytes on any executor. With
+``backgrounds`` the driver builds the real-background bank once (cached in ``background_cache``)
+and writes it beside the data (``background_bank.npz``), which every task reads.
 
 Output layouts (a local folder or an ``s3://`` prefix)::
 
     faces:  data/part-NNNNN.parquet (the only Parquet files), items/NNNNN.json (done markers),
-            summary.json, errors.csv, contact_sheet.png
+            summary.json, errors.csv, contact_sheet.png, background_bank.npz (with backgrounds)
     videos: synthetic-NNNN.mp4 + synthetic-NNNN.gt.npz, items/NNNN.json, summary.json, errors.csv
 
 A faces folder written before ``data/`` (shards at its top level) is resumed in place
@@ -33,6 +34,9 @@ from facepgn.pipelines import chunks
 from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
 log = logging.getLogger("facepgn.synth")
+
+#: the real-background patches the faces of an output are drawn on (with ``backgrounds``), beside ``data/``
+BANK_FILE = "background_bank.npz"
 
 #: settings that do not change what a chunk renders (left out of its item, so changing them redoes nothing)
 RUN_SETTINGS = ("n", "output", "executor", "workers", "num_cpus_per_task", "max_tasks", "overwrite", "contact_sheet",
@@ -62,15 +66,16 @@ def _settings(cfg: SyntheticFacesConfig | SyntheticVideosConfig) -> dict[str, An
 # ---- faces ---------------------------------------------------------------------------------------
 
 
-def face_chunks(cfg: SyntheticFacesConfig, shard_dir: str) -> list[dict]:
-    """The chunks of faces ``[0, n)``: index range, the rendering settings, the shard below the output."""
+def face_chunks(cfg: SyntheticFacesConfig, shard_dir: str, bank: str | None) -> list[dict]:
+    """The chunks of faces ``[0, n)``: index range, the rendering settings, the shard below the
+    output, the background bank file below the output (None: procedural backgrounds)."""
     settings = _settings(cfg)
     items = []
     for index, start in enumerate(range(0, cfg.n, cfg.rows_per_shard)):
         stop = min(cfg.n, start + cfg.rows_per_shard)
         name = f"part-{index:05d}.parquet"
         items.append({"item_id": f"{index:05d}", "path": f"synthetic:seed={cfg.seed}/faces {start}-{stop - 1}",
-                      "start": start, "stop": stop, "settings": settings,
+                      "start": start, "stop": stop, "settings": settings, "bank": bank,
                       "files": [name if shard_dir == "." else f"{shard_dir}/{name}"]})
     return items
 
@@ -81,6 +86,8 @@ def render_face_item(item: dict, output: str) -> dict[str, Any]:
 
     _init_worker()  # one OpenCV and torch thread: parallelism comes from the tasks
     settings = SyntheticFacesConfig.model_validate(item["settings"])
+    if item["bank"]:  # the driver's bank, beside the data: no task needs the source photos
+        settings = settings.model_copy(update={"backgrounds": [chunks.below(output, item["bank"])]})
     return synthetic.write_face_chunk(chunks.below(output, item["files"][0]), item["start"], item["stop"],
                                       settings.seed, settings)
 
@@ -97,14 +104,30 @@ def existing_face_chunk(item: dict, output: str) -> dict[str, Any]:
     return {**stats, "rows": table.num_rows}
 
 
+def _write_bank(cfg: SyntheticFacesConfig, output: str) -> str | None:
+    """The real-background bank (``backgrounds``), built (or read from ``background_cache``) once
+    here and written beside the data as :data:`BANK_FILE`, where every task on every node reads the
+    same patches; its name below the output (None without real backgrounds)."""
+    import io
+
+    bank = synthetic.background_bank(cfg)
+    if bank is None:
+        return None
+    path = storage.join(output, BANK_FILE)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, patches=bank)
+    storage.atomic_write_bytes(path, buf.getvalue())
+    return BANK_FILE
+
+
 def run_synth_faces(cfg: SyntheticFacesConfig, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Render ``cfg.n`` faces into ``cfg.output``; returns the summary (also ``summary.json``).
     ``progress(faces)`` as chunks finish (the chunks done earlier first)."""
     started = time.perf_counter()
     output = cfg.output.rstrip("/")
     synthetic.face_model_for(cfg)  # a missing or bad face model fails here, in one line
-    synthetic.background_bank(cfg)  # built and cached once, before any task needs it
     storage.makedirs(output)
+    bank = _write_bank(cfg, output)
     shard_dir = chunks.relative(output, synthetic.data_dir(output)) or "."
     workers = worker_count(cfg.workers)
 
@@ -112,7 +135,7 @@ def run_synth_faces(cfg: SyntheticFacesConfig, progress: Callable[[int], None] |
         if progress:
             progress(int(marker.get("rows", 0)))
 
-    run = chunks.run_chunks(output, face_chunks(cfg, shard_dir), render_face_item, executor=cfg.executor,
+    run = chunks.run_chunks(output, face_chunks(cfg, shard_dir, bank), render_face_item, executor=cfg.executor,
                             num_cpus=cfg.num_cpus_per_task, max_tasks=cfg.max_tasks, pool=_pool(workers),
                             overwrite=cfg.overwrite, existing=existing_face_chunk, progress=on_chunk)
     if progress:
