@@ -9,8 +9,10 @@ batch and the same total number of torch threads:
   ``threads / workers`` threads and ``1 / workers`` of the batch, data streamed from Ray Datasets.
 
 Printed: steady-state samples/s of each (the first logging window, with start-up and warm-up, is
-left out), their ratio (goal >= 0.95), and the Ray workers' share of step time spent waiting for
-the next batch (goal <= 5%). Numbers on a shared 2-core machine are noisy: compare ratios.
+left out), their ratio (goal >= 0.95), the Ray workers' share of step time spent waiting for
+the next batch (goal <= 5%), and for each run the cores its process tree obtained and the CPU time
+other processes took meanwhile ("machine busy, ratio not valid" above 10% of the CPUs; exit 3 with
+``--strict``). Run it with nothing else running on the machine.
 
     .venv/bin/python bench/bench_train.py [--steps 40] [--size 64] [--faces 512] [--batch 16] [--pair-batch 8]
 """
@@ -24,6 +26,8 @@ import statistics
 import sys
 import tempfile
 import time
+
+from cpu_accounting import CpuMeter
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # OpenMP threads that sleep instead of spinning when they wait: on a shared machine spinning threads
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faces", type=int, default=512, help="enough for the steps to stay inside one epoch")
     parser.add_argument("--pairs", type=int, default=128)
     parser.add_argument("--data", default=None, help="cache folder for the generated data")
+    parser.add_argument("--strict", action="store_true", help="exit 3 when the machine was busy (ratio not valid)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         "output_dir": plain_dir,
     })
     stamps: list[tuple[int, float]] = []
-    plain_train(plain_cfg, on_metrics=lambda step, m: stamps.append((step, time.perf_counter())))
+    with CpuMeter() as plain_meter:
+        plain_train(plain_cfg, on_metrics=lambda step, m: stamps.append((step, time.perf_counter())))
     per_step = args.batch + args.pair_batch
     windows = [(s1, (s1 - s0) * per_step / (t1 - t0)) for (s0, t0), (s1, t1) in zip(stamps, stamps[1:])]
     plain_sps = steady([(0, 0.0)] + windows) if windows else float("nan")
@@ -124,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         "output_dir": ray_dir,
         "ray": {"storage_path": os.path.join(root, "ray-store"), "name": f"bench-{int(time.time())}"},
     })
-    run_training(ray_cfg)
+    with CpuMeter() as ray_meter:
+        run_training(ray_cfg)
     events = read_tensorboard(os.path.join(ray_dir, "tensorboard"))["scalars"]
     ray_sps = steady(events["perf/samples_per_s"])
     wait = steady(events["perf/data_wait_share"])
@@ -132,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ray train ({args.workers} workers x {max(1, args.threads // args.workers)} threads): {ray_sps:.1f} samples/s")
     print(f"throughput ratio ray / plain: {ratio:.2f}x (goal >= 0.95)")
     print(f"data wait share of step time (ray workers): {100 * wait:.1f}% (goal <= 5%)")
+    print("cores each run obtained (its process tree; start-up included) and CPU time other processes took meanwhile:")
+    print(plain_meter.shares.line("plain"))
+    print(ray_meter.shares.line("ray"))
+    shares = {"plain": plain_meter.shares, "ray": ray_meter.shares}
+    valid = not any(sh.busy for sh in shares.values())
+    if not valid:
+        print("machine busy, ratio not valid: other processes took more than 10% of the CPUs during a run")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({
@@ -139,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
                 "ray_samples_per_s": ray_sps,
                 "ratio": ratio,
                 "data_wait_share": wait,
+                "cpu_shares": {k: sh.to_dict() for k, sh in shares.items()},
+                "valid": valid,
                 "args": vars(args),
             }, f, indent=2)
-    return 0
+    return 3 if args.strict and not valid else 0
 
 
 if __name__ == "__main__":
