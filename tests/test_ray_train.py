@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -106,6 +107,53 @@ def test_bad_config_and_inputs_fail_in_one_line_before_workers(tmp_path, synthet
     assert not (tmp_path / "ray").exists() and not (tmp_path / "out").exists()
 
 
+# ---- the training inputs are read in the cluster, never on the driver ------------------------------
+
+
+def test_training_inputs_are_read_by_ray_tasks_not_on_the_driver(ray_session, tmp_path, synthetic_faces_dir):
+    """What proves that the driver reads no row: a shard whose footer is intact but whose data
+    pages are garbage passes the driver's preflight (footers: metadata) and fails only where a row
+    is read, which is a Ray task in another process (the pid in the error), so nothing on the driver
+    read a row before it; the good inputs come back as materialised datasets whose blocks the
+    Parquet read operator's tasks made (Ray Data's stats), split by the hold-out in the cluster."""
+    import re
+    import shutil
+
+    from ray.data.dataset import MaterializedDataset
+
+    from facepgn.errors import InputError
+    from facepgn.train.datasets import LABELLED, VALIDATION, build_datasets
+    from facepgn.train.plan import preflight
+
+    cfg = tiny_config(synthetic_faces_dir, None, str(tmp_path / "out"), str(tmp_path / "ray"))
+    datasets = build_datasets(preflight(cfg))
+    for name in (LABELLED, VALIDATION):
+        stats = datasets[name].stats() if name == LABELLED else datasets[name].materialize().stats()
+        assert re.search(r"ReadFiles\S*Parquet\S*: \d+ tasks executed", stats), (name, stats[:600])
+    assert isinstance(datasets[LABELLED], MaterializedDataset)
+    assert 0 < datasets[VALIDATION].count() < datasets[LABELLED].count() and datasets[LABELLED].count() + datasets[VALIDATION].count() == 64
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shard = bad / "part-0.parquet"
+    shutil.copy(sorted(Path(synthetic_faces_dir).glob("*.parquet"))[0], shard)
+    data = bytearray(shard.read_bytes())
+    body_end = len(data) - 8 - int.from_bytes(data[-8:-4], "little")  # PAR1 | pages | footer | length | PAR1
+    data[4:body_end] = b"\xff" * (body_end - 4)
+    shard.write_bytes(bytes(data))
+    plan = preflight(tiny_config(str(bad), None, str(tmp_path / "out"), str(tmp_path / "ray"), **{"validation.holdout_fraction": 0.0}))
+    assert plan.labelled_rows == 32  # the footer says so: the driver read it, and nothing else
+    with pytest.raises(InputError) as caught:
+        build_datasets(plan)
+    assert str(caught.value).startswith(f"{shard}: cannot read the Parquet rows") and "\n" not in str(caught.value), caught.value
+    chain, cause = [], caught.value.__cause__
+    while cause is not None:
+        chain.append(str(cause))
+        cause = cause.__cause__
+    pids = {int(p) for text in chain for p in re.findall(r"pid=(\d+)", text)}
+    assert pids and os.getpid() not in pids, chain[:1]  # the first read of a row was a Ray task's
+
+
 # ---- one loop body: the plain loop and a one-worker Ray run take the same steps -------------------
 
 
@@ -194,7 +242,9 @@ def test_ddp_training_two_workers_checkpoints_and_resumes(ray_session, tmp_path,
     resumed = run_training(tiny_config(synthetic_faces_dir, frame_pair_shards, out, store, steps=6))
     assert resumed["resumed"] and resumed["counts"]["steps"] == 6
     assert [e["step"] for e in batch_ids(out)[1]] == [1, 2, 3, 4, 5, 6]  # steps 5, 6 only in the new run
-    assert checkpoint_steps(resumed["run"])[-2:] == [4, 6]
+    # it continued the epoch at its fifth step (5 steps per epoch per worker): the epoch's end
+    # checkpointed at step 5, the run's end at 6
+    assert checkpoint_steps(resumed["run"])[-2:] == [5, 6]
 
 
 # ---- S3 storage, a worker dying mid-run, and a restart of the run --------------------------------

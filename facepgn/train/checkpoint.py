@@ -108,17 +108,20 @@ def checkpoint_model_file(checkpoint_path: str) -> str:
 
 def save_state(directory: str, state) -> None:
     """A checkpoint folder for ``state`` (a ``facepgn.train.state.TrainState``): ``checkpoint.pt``
-    plus ``progress.json`` with the step and the epoch."""
+    plus ``progress.json`` with the step, the epoch and the steps trained in it."""
     save_checkpoint(storage.join(directory, STATE_FILE), state.model, state.optimizer, state.scheduler, state.scaler, state.step, state.cfg)
-    storage.atomic_write_text(storage.join(directory, PROGRESS_FILE), json.dumps({"step": state.step, "epoch": state.epoch}))
+    progress = {"step": state.step, "epoch": state.epoch, "epoch_step": state.epoch_step}
+    storage.atomic_write_text(storage.join(directory, PROGRESS_FILE), json.dumps(progress))
 
 
 def restore_state(path: str, state) -> None:
     """Load the checkpoint file ``path`` into ``state`` in place: weights, optimiser, scheduler,
-    scaler, the step, and the epoch from a ``progress.json`` next to it (0 without one)."""
+    scaler, the step, and the epoch and the steps trained in it from a ``progress.json`` next to it
+    (0 without one; checkpoints written before ``epoch_step`` existed restart their epoch)."""
     state.step = load_checkpoint(path, state.model, state.optimizer, state.scheduler, state.scaler, map_location=state.device)
-    progress = storage.join(os.path.dirname(path) or ".", PROGRESS_FILE)
-    state.epoch = int(json.loads(storage.read_text(progress)).get("epoch", 0)) if storage.exists(progress) else 0
+    progress_file = storage.join(os.path.dirname(path) or ".", PROGRESS_FILE)
+    progress = json.loads(storage.read_text(progress_file)) if storage.exists(progress_file) else {}
+    state.epoch, state.epoch_step = int(progress.get("epoch", 0)), int(progress.get("epoch_step", 0))
 
 
 def start_state(state, checkpoint_file: str | None, say) -> None:
@@ -126,7 +129,7 @@ def start_state(state, checkpoint_file: str | None, say) -> None:
     (when set); ``say`` gets one line about it."""
     if checkpoint_file is not None:
         restore_state(checkpoint_file, state)
-        say(f"facepgn train: resumed from step {state.step} (epoch {state.epoch})")
+        say(f"facepgn train: resumed from step {state.step} (epoch {state.epoch}, step {state.epoch_step} of it)")
     elif state.cfg.init_from:
         init_weights(state.model, state.cfg.init_from)
         say(f"facepgn train: weights from {state.cfg.init_from}")

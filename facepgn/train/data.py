@@ -349,20 +349,27 @@ def model_landmark_definition(model_cfg: Any) -> str:
     return resolve_landmark_definition(load_face_model(model_cfg.face_model), model_cfg.landmarks)
 
 
-def random_batches(table: pa.Table, batch_size: int, seed: int = 0) -> Iterator[pa.Table]:
-    """Endless batches of ``batch_size`` rows, reshuffled every epoch (drops no row: the last batch
-    of an epoch is topped up from the next permutation)."""
-    if table.num_rows == 0:
+def random_indices(num_rows: int, batch_size: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """Endless row indices of batches of ``batch_size``, reshuffled every epoch (drops no row: the
+    last batch of an epoch is topped up from the next permutation). A function of ``seed`` alone, so
+    a resumed run skips the batches it trained by drawing their indices only (no rows touched)."""
+    if num_rows == 0:
         raise ValueError("cannot draw batches from an empty table")
     rng = np.random.default_rng(seed)
-    order = rng.permutation(table.num_rows)
+    order = rng.permutation(num_rows)
     pos = 0
     while True:
-        idx = []
+        idx: list[int] = []
         while len(idx) < batch_size:
             if pos >= len(order):
-                order, pos = rng.permutation(table.num_rows), 0
+                order, pos = rng.permutation(num_rows), 0
             take = order[pos : pos + batch_size - len(idx)]
             idx.extend(take.tolist())
             pos += len(take)
+        yield np.asarray(idx, dtype=np.int64)
+
+
+def random_batches(table: pa.Table, batch_size: int, seed: int = 0) -> Iterator[pa.Table]:
+    """Endless batches of ``batch_size`` rows of ``table`` (:func:`random_indices`)."""
+    for idx in random_indices(table.num_rows, batch_size, seed):
         yield table.take(pa.array(idx))

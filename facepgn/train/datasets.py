@@ -1,12 +1,18 @@
 """Batch sources: what the training loop body (``facepgn.train.epoch``) steps over.
 
-* local (the plain loop): :func:`mixed_batches`, endless shuffled batches from Parquet read into
-  memory (``facepgn.train.data.random_batches``: reshuffled every pass, no row dropped);
+* local (the plain loop): :func:`plain_batches`, endless shuffled batches from Parquet read into
+  memory (``facepgn.train.data.random_indices``: reshuffled every pass, no row dropped);
 * Ray (every Ray Train worker): :func:`build_datasets` on the driver gives the Ray Datasets
-  (``labelled``, ``pairs``, ``validation``); on a worker :class:`RayBatches` streams its shards of
-  them, decoding to tensors in the iterators' prefetch threads (``iter_torch_batches`` + the
-  collate functions) while the previous step computes. An epoch is a pass over the labelled shard
-  (over the pairs when there are no labelled faces); the other stream cycles.
+  (``labelled``, ``pairs``, ``validation``), every row read, upgraded and filtered by Ray tasks
+  (the driver lists files and reads footers only: ``facepgn.train.plan``); on a worker
+  :class:`RayBatches` streams its share of them, decoding to tensors in the iterators' prefetch
+  threads (``iter_torch_batches`` + the collate functions) while the previous step computes. An
+  epoch is a pass over the labelled share (over the pairs when there are no labelled faces); the
+  other stream cycles.
+
+Every shuffle is a function of the run's seed and the stream's coordinates (:func:`stream_seed`),
+so a run resumed at step ``k`` of an epoch skips the ``k`` batches it trained, undecoded
+(:class:`Skip`), and continues with the ones an uninterrupted run would have seen.
 
 Both yield ``{"faces": ..., "pairs": ...}`` mixed batches (``facepgn.train.data.mixed_batch``) or
 :class:`Batch` objects, which also carry the ids of the rows in them.
@@ -14,6 +20,8 @@ Both yield ``{"faces": ..., "pairs": ...}`` mixed batches (``facepgn.train.data.
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -23,8 +31,9 @@ import torch
 
 from facepgn import storage
 from facepgn.config import DistributedTrainConfig, TrainConfig
-from facepgn.errors import FacepgnError, InputError
+from facepgn.errors import ConfigError, FacepgnError, InputError
 from facepgn.train import data as train_data
+from facepgn.train import rows as row_ops
 
 LABELLED, PAIRS, VALIDATION = "labelled", "pairs", "validation"
 #: Ray path: training rows are mixed twice, as the plain loop's reshuffle does: blocks of at most
@@ -64,11 +73,44 @@ class Batch:
         return train_data.mixed_batch(self.faces, self.pairs)
 
 
+# ---- seeds and skips: what makes a resumed run see the batches an uninterrupted one would ----
+
+
+def stream_seed(*parts: int | str) -> int:
+    """A 32-bit seed from a run's seed and a stream's coordinates (name, epoch, pass, ...): every
+    shuffle and augmentation stream is a function of these alone, so a resumed run redraws them."""
+    import numpy as np
+
+    words = [zlib.crc32(p.encode("utf-8")) if isinstance(p, str) else int(p) % 2**32 for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+class Skip:
+    """The batches of a stream a resumed run already trained on: those whose ids are ``ids``
+    (exact, for reproducible streams), or the first ``count`` ones collated (streamed inputs, whose
+    order does not repeat). A skipped batch is not decoded: the collate function returns it empty."""
+
+    def __init__(self, ids: frozenset[tuple[str, ...]] = frozenset(), count: int = 0):
+        self.ids, self.count, self.lock = ids, count, threading.Lock()
+
+    def take(self, ids: Sequence[str]) -> bool:
+        """Whether the batch of ``ids`` is skipped (counted once)."""
+        if self.ids:
+            return tuple(ids) in self.ids
+        with self.lock:
+            if self.count > 0:
+                self.count -= 1
+                return True
+        return False
+
+
 # ---- local: Parquet in memory --------------------------------------------------------------
 
 
-def mixed_batches(cfg: TrainConfig, face_model_name: str | None = None, seed: int = 0) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
-    """Endless mixed batches (labelled faces and/or frame pairs) from ``cfg.data`` (CPU tensors)."""
+def plain_batches(cfg: TrainConfig, face_model_name: str | None = None, seed: int = 0, skip: int = 0) -> Iterator[Batch]:
+    """Endless mixed batches (labelled faces and/or frame pairs) from ``cfg.data`` (CPU tensors),
+    with the ids of their rows. Batch ``i`` is a function of ``seed`` and ``i``: ``skip`` leaves
+    out the first ``skip`` batches by drawing their row indices only (no row read, nothing decoded)."""
     d, m = cfg.data, cfg.model
     labelled = train_data.read_records(d.labelled, "face_record") if d.labelled and d.labelled_batch_size > 0 else None
     if labelled is not None and "landmark_definition" in labelled.column_names:
@@ -77,68 +119,38 @@ def mixed_batches(cfg: TrainConfig, face_model_name: str | None = None, seed: in
     pairs = train_data.read_records(d.pairs, "frame_pair") if d.pairs and d.pair_batch_size > 0 else None
     if labelled is None and pairs is None:
         raise FacepgnError("training data: set data.labelled and/or data.pairs")
-    lab_it = train_data.random_batches(labelled, d.labelled_batch_size, seed) if labelled is not None else None
-    pair_it = train_data.random_batches(pairs, d.pair_batch_size, seed + 1) if pairs is not None else None
-    gen = torch.Generator().manual_seed(seed)
+    lab_idx = train_data.random_indices(labelled.num_rows, d.labelled_batch_size, seed) if labelled is not None else None
+    pair_idx = train_data.random_indices(pairs.num_rows, d.pair_batch_size, seed + 1) if pairs is not None else None
+    for _ in range(skip):
+        _ = next(lab_idx) if lab_idx is not None else None
+        _ = next(pair_idx) if pair_idx is not None else None
+    index = skip
     while True:
-        faces = (
-            train_data.face_batch_to_tensors(next(lab_it), m.input_size, m.num_id, m.num_exp, face_model_name, d.augment, gen,
-                                             geometric=train_data.augment_settings(d))
-            if lab_it is not None
-            else None
-        )
-        pair = train_data.pair_batch_to_tensors(next(pair_it), m.input_size) if pair_it is not None else None
-        yield train_data.mixed_batch(faces, pair)
+        batch = Batch()
+        if lab_idx is not None and labelled is not None:
+            rows = labelled.take(next(lab_idx))
+            generator = torch.Generator().manual_seed(stream_seed(seed, LABELLED, index))  # per batch: resumable
+            batch.faces = train_data.face_batch_to_tensors(rows, m.input_size, m.num_id, m.num_exp, face_model_name, d.augment, generator,
+                                                           geometric=train_data.augment_settings(d))
+            batch.record_ids = _ids(rows.to_pydict(), "record_id") if "record_id" in rows.column_names else []
+        if pair_idx is not None and pairs is not None:
+            rows = pairs.take(next(pair_idx))
+            batch.pairs = train_data.pair_batch_to_tensors(rows, m.input_size)
+            batch.pair_ids = [str(x) for x in rows.column("pair_id").to_pylist()] if "pair_id" in rows.column_names else []
+        index += 1
+        yield batch
 
 
-# ---- Ray Datasets (on the driver) ----------------------------------------------------------
+def mixed_batches(cfg: TrainConfig, face_model_name: str | None = None, seed: int = 0) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
+    """:func:`plain_batches` as ``mixed_batch`` dicts."""
+    return (batch.tensors() for batch in plain_batches(cfg, face_model_name, seed))
 
 
-def in_holdout(subject_id: str, fraction: float) -> bool:
-    """Whether a subject belongs to the held-out validation share (stable across runs and machines)."""
-    return (zlib.crc32(str(subject_id).encode("utf-8")) % 10_000) < fraction * 10_000
-
-
-def _holdout_mask(table, fraction: float, keep_holdout: bool):
-    import numpy as np
-    import pyarrow as pa
-
-    mask = [in_holdout(s, fraction) == keep_holdout for s in table.column("subject_id").to_pylist()]
-    return pa.array(np.asarray(mask, dtype=bool))
-
-
-def _holdout_filter(fraction: float, keep_holdout: bool):
-    def fn(batch):
-        return batch.filter(_holdout_mask(batch, fraction, keep_holdout))
-
-    return fn
-
-
-def _upgraded(table):
-    """Face-record tables of older schema versions get the current columns (null), so they mix."""
-    from facepgn import records
-
-    if "record_id" in table.column_names:
-        return records.upgrade_table(table, "face_record")
-    return table
-
-
-def _read_tables(files: Sequence[str]) -> list:
-    """Small Parquet inputs read here with pyarrow (no Ray Data read tasks to schedule)."""
-    import pyarrow.parquet as pq
-
-    tables = []
-    for path in files:
-        fs, fs_path = storage.pyarrow_filesystem(path)
-        try:
-            table = pq.read_table(fs_path, filesystem=fs)
-        except Exception as exc:  # noqa: BLE001 - a shard that passed the footer check but does not read
-            raise InputError(path, f"not a readable Parquet file ({exc.__class__.__name__})") from None
-        tables.append(_upgraded(table))
-    return tables
+# ---- Ray Datasets (on the driver; every row read and filtered by Ray tasks) -----------------
 
 
 def _read_parquet(files: Sequence[str], read_cpus: float):
+    """``read_parquet`` over the files (local and s3:// ones in two reads, unioned)."""
     import ray.data
 
     datasets = []
@@ -155,33 +167,60 @@ def _read_parquet(files: Sequence[str], read_cpus: float):
     return ds
 
 
-def _dataset(files: list[str], size: int, holdout: float, holdout_side: bool | None, cfg: DistributedTrainConfig):
-    """One input as a Ray Dataset: read here into the object store below ``ray.materialize_below_mb``,
-    else streamed with ``read_parquet``; ``holdout_side``: only the held-out subjects (True) or only
-    the others (False)."""
-    import ray.data
+def block_rows(rows: int, world: int) -> int:
+    """Rows per block of a training stream: at most ``SHUFFLE_BLOCK_ROWS``, and small enough that
+    every worker's share of a small input is several blocks (workers get whole blocks)."""
+    return max(1, min(SHUFFLE_BLOCK_ROWS, rows // max(8 * world, 1)))
 
+
+def _where(files: Sequence[str]) -> str:
+    return files[0] if len(files) == 1 else os.path.dirname(files[0]) or files[0]
+
+
+def _dataset(files: list[str], rows: int, size: int, holdout: float, holdout_side: bool | None, cfg: DistributedTrainConfig,
+             training: bool):
+    """One input as a Ray Dataset: ``read_parquet``, the schema upgrade and the hold-out filter
+    (``holdout_side``: only the held-out subjects (True) or only the others (False)) as Ray Data
+    operators; training streams cut into blocks of :func:`block_rows` rows. Below
+    ``ray.materialize_below_mb`` it is materialised into the object store (by Ray tasks: the driver
+    holds block references, never rows), so that every epoch streams from memory."""
     read_cpus = cfg.scaling.read_cpus
-    if size < cfg.ray.materialize_below_mb * 1e6:
-        tables = _read_tables(files)
-        if holdout_side is not None:
-            tables = [t.filter(_holdout_mask(t, holdout, holdout_side)) for t in tables]
-            tables = [t for t in tables if t.num_rows] or tables[:1]
-        blocks = [t.slice(i, SHUFFLE_BLOCK_ROWS) for t in tables for i in range(0, max(t.num_rows, 1), SHUFFLE_BLOCK_ROWS)]
-        return ray.data.from_arrow(blocks)
-    ds = _read_parquet(files, read_cpus).map_batches(_upgraded, batch_format="pyarrow", num_cpus=read_cpus)
+    ds = _read_parquet(files, read_cpus).map_batches(row_ops.upgraded, batch_format="pyarrow", num_cpus=read_cpus)
     if holdout_side is not None:
-        ds = ds.map_batches(_holdout_filter(holdout, holdout_side), batch_format="pyarrow", num_cpus=read_cpus)
-    return ds
+        ds = ds.map_batches(row_ops.holdout_filter(holdout, holdout_side), batch_format="pyarrow", num_cpus=read_cpus)
+    if training:
+        ds = ds.repartition(target_num_rows_per_block=block_rows(rows, cfg.scaling.num_workers), strict=True)
+    if size >= cfg.ray.materialize_below_mb * 1e6:
+        return ds.randomize_block_order() if training else ds  # streamed: Ray Train splits it
+    # the order kept: the same files give the same blocks in every run (this lineage's own context:
+    # read_parquet copies the current one)
+    ds.context.execution_options.preserve_order = True
+    try:
+        return ds.materialize()
+    except Exception as exc:  # noqa: BLE001 - a read task's error (RayTaskError and friends), reduced to one line
+        raise InputError(_where(files), f"cannot read the Parquet rows ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    last = next((line for line in reversed(lines) if "Error" in line.split(":")[0]), lines[-1] if lines else "")
+    return last[:200] or exc.__class__.__name__
+
+
+def is_materialized(ds: Any) -> bool:
+    from ray.data.dataset import MaterializedDataset
+
+    return isinstance(ds, MaterializedDataset)
 
 
 def build_datasets(plan) -> dict[str, Any]:
-    """The Ray Datasets the workers stream: ``labelled``, ``pairs``, ``validation`` (those present)
-    of a ``facepgn.train.plan.TrainPlan``.
+    """The Ray Datasets of a ``facepgn.train.plan.TrainPlan``: ``labelled``, ``pairs``,
+    ``validation`` (those present), read and filtered in the cluster (:func:`_dataset`).
 
-    Inputs whose Parquet files total less than ``ray.materialize_below_mb`` are read once here into
-    Ray's object store (``ray.data.from_arrow``): every epoch, and every pass of the cycled stream,
-    then streams blocks already in memory. Larger inputs are streamed with ``read_parquet``."""
+    Materialised training streams are handed to every worker whole; each worker orders and shares
+    out their blocks per epoch from the run's seed (:class:`RayBatches`). Streamed ones (above
+    ``ray.materialize_below_mb``) get a new random block order every epoch and are split between
+    the workers by Ray Train."""
     import ray.data
 
     cfg = plan.config
@@ -189,13 +228,39 @@ def build_datasets(plan) -> dict[str, Any]:
     holdout = cfg.validation.holdout_fraction if not cfg.validation.labelled else 0.0
     out: dict[str, Any] = {}
     if plan.labelled_files:
-        out[LABELLED] = _dataset(plan.labelled_files, plan.labelled_bytes, holdout, False if holdout > 0 else None, cfg).randomize_block_order()
+        out[LABELLED] = _dataset(plan.labelled_files, plan.labelled_rows, plan.labelled_bytes, holdout, False if holdout > 0 else None, cfg,
+                                 training=True)
     if plan.pair_files:
-        out[PAIRS] = _dataset(plan.pair_files, plan.pair_bytes, holdout, None, cfg).randomize_block_order()
+        out[PAIRS] = _dataset(plan.pair_files, plan.pair_rows, plan.pair_bytes, holdout, None, cfg, training=True)
     if plan.validation_files:
-        ds = _dataset(plan.validation_files, plan.validation_bytes, holdout, True if holdout > 0 else None, cfg)
-        out[VALIDATION] = ds.limit(cfg.validation.max_records)
+        out[VALIDATION] = validation_dataset(plan)
     return out
+
+
+def validation_dataset(plan):
+    """The validation faces of a plan with validation files: ``validation.labelled``, or the
+    held-out subjects of the labelled faces; at most ``validation.max_records``."""
+    cfg = plan.config
+    holdout = cfg.validation.holdout_fraction if not cfg.validation.labelled else 0.0
+    ds = _dataset(plan.validation_files, plan.validation_rows, plan.validation_bytes, holdout, True if holdout > 0 else None, cfg,
+                  training=False)
+    return ds.limit(cfg.validation.max_records)
+
+
+def check_validation_faces(plan, validation) -> None:
+    """A one-line error when the validation dataset holds no face (counted in the cluster)."""
+    if validation.limit(1).count() > 0:
+        return
+    v = plan.config.validation
+    if v.labelled:
+        raise InputError(_where(plan.validation_files), "validation.labelled holds no faces")
+    raise ConfigError(f"config: validation.holdout_fraction={v.holdout_fraction:g} holds out no face: no subject of data.labelled "
+                      "falls in that share (raise it, or set validation.labelled)")
+
+
+def streamed_names(datasets: Mapping[str, Any]) -> list[str]:
+    """The training streams Ray Train splits between the workers (the ones not materialised)."""
+    return [n for n in (LABELLED, PAIRS) if n in datasets and not is_materialized(datasets[n])]
 
 
 # ---- Ray batches (on a worker) -------------------------------------------------------------
@@ -203,9 +268,10 @@ def build_datasets(plan) -> dict[str, Any]:
 
 @dataclass
 class Collated:
-    """A batch decoded to tensors in Ray Data's prefetch threads, with the ids it holds."""
+    """A batch decoded to tensors in Ray Data's prefetch threads, with the ids it holds (tensors
+    None: a batch a resumed run skips, not decoded)."""
 
-    tensors: dict[str, Any]
+    tensors: dict[str, Any] | None
     ids: list[str]
 
 
@@ -217,76 +283,165 @@ def _ids(batch: Any, name: str) -> list[str]:
 
 def collate_classes():
     """Collate functions for ``iter_torch_batches``: JPEG decoding and tensor conversion run in the
-    iterator's prefetch threads, overlapping the training step, not in the step's critical path."""
+    iterator's prefetch threads, overlapping the training step, not in the step's critical path.
+    A batch's augmentation is seeded from the stream's seed and the batch's ids (the threads may
+    take batches in any order); batches ``skip`` takes come back undecoded."""
     from ray.data.collate_fn import NumpyBatchCollateFn
 
     class FaceCollate(NumpyBatchCollateFn):
-        def __init__(self, cfg: TrainConfig, face_model_name: str | None, seed: int):
-            self.cfg, self.face_model_name, self.seed = cfg, face_model_name, seed
-            self.lock, self.count = threading.Lock(), 0
+        def __init__(self, cfg: TrainConfig, face_model_name: str | None, seed: int, skip: Skip | None = None):
+            self.cfg, self.face_model_name, self.seed, self.skip = cfg, face_model_name, seed, skip
 
         def __call__(self, batch):
-            with self.lock:  # called from several threads: one augmentation stream per batch
-                self.count += 1
-                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.count)
+            ids = _ids(batch, "record_id")
+            if self.skip is not None and self.skip.take(ids):
+                return Collated(None, ids)
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, zlib.crc32(",".join(ids).encode("utf-8"))))
             m = self.cfg.model
             tensors = train_data.face_batch_to_tensors(
                 batch, m.input_size, m.num_id, m.num_exp, self.face_model_name, augment=self.cfg.data.augment, generator=generator,
                 geometric=train_data.augment_settings(self.cfg.data),
             )
-            return Collated(tensors, _ids(batch, "record_id"))
+            return Collated(tensors, ids)
 
     class PairCollate(NumpyBatchCollateFn):
-        def __init__(self, cfg: TrainConfig):
-            self.cfg = cfg
+        def __init__(self, cfg: TrainConfig, skip: Skip | None = None):
+            self.cfg, self.skip = cfg, skip
 
         def __call__(self, batch):
-            return Collated(train_data.pair_batch_to_tensors(batch, self.cfg.model.input_size), _ids(batch, "pair_id"))
+            ids = _ids(batch, "pair_id")
+            if self.skip is not None and self.skip.take(ids):
+                return Collated(None, ids)
+            return Collated(train_data.pair_batch_to_tensors(batch, self.cfg.model.input_size), ids)
 
     return FaceCollate, PairCollate
 
 
 class RayBatches:
-    """A Ray Train worker's batch source: its shards of the labelled faces and the frame pairs, and
-    its share of the validation faces (every ``world``-th batch; the small set is not split)."""
+    """A Ray Train worker's batch source: its share of the labelled faces and the frame pairs, and
+    its share of the validation faces (every ``world``-th batch; the small set is not split).
 
-    def __init__(self, cfg: DistributedTrainConfig, rank: int, world: int, face_model_name: str | None, step: int, has_validation: bool):
+    Materialised streams are reproducible: pass ``p`` of epoch ``e`` of a stream orders the blocks
+    with ``stream_seed(seed, stream, e, p)`` (``randomize_block_order``), gives every worker a
+    contiguous share of them (``split``: block references only, no task) and shuffles the rows
+    through the local buffer with the same seed, the batch order kept (``preserve_order``); every
+    worker stops after as many batches as the smallest share gives, so the ranks step together. A
+    run resumed at step ``k`` of an epoch finds the ids of those ``k`` batches by a pass over Arrow
+    batches (no JPEG decoded) and skips them undecoded. Streamed inputs (``streamed``: split by Ray
+    Train, their order does not repeat) skip the first ``k`` batches by count, undecoded too."""
+
+    def __init__(self, cfg: DistributedTrainConfig, rank: int, world: int, face_model_name: str | None, has_validation: bool,
+                 streamed: Sequence[str] = ()):
         import ray.train
 
-        self.cfg, self.rank, self.world = cfg, rank, world
+        self.cfg, self.rank, self.world, self.face_model_name, self.streamed = cfg, rank, world, face_model_name, set(streamed)
         d = cfg.data
-        self.labelled = ray.train.get_dataset_shard(LABELLED) if d.labelled_batch_size > 0 and d.labelled else None
-        self.pairs = ray.train.get_dataset_shard(PAIRS) if d.pair_batch_size > 0 and d.pairs else None
+        self.sources = {}
+        if d.labelled_batch_size > 0 and d.labelled:
+            self.sources[LABELLED] = self._source(LABELLED)
+        if d.pair_batch_size > 0 and d.pairs:
+            self.sources[PAIRS] = self._source(PAIRS)
         self.validation_shard = ray.train.get_dataset_shard(VALIDATION) if has_validation else None
-        FaceCollate, PairCollate = collate_classes()
-        self.face_collate = FaceCollate(cfg, face_model_name, seed=cfg.seed * 7919 + rank * 104_729 + step)
-        self.pair_collate = PairCollate(cfg)
+        self.FaceCollate, self.PairCollate = collate_classes()
 
-    def _batches(self, shard, batch_size: int, collate) -> Iterator[Collated]:
-        return iter(shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=True, prefetch_batches=PREFETCH_BATCHES,
-                                             local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS))
+    def _source(self, name: str):
+        """A materialised stream's dataset (every worker gets all its block references, in order),
+        or a streamed one's Ray Train shard."""
+        import ray.train
 
-    def _cycle(self, shard, batch_size: int, collate) -> Iterator[Collated]:
-        """Endless batches from a dataset shard: a new pass when one ends."""
-        while True:
-            empty = True
-            for batch in self._batches(shard, batch_size, collate):
-                empty = False
-                yield batch
-            if empty:
-                raise FacepgnError(f"a worker's data shard has fewer rows than one batch ({batch_size})")
+        shard = ray.train.get_dataset_shard(name)
+        if name in self.streamed:
+            return shard
+        data = shard.materialize()  # the iterator of a materialised dataset: its block references
+        data.context.execution_options.preserve_order = True
+        return data
 
-    def epoch(self) -> Iterator[Batch]:
-        """One epoch of the primary stream (labelled faces, else pairs); the other one cycles."""
-        d = self.cfg.data
-        if self.labelled is None:
-            for pair in self._batches(self.pairs, d.pair_batch_size, self.pair_collate):
-                yield Batch(pairs=pair.tensors, pair_ids=pair.ids)
-            return
-        pairs = self._cycle(self.pairs, d.pair_batch_size, self.pair_collate) if self.pairs is not None else None
-        for lab in self._batches(self.labelled, d.labelled_batch_size, self.face_collate):
-            pair = next(pairs) if pairs is not None else None
-            yield Batch(lab.tensors, pair.tensors if pair else None, lab.ids, pair.ids if pair else [])
+    def _collate(self, name: str, seed: int, skip: Skip | None):
+        if name == LABELLED:
+            return self.FaceCollate(self.cfg, self.face_model_name, seed, skip)
+        return self.PairCollate(self.cfg, skip)
+
+    def _batch_size(self, name: str) -> int:
+        return self.cfg.data.labelled_batch_size if name == LABELLED else self.cfg.data.pair_batch_size
+
+    def _share(self, name: str, epoch: int, index: int):
+        """Pass ``index`` of epoch ``epoch``: this worker's share of the seeded block order, the
+        batches every worker takes, and the seed."""
+        seed = stream_seed(self.cfg.seed, name, epoch, index)
+        ordered = self.sources[name].randomize_block_order(seed=seed)
+        shares = [ordered] if self.world == 1 else ordered.split(self.world)  # contiguous block groups
+        steps = min(share.count() for share in shares) // self._batch_size(name)
+        return shares[0 if self.world == 1 else self.rank], steps, seed
+
+    def _seeded_pass(self, name: str, epoch: int, index: int, skip: int = 0) -> Iterator[Collated]:
+        """A materialised stream's pass; the first ``skip`` batches come back undecoded."""
+        share, steps, seed = self._share(name, epoch, index)
+        shuffle_seed = seed if self.world == 1 else stream_seed(seed, self.rank)
+        common = {"batch_size": self._batch_size(name), "drop_last": True, "local_shuffle_buffer_size": SHUFFLE_BUFFER_ROWS,
+                  "local_shuffle_seed": shuffle_seed}
+        trained: frozenset[tuple[str, ...]] = frozenset()
+        if skip:  # the same batches as Arrow tables: their ids, nothing decoded
+            id_column = "record_id" if name == LABELLED else "pair_id"
+            arrow = share.iter_batches(batch_format="pyarrow", prefetch_batches=1, **common)
+            trained = frozenset(tuple(str(v) for v in b.column(id_column).to_pylist()) for b in itertools.islice(arrow, min(skip, steps)))
+        collate = self._collate(name, shuffle_seed, Skip(ids=trained) if trained else None)
+        return itertools.islice(share.iter_torch_batches(collate_fn=collate, prefetch_batches=PREFETCH_BATCHES, **common), steps)
+
+    def _streamed_pass(self, name: str, epoch: int, index: int, skip: Skip | None) -> Iterator[Collated]:
+        shuffle_seed = stream_seed(self.cfg.seed, name, epoch, index, self.rank)
+        return iter(self.sources[name].iter_torch_batches(
+            batch_size=self._batch_size(name), collate_fn=self._collate(name, shuffle_seed, skip), drop_last=True,
+            prefetch_batches=PREFETCH_BATCHES, local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=shuffle_seed))
+
+    def _resume_point(self, name: str, epoch: int, skip: int) -> tuple[int, int]:
+        """The pass of a cycled materialised stream its ``skip``-th batch of the epoch is in, and its
+        position there (block metadata only)."""
+        index = 0
+        while skip:
+            steps = self._share(name, epoch, index)[1]
+            if skip < steps or steps == 0:
+                break
+            skip, index = skip - steps, index + 1
+        return index, skip
+
+    def _passes(self, name: str, epoch: int, skip: int) -> Iterator[Iterator[Collated]]:
+        """The passes of a stream in an epoch, the first ``skip`` batches undecoded."""
+        if name in self.streamed:
+            skipper = Skip(count=skip) if skip else None
+            for index in itertools.count():
+                yield self._streamed_pass(name, epoch, index, skipper)
+        first, skip = self._resume_point(name, epoch, skip)
+        for index in itertools.count(first):
+            yield self._seeded_pass(name, epoch, index, skip if index == first else 0)
+
+    def _cycle(self, name: str, epoch: int, skip: int) -> Iterator[Collated]:
+        """Endless batches of a stream: a new pass when one ends."""
+        for batches in self._passes(name, epoch, skip):
+            seen = False
+            for batch in batches:
+                seen = True
+                if batch.tensors is not None:
+                    yield batch
+            if not seen:
+                raise FacepgnError(f"a worker's data shard has fewer rows than one batch ({self._batch_size(name)})")
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        """One epoch: a pass of the primary stream (labelled faces, else pairs; the other one cycles,
+        from its start every epoch), the first ``skip`` steps (trained before a resume) left out."""
+        primary = LABELLED if LABELLED in self.sources else PAIRS
+        other = self._cycle(PAIRS, epoch, skip) if primary == LABELLED and PAIRS in self.sources else None
+        if primary in self.streamed:
+            batches = self._streamed_pass(primary, epoch, 0, Skip(count=skip) if skip else None)
+        else:
+            batches = self._seeded_pass(primary, epoch, 0, skip)  # skip >= its batches: the epoch had ended
+        for batch in batches:
+            if batch.tensors is None:
+                continue
+            pair = next(other) if other is not None else None
+            if primary == PAIRS:
+                yield Batch(pairs=batch.tensors, pair_ids=batch.ids)
+            else:
+                yield Batch(batch.tensors, pair.tensors if pair else None, batch.ids, pair.ids if pair else [])
 
     def validation(self) -> Iterator[Any] | None:
         """This worker's validation batches (numpy), or None without validation data."""

@@ -143,8 +143,10 @@ def checkpoint(state: TrainState, hooks: Hooks, steplog: StepLog) -> None:
 
 def train_epoch(state: TrainState, batches: Iterator[Any], hooks: Hooks, steplog: StepLog) -> bool:
     """Steps over ``batches`` (``Batch`` objects or ``mixed_batch`` dicts) until they run out (True:
-    an epoch finished) or ``cfg.steps`` is reached (False)."""
+    an epoch finished) or ``cfg.steps`` is reached (False). ``state.epoch_step`` counts the epoch's
+    steps, those before a resume included (an epoch resumed at its last step has no batch left)."""
     cfg = state.cfg
+    resumed_at = state.epoch_step
     steps_this_epoch = 0
     while True:
         t0 = time.perf_counter()
@@ -162,6 +164,7 @@ def train_epoch(state: TrainState, batches: Iterator[Any], hooks: Hooks, steplog
         if state.device.type == "cuda":
             torch.cuda.synchronize(state.device)
         state.step += 1
+        state.epoch_step += 1
         steps_this_epoch += 1
         steplog.add(metrics, samples, t1 - t0, time.perf_counter() - t0)
         hooks.on_step(state, batch, metrics, t1 - t0)
@@ -173,21 +176,22 @@ def train_epoch(state: TrainState, batches: Iterator[Any], hooks: Hooks, steplog
             validate(state, hooks, steplog)
         if hooks.periodic_checkpoints and cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0:
             checkpoint(state, hooks, steplog)
-    if steps_this_epoch == 0:
+    if steps_this_epoch == 0 and resumed_at == 0:
         raise FacepgnError("an epoch produced no batch: the data shards are smaller than one batch")
     return True
 
 
-def fit(state: TrainState, epoch_batches: Callable[[], Iterator[Any]], hooks: Hooks) -> StepLog:
-    """Train ``state`` to ``cfg.steps`` over epochs of ``epoch_batches()``; validate and checkpoint
-    after every epoch and at the end (unless an epoch just ended), then write the model file (rank
-    0). Returns the log (latest metrics and validation)."""
+def fit(state: TrainState, epoch_batches: Callable[[int, int], Iterator[Any]], hooks: Hooks) -> StepLog:
+    """Train ``state`` to ``cfg.steps`` over epochs of ``epoch_batches(epoch, skip)`` (the batches
+    of epoch ``epoch`` after its first ``skip``: a resumed run continues its epoch where the
+    checkpoint left it); validate and checkpoint after every epoch and at the end (unless an epoch
+    just ended), then write the model file (rank 0). Returns the log (latest metrics and validation)."""
     steplog = StepLog(state, hooks)
     finished_epoch = False
     while state.step < state.cfg.steps:
-        finished_epoch = train_epoch(state, epoch_batches(), hooks, steplog)
+        finished_epoch = train_epoch(state, epoch_batches(state.epoch, state.epoch_step), hooks, steplog)
         if finished_epoch:
-            state.epoch += 1
+            state.epoch, state.epoch_step = state.epoch + 1, 0
             validate(state, hooks, steplog)
             checkpoint(state, hooks, steplog)
     if not finished_epoch:  # the end: the final weights validated and checkpointed

@@ -1,7 +1,9 @@
 """The plain single-process training loop (CPU or one CUDA device), no Ray.
 
 It reads face-record and frame-pair Parquet (local or s3://) into memory
-(``facepgn.train.datasets.mixed_batches``: shuffled mixed batches), runs the training loop body the
+(``facepgn.train.datasets.plain_batches``: shuffled mixed batches, batch ``i`` a function of the
+seed and ``i``, so a resumed run continues with the batches an uninterrupted one would have seen:
+one endless epoch), runs the training loop body the
 Ray Train workers run too (``facepgn.train.epoch.fit``) with :class:`LocalHooks`, and writes into
 ``TrainConfig.output_dir``: ``checkpoint.pt`` (resumable; continued when it exists and ``resume``
 is on), ``model.pt`` (the standalone model file), ``summary.json`` and, optionally, TensorBoard
@@ -20,7 +22,7 @@ from facepgn import storage
 from facepgn.config import TrainConfig
 from facepgn.summary import SUMMARY_FILE, versions, write_summary
 from facepgn.train.checkpoint import STATE_FILE, save_checkpoint, start_state
-from facepgn.train.datasets import mixed_batches
+from facepgn.train.datasets import Batch, plain_batches
 from facepgn.train.epoch import Hooks, fit
 from facepgn.train.optim import amp_mode, resolve_device
 from facepgn.train.state import new_state
@@ -31,14 +33,17 @@ log = logging.getLogger("facepgn.train")
 class LocalHooks(Hooks):
     """The plain loop's side: checkpoints to one file, the log windows kept as the history."""
 
-    def __init__(self, checkpoint_path: str, on_metrics: Callable[[int, dict[str, float]], None] | None = None):
+    def __init__(self, checkpoint_path: str, on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+                 on_step: Callable[[int, Batch, dict[str, float]], None] | None = None):
         self.checkpoint_path = checkpoint_path
-        self.on_metrics = on_metrics
+        self.on_metrics, self.on_step_callback = on_metrics, on_step
         self.history: list[dict[str, float]] = []
         self.data_seconds = 0.0
 
     def on_step(self, state, batch, metrics, data_s) -> None:
         self.data_seconds += data_s
+        if self.on_step_callback is not None:
+            self.on_step_callback(state.step, batch, metrics)
 
     def on_log(self, state, mean) -> None:
         entry = {**mean, "step": state.step}
@@ -55,22 +60,24 @@ def train(
     face_model: Any = None,
     batches: Iterator[dict[str, dict[str, torch.Tensor]]] | None = None,
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, Batch, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train for ``cfg.steps`` steps; returns the summary (also written to ``summary.json``).
 
-    ``batches`` overrides the Parquet data (an iterator of ``mixed_batch`` dicts, e.g. for tests and
-    benchmarks); ``on_metrics(step, metrics)`` is called every ``log_every`` steps.
+    ``batches`` overrides the Parquet data (an iterator of ``mixed_batch`` dicts or ``Batch``
+    objects, e.g. for tests and benchmarks); ``on_metrics(step, metrics)`` is called every
+    ``log_every`` steps, ``on_step(step, batch, metrics)`` after every step (the batch with its ids).
     """
     previous_threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, face_model, batches, on_metrics)
+        return _train(cfg, face_model, batches, LocalHooks("", on_metrics, on_step))
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, on_metrics: Callable | None) -> dict[str, Any]:
+def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, hooks: LocalHooks) -> dict[str, Any]:
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     out_dir = cfg.output_dir
@@ -78,12 +85,12 @@ def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, on_metri
     ckpt_path = storage.join(out_dir, STATE_FILE)
     state = new_state(cfg, device, amp_mode(cfg.optim.amp, device), face_model)
     start_state(state, ckpt_path if cfg.resume and storage.exists(ckpt_path) else None, log.info)
-    start = state.step
+    start = state.epoch_step = state.step  # one endless epoch
     if batches is None:
-        batches = mixed_batches(cfg, state.core.face_model_name, seed=cfg.seed + start)
-    hooks = LocalHooks(ckpt_path, on_metrics)
+        batches = plain_batches(cfg, state.core.face_model_name, seed=cfg.seed, skip=start)
+    hooks.checkpoint_path = ckpt_path
     t_loop = time.perf_counter()
-    fit(state, lambda: batches, hooks)
+    fit(state, lambda epoch, skip: batches, hooks)
     final_step, history, data_seconds = state.step, hooks.history, hooks.data_seconds
     model_path = storage.join(out_dir, "model.pt")
     loop_seconds = time.perf_counter() - t_loop

@@ -4,7 +4,7 @@ The driver (:func:`run_training`) checks the config and inputs first (``facepgn.
 shards exist, enough records for the workers, storage writable; a one-line error before any
 worker starts), then builds a ``ray.train.torch.TorchTrainer`` (:func:`build_trainer`) over the
 Ray Datasets of ``facepgn.train.datasets.build_datasets`` (labelled faces, frame pairs, validation
-faces; each worker streams its own shard).
+faces, read by Ray tasks in the cluster; each worker streams its own share).
 
 Each worker runs :func:`train_loop_per_worker`: the training loop body the plain loop runs too
 (``facepgn.train.epoch.fit``), over its Ray batch source (``facepgn.train.datasets.RayBatches``),
@@ -22,8 +22,11 @@ with :class:`RayHooks`:
 * ``ray.record_batch_ids``: each worker writes the ids it trained on to ``<output_dir>/batch_ids/``;
   ``fault``: a worker dies on purpose (fault-tolerance tests and drills).
 
-A restart resumes the step count and the epoch number; the position inside an epoch is not
-restored (the interrupted epoch starts over with the restored weights).
+A restart resumes at the checkpointed step: the step count, the epoch and the position in it
+(``progress.json``). With materialised inputs (below ``ray.materialize_below_mb``) every epoch's
+order is a function of the seed and the epoch, so the resumed run trains on the batches the
+uninterrupted one would have (the ones already trained are skipped without decoding them); with
+streamed inputs it skips as many batches of the epoch, and their order differs.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ import time
 from typing import Any, Sequence
 
 from facepgn import storage
+from facepgn.cluster import require_shared_storage
 from facepgn.config import DistributedTrainConfig
 from facepgn.errors import FacepgnError
 from facepgn.summary import SUMMARY_FILE, versions, write_summary
 from facepgn.train.checkpoint import STATE_FILE, BestModel, save_state, start_state
-from facepgn.train.datasets import LABELLED, PAIRS, VALIDATION, RayBatches, build_datasets
+from facepgn.train.datasets import VALIDATION, RayBatches, build_datasets, streamed_names
 from facepgn.train.epoch import MODEL_FILE, Hooks, fit
 from facepgn.train.plan import TrainPlan, preflight
 
@@ -64,7 +68,8 @@ def scaling_config(cfg: DistributedTrainConfig):
     resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
-    return ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
+    return ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
+                                   placement_strategy=s.placement_strategy)
 
 
 def backend_name(cfg: DistributedTrainConfig) -> str:
@@ -95,10 +100,12 @@ def build_trainer(
         **storage_args(cfg.ray.storage_path),
     )
     datasets = dict(datasets) if datasets is not None else build_datasets(plan)
+    streamed = streamed_names(datasets)
     loop_config = {
         "config": cfg.model_dump(mode="json"),
         "epoch_reports_only": epoch_reports_only,
         "has_validation": VALIDATION in datasets,
+        "streamed": streamed,
         "built_at": time.time(),
     }
     return TorchTrainer(
@@ -108,10 +115,23 @@ def build_trainer(
         torch_config=TorchConfig(backend=backend_name(cfg)),
         run_config=run_config,
         datasets=datasets,
-        # training streams are split between the workers; the (small) validation set is not:
-        # each worker scores every world_size-th batch of it
-        dataset_config=ray.train.DataConfig(datasets_to_split=[n for n in (LABELLED, PAIRS) if n in datasets]),
+        dataset_config=data_config(datasets, streamed),
     )
+
+
+def data_config(datasets: dict[str, Any], streamed: list[str]):
+    """Ray Train splits the streamed training inputs between the workers; materialised ones reach
+    every worker whole, in order (each takes its seeded share per epoch: ``RayBatches``), and so
+    does the (small) validation set (each worker scores every world_size-th batch of it)."""
+    import ray.train
+
+    ordered = {}
+    for name in datasets:
+        if name not in streamed:
+            options = ray.train.DataConfig.default_ingest_options()
+            options.preserve_order = True
+            ordered[name] = options
+    return ray.train.DataConfig(datasets_to_split=streamed, execution_options=ordered)
 
 
 def ensure_ray() -> None:
@@ -128,6 +148,7 @@ def run_training(cfg: DistributedTrainConfig) -> dict[str, Any]:
     plan = preflight(cfg)
     cfg = plan.config
     ensure_ray()
+    require_shared_storage({"ray.storage_path": cfg.ray.storage_path, "output_dir": cfg.output_dir}, cfg.shared_storage)
     holdout = cfg.validation.holdout_fraction if not cfg.validation.labelled and plan.validation_files else 0.0
     validation = f"{100 * holdout:g}% of the labelled subjects held out" if holdout else f"{plan.validation_rows} validation faces"
     print(
@@ -241,6 +262,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = DistributedTrainConfig.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    print(f"facepgn train: worker {rank}/{world} on node {ray.get_runtime_context().get_node_id()}", flush=True)  # where each runs
     torch.set_num_threads(cfg.threads or max(1, int(round(cfg.scaling.cpus_per_worker))))
     device = ray.train.torch.get_device()
     # the same initial weights everywhere (DDP also broadcasts rank 0's)
@@ -255,5 +277,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state.model = ray.train.torch.prepare_model(state.model)
     built_at = float(loop_config.get("built_at", time.time()))
     say(f"facepgn train: {world} workers ready {time.time() - built_at:.1f} s after the trainer was built")
-    source = RayBatches(cfg, rank, world, state.core.face_model_name or None, state.step, bool(loop_config.get("has_validation")))
+    source = RayBatches(cfg, rank, world, state.core.face_model_name or None, bool(loop_config.get("has_validation")),
+                        streamed=loop_config.get("streamed", ()))
     fit(state, source.epoch, RayHooks(cfg, source, rank, bool(loop_config.get("epoch_reports_only")), built_at))

@@ -28,6 +28,7 @@ class TrainState:
     device: torch.device
     step: int = 0
     epoch: int = 0
+    epoch_step: int = 0  # steps trained in the current epoch (a resumed run skips that many batches of it)
     rank: int = 0  # this worker's rank; 0 writes the events, the best model and the model file
     world: int = 1  # workers training together
 
