@@ -120,3 +120,40 @@ def test_sweep_stops_a_bad_trial_early_and_writes_a_trainable_best_config(ray_se
     model_dir = tmp_path / "best-model"
     assert main(["train", "--local", "--config", best, "--set", "steps=2", f"output_dir={model_dir}"]) == 0
     assert os.path.exists(model_dir / "model.pt")
+
+
+def test_a_sweep_without_validation_faces_is_one_line_before_any_trial(ray_session, tmp_path, synthetic_faces_dir, capsys):
+    """Through the CLI (exit 2, one ``facepgn: error:`` line naming the setting or path and the
+    cause), and before any trial: no hold-out, a hold-out share no subject falls in (known only
+    from the rows: counted in the cluster), and validation shards without rows."""
+    import zlib
+
+    import pyarrow.parquet as pq
+
+    from facepgn.train import data as train_data
+
+    faces = train_data.read_records([synthetic_faces_dir], "face_record")
+    # the largest fraction that still holds out none of these subjects (in_holdout: crc32 % 10000)
+    smallest = min(zlib.crc32(str(s).encode("utf-8")) % 10_000 for s in faces.column("subject_id").to_pylist())
+    assert smallest >= 2, smallest
+    empty_validation = tmp_path / "empty-validation"
+    empty_validation.mkdir()
+    pq.write_table(faces.slice(0, 0), str(empty_validation / "part-0.parquet"))
+    train = TINY_TRAIN.replace("LABELLED", synthetic_faces_dir)
+    cfg = write(tmp_path / "sweep.yaml", train + "search_space:\n  losses.flow: {uniform: [0, 1]}\n"
+                f"storage_path: {tmp_path / 'ray'}\noutput_dir: {tmp_path / 'sweep'}\n")
+    cases = [
+        (["train.validation.holdout_fraction=0"], "config: a sweep needs validation data"),
+        ([f"train.validation.holdout_fraction={(smallest - 1) / 10_000:g}"],
+         f"validation.holdout_fraction={(smallest - 1) / 10_000:g} holds out no face: no subject of data.labelled"),
+        ([f'train.validation.labelled=["{empty_validation}"]'], f"{empty_validation}: validation.labelled holds no faces"),
+    ]
+    for overrides, expected in cases:
+        code = main(["tune", "--config", cfg, "--set", *overrides])
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("facepgn: error: ")]
+        assert code == 2, (overrides, err)
+        assert len(errors) == 1 and "Traceback" not in err, err
+        assert expected in errors[0], (expected, errors[0])
+    assert not (tmp_path / "ray" / "facepgn-tune").exists() and not (tmp_path / "ray" / "facepgn-tune-trials").exists()  # no trial
+    assert not (tmp_path / "sweep" / "trials").exists()

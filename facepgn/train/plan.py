@@ -174,6 +174,8 @@ def preflight(cfg: DistributedTrainConfig, *, require_validation: bool = False) 
     _find_inputs(plan)
     if require_validation and not plan.validation_files:
         raise ConfigError("config: a sweep needs validation data (validation.labelled or validation.holdout_fraction)")
+    if require_validation and plan.validation_rows == 0:
+        raise InputError(cfg.validation.labelled[0], "validation.labelled holds no faces (its shards have no rows)")
     _check_sizes_and_settings(plan)
     if cfg.init_from and cfg.init_from != PRETRAINED_NAME and not storage.exists(cfg.init_from):
         raise InputError(cfg.init_from, "init_from: model file not found")

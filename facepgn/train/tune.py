@@ -27,6 +27,7 @@ import time
 from typing import Any, Sequence
 
 from facepgn import storage
+from facepgn.cluster import require_shared_storage
 from facepgn.config import (
     ConfigError,
     DistributedTrainConfig,
@@ -242,7 +243,7 @@ def _prepare_sweep(cfg: TuneJobConfig):
     from facepgn.train import ray_trainer
     from facepgn.train.plan import absolute_path, check_writable, preflight
 
-    base_plan = preflight(cfg.train, require_validation=True)
+    base_plan = preflight(cfg.train, require_validation=True)  # a validation source, its files with rows
     cfg = cfg.model_copy(update={
         "train": base_plan.config,
         "storage_path": absolute_path(cfg.storage_path),
@@ -251,6 +252,7 @@ def _prepare_sweep(cfg: TuneJobConfig):
     check_writable(cfg.storage_path, "storage_path")
     check_writable(cfg.output_dir, "output_dir")
     ray_trainer.ensure_ray()
+    require_shared_storage({"storage_path": cfg.storage_path, "output_dir": cfg.output_dir}, cfg.shared_storage)
     return cfg, base_plan
 
 
@@ -262,10 +264,12 @@ def _build_tuner(cfg: TuneJobConfig, base_plan):
     from ray.tune.schedulers import ASHAScheduler
 
     from facepgn.train import ray_trainer
-    from facepgn.train.datasets import build_datasets
+    from facepgn.train.datasets import VALIDATION, build_datasets, check_validation_faces, validation_dataset
 
     shared = not any(k.startswith(_PER_TRIAL_DATA_SECTIONS) for k in cfg.search_space)
     datasets = build_datasets(base_plan) if shared else None
+    # faces to rank the trials on (a hold-out share may hold none): one line before any trial
+    check_validation_faces(base_plan, datasets[VALIDATION] if datasets else validation_dataset(base_plan))
     concurrency = cfg.sweep.max_concurrent_trials or default_concurrency(cfg, ray.cluster_resources())
     grid = 1
     for dim in cfg.search_space.values():
