@@ -29,7 +29,6 @@ photo is recorded in ``errors/`` and ``summary.json`` with a one-line reason and
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from facepgn.config import InferConfig
 from facepgn.errors import FacepgnError
 from facepgn.model import load
 from facepgn.pipelines import common
+from facepgn.pipelines.runner import per_process
 from facepgn.predictor import Predictor
 from facepgn.summary import versions, write_summary
 
@@ -76,14 +76,17 @@ def decode_detect_infer(batch: dict[str, np.ndarray], cfg_json: str, image_size:
         yield from inference.iter_item_outputs(str(path), str(video_id), str(kind), cfg, image_size, runner)
 
 
-@functools.lru_cache(maxsize=2)
-def _predictor(model_path: str, runtime: str, threads: int, device: str) -> Predictor:
-    """The model, loaded once per worker process (and settings)."""
+def _load_predictor(model_path: str, runtime: str, threads: int, device: str) -> Predictor:
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         device = "cpu"
     return Predictor(model_path, runtime=runtime, threads=threads, device=device)
+
+
+def _predictor(model_path: str, runtime: str, threads: int, device: str) -> Predictor:
+    """The model, loaded once per worker process (and settings)."""
+    return per_process(_load_predictor, model_path, runtime, threads, device)
 
 
 def run_model(batch: dict[str, np.ndarray], model_path: str, runtime: str, threads: int, device: str) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -136,21 +136,28 @@ def worker_pool_size(num_cpus_per_worker: float, max_workers: int | None, num_it
 actor_pool_size = worker_pool_size  # the earlier name (the jobs ran on actor pools)
 
 
-_WORKERS: dict[bytes, Callable[[dict], dict]] = {}
+T = TypeVar("T")
+_PER_PROCESS: dict[bytes, Any] = {}
+
+
+def per_process(factory: Callable[..., T], *args: Any) -> T:
+    """``factory(*args)`` built once per worker process (models load once, not per item or per
+    batch), keyed by the pickled ``(factory, args)``: a task receives fresh copies of its
+    arguments, so identity cannot be the key. A process serves one job at a time: the two newest
+    are kept. The one cache every Ray stage of facepgn uses."""
+    import pickle
+
+    key = pickle.dumps((factory, args))
+    if key not in _PER_PROCESS:
+        if len(_PER_PROCESS) >= 2:
+            _PER_PROCESS.pop(next(iter(_PER_PROCESS)))
+        _PER_PROCESS[key] = factory(*args)
+    return _PER_PROCESS[key]
 
 
 def cached_worker(make_worker: Callable[[], Callable[[dict], dict]]) -> Callable[[dict], dict]:
-    """``make_worker()`` built once per worker process (models load once, not per item), keyed by
-    its pickled form (tasks receive a fresh copy of ``make_worker`` each)."""
-    import pickle
-
-    key = pickle.dumps(make_worker)
-    worker = _WORKERS.get(key)
-    if worker is None:
-        if len(_WORKERS) >= 2:  # a process serves one job at a time: keep the newest
-            _WORKERS.pop(next(iter(_WORKERS)))
-        worker = _WORKERS[key] = make_worker()
-    return worker
+    """``make_worker()``, built once per worker process (:func:`per_process`)."""
+    return per_process(make_worker)
 
 
 def run_item_batch(batch: dict[str, np.ndarray], make_worker: Callable[[], Callable[[dict], dict]], counter=None) -> dict[str, np.ndarray]:
