@@ -36,6 +36,12 @@ COMMAND_MODULES = [
 ]
 
 
+def command_names() -> set[str]:
+    """The registered commands (``facepgn COMMAND``)."""
+    parser = build_parser()
+    return {name for action in parser._subparsers._group_actions for name in action.choices}  # noqa: SLF001 - argparse keeps them here
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facepgn",

@@ -380,9 +380,9 @@ def test_job_entrypoints_are_thin_calls_of_the_cli():
     command: no logic of its own, so a submitted job runs exactly what ``facepgn <stage>`` runs."""
     import ast
 
-    from facepgn.demo import available_commands
+    from facepgn.cli import command_names
 
-    commands = available_commands()
+    commands = command_names()
     files = sorted((REPO_ROOT / "jobs").glob("*.py"))
     assert files
     for path in files:
