@@ -59,6 +59,7 @@ class LabelConfig(StrictModel):
     max_items: Optional[int] = None  # process at most this many items not yet done this run
     retry_failed: bool = False  # redo items recorded as skipped in an earlier run
     overwrite: bool = False  # ignore done markers and redo everything
+    shared_storage: bool = False  # local paths are on storage every Ray node mounts (NFS, ...): allowed on a multi-node cluster (else s3:// only there)
 
 
 class ProfileConfig(StrictModel):
@@ -84,3 +85,4 @@ class ProfileConfig(StrictModel):
     max_items: Optional[int] = None  # process at most this many input shards not yet done this run
     retry_failed: bool = False  # redo shards recorded as skipped in an earlier run
     overwrite: bool = False  # ignore done markers and redo everything
+    shared_storage: bool = False  # local paths are on storage every Ray node mounts (NFS, ...): allowed on a multi-node cluster (else s3:// only there)

@@ -91,3 +91,4 @@ class PreprocessConfig(StrictModel):
     max_videos: Optional[int] = None  # process at most this many videos not yet done this run
     retry_failed: bool = False  # rerun videos recorded as failed in an earlier run
     overwrite: bool = False  # ignore done markers and reprocess everything
+    shared_storage: bool = False  # local paths are on storage every Ray node mounts (NFS, ...): allowed on a multi-node cluster (else s3:// only there)

@@ -115,6 +115,9 @@ class ScalingSettings(StrictModel):
     cpus_per_worker: float = Field(0.5, gt=0)  # 0.5: two workers + data reading fit a 2-CPU machine
     gpus_per_worker: float = Field(1.0, ge=0)  # only with use_gpu
     resources_per_worker: dict[str, float] = {}  # extra (custom) resources per worker
+    # how Ray places the workers: PACK (fewest nodes, Ray Train's default), SPREAD (one per node
+    # where it can: e.g. a worker on each of two CPU nodes), or their STRICT_ forms (fail if impossible)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl with GPUs, gloo on CPUs
     read_cpus: float = Field(0.25, gt=0)  # CPUs per Ray Data Parquet read task
 
@@ -167,6 +170,7 @@ class DistributedTrainConfig(TrainConfig):
     validation: ValidationSettings = ValidationSettings()
     ray: RayRunSettings = RayRunSettings()
     fault: FaultInjection = FaultInjection()
+    shared_storage: bool = False  # local ray.storage_path / output_dir are on storage every Ray node mounts (NFS, ...): allowed on a multi-node cluster (else s3:// only there)
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], notes: list[str] | None, where: str) -> dict[str, Any]:
@@ -240,3 +244,4 @@ class TuneJobConfig(StrictModel):
     name: str = Field("facepgn-tune", min_length=1, pattern=r"^[A-Za-z0-9_.=-]+$")
     storage_path: str = "runs/ray"  # Ray Tune experiment + the trials' Ray Train runs
     output_dir: str = "runs/tune"  # results.csv, results.md, best.yaml, summary.json
+    shared_storage: bool = False  # local storage_path / output_dir are on storage every Ray node mounts (NFS, ...): allowed on a multi-node cluster (else s3:// only there)

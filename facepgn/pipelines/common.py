@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from facepgn import markers, storage
+from facepgn.cluster import require_shared_storage
 from facepgn.errors import FacepgnError, InputError
 
 # The item runner lives in facepgn.pipelines.runner; its names stay importable from here.
@@ -335,13 +336,16 @@ def run_item_job(cfg, items: list[dict], make_worker: Callable[[], Callable[[dic
     """The driver of a one-shard-per-item job over ``items`` (dicts with ``item_id`` and ``path``).
 
     ``cfg`` has ``output``, ``overwrite``, ``retry_failed``, ``max_items``, ``executor``,
-    ``num_cpus_per_actor``, ``max_actors`` and ``contact_sheet``. Items with a done marker are
+    ``num_cpus_per_actor``, ``max_actors``, ``contact_sheet`` and ``shared_storage`` (a local
+    output on a multi-node Ray is refused without it: :func:`facepgn.cluster.require_shared_storage`). Items with a done marker are
     skipped (skipped ones too unless ``retry_failed``; all redone with ``overwrite``); the rest run
     through :func:`run_items`, logging ``note(result)`` per finished item. An item whose worker died
     gets ``lost(item)`` as its marker. Writes contact_sheet.png (a sample of the records of every
     done item) and errors.csv."""
     started = time.perf_counter() if started is None else started
     output = cfg.output
+    if cfg.executor == "ray":  # a local output on a multi-node cluster: refused before any work
+        require_shared_storage({"output": output}, cfg.shared_storage)
     storage.check_writable(output)  # an output that cannot be written: one line before any work
     ids = [it["item_id"] for it in items]
     markers_dir = storage.join(output, MARKERS_DIR)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from facepgn import framepairs, paths, records, storage
+from facepgn.cluster import require_shared_storage
 from facepgn.config import PreprocessConfig
 from facepgn.errors import FacepgnError, InputError
 from facepgn.markers import Markers, compact_markers, load_markers
@@ -265,6 +266,8 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, An
     if not cfg.output:
         raise FacepgnError("preprocess: no output given (--output or output: in the config)")
     cfg = resolve_config(cfg)
+    if cfg.executor == "ray":  # a local output on a multi-node cluster: refused before any work
+        require_shared_storage({"output": cfg.output}, cfg.shared_storage)
     output = cfg.output.rstrip("/")
     started = time.perf_counter()
     storage.check_writable(output)  # an output that cannot be written: one line before any work
