@@ -24,6 +24,7 @@ class LabelledConfig(StrictModel):
     num_cpus_per_task: float = 0.5  # Ray CPUs per chunk task (fractional on small machines)
     max_tasks: Optional[int] = None  # chunk tasks at once; None: cluster CPUs / num_cpus_per_task
     overwrite: bool = False  # ignore done markers and convert every chunk again
+    shared_storage: bool = False  # local paths are on storage every Ray node mounts (NFS, ...): allowed on a multi-node cluster (else s3:// only there)
 
     def model_post_init(self, __context: Any) -> None:
         if self.shard_size < 1:

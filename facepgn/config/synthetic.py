@@ -34,6 +34,7 @@ class SyntheticFacesConfig(StrictModel):
     num_cpus_per_task: float = 0.5  # executor ray: Ray CPUs per chunk task (fractional on small machines)
     max_tasks: Optional[int] = None  # executor ray: chunk tasks at once; None: cluster CPUs / num_cpus_per_task
     overwrite: bool = False  # ignore done markers and render every chunk again
+    shared_storage: bool = False  # local paths are on storage every Ray node mounts (NFS, ...): allowed on a multi-node cluster (else s3:// only there)
     contact_sheet: int = 64  # faces in contact_sheet.png; 0: none
     face_model: Optional[str] = None  # None: facepgn.paths.resolve_asset("face_model")
     # which face-model vertices the 68 labels are (facemodel.LANDMARK_DEFINITIONS), applied after
@@ -95,6 +96,7 @@ class SyntheticVideosConfig(StrictModel):
     num_cpus_per_task: float = 0.5  # executor ray: Ray CPUs per clip task
     max_tasks: Optional[int] = None  # executor ray: clip tasks at once; None: cluster CPUs / num_cpus_per_task
     overwrite: bool = False  # ignore done markers and render every clip again
+    shared_storage: bool = False  # local paths are on storage every Ray node mounts (NFS, ...): allowed on a multi-node cluster (else s3:// only there)
     face_model: Optional[str] = None
 
     def model_post_init(self, __context: Any) -> None:

@@ -40,6 +40,16 @@ log = logging.getLogger("facepgn.chunks")
 MARKERS_DIR = common.MARKERS_DIR
 
 
+def preflight(output: str, executor: str, shared_storage: bool) -> None:
+    """Before any work, one line each: an output that cannot be written, a local output on a
+    multi-node Ray (unless ``shared_storage``: every node mounts it; this check connects to Ray)."""
+    storage.check_writable(output)
+    if executor == "ray":
+        from facepgn.cluster import require_shared_storage
+
+        require_shared_storage({"output": output}, shared_storage)
+
+
 def chunk_key(item: dict) -> str:
     """A digest of a chunk's definition: every field of its item but ``key`` and ``files`` (where
     its files go is not what they hold: a folder moved to the earlier layout keeps its chunks)."""
@@ -136,6 +146,8 @@ def run_chunks(output: str, items: Sequence[dict], work: Callable[[dict, str], d
     done = {} if overwrite else _done_chunks(output, items, loaded.by_id, existing)
     pending = [it for it in items if it["item_id"] not in done]
     log.info("%d chunks, %d already done, %d to run (%s) -> %s", len(items), len(done), len(pending), executor, output)
+    if executor == "ray" and pending:
+        _start_ray()  # before the clock: run_s and the rates are the chunks' time, not Ray's start
     started = time.perf_counter()
     results: list[dict] = []
     for marker in _execute(pending, functools.partial(ChunkWorker, output, work), executor, num_cpus, max_tasks, pool):
@@ -156,6 +168,13 @@ def run_chunks(output: str, items: Sequence[dict], work: Callable[[dict, str], d
         markers.compact_markers(markers_dir, {**loaded.by_id, **done})
     found = [done[it["item_id"]] for it in items if it["item_id"] in done]
     return ChunkRun(items, found, results, len(items) - len(pending), time.perf_counter() - started)
+
+
+def _start_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, log_to_driver=True)
 
 
 def _done_chunks(output: str, items: list[dict], found: dict[str, dict],

@@ -84,7 +84,7 @@ def run_convert(cfg: LabelledConfig, data: str, out: str,
     nothing to convert or not a single record could be made."""
     started = time.perf_counter()
     out = str(out).rstrip("/")
-    storage.check_writable(out)  # an output that cannot be written: one line before any work
+    chunks.preflight(out, cfg.executor, cfg.shared_storage)  # one line before any work: where it may write
     shard_dir = chunks.relative(out, labelled.data_dir(out)) or "."
     items, total = list_chunks(cfg, str(data), shard_dir)
     seen = [0]

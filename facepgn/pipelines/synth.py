@@ -40,7 +40,7 @@ BANK_FILE = "background_bank.npz"
 
 #: settings that do not change what a chunk renders (left out of its item, so changing them redoes nothing)
 RUN_SETTINGS = ("n", "output", "executor", "workers", "num_cpus_per_task", "max_tasks", "overwrite", "contact_sheet",
-                "rows_per_shard")
+                "rows_per_shard", "shared_storage")
 
 
 def worker_count(requested: int) -> int:
@@ -126,7 +126,7 @@ def run_synth_faces(cfg: SyntheticFacesConfig, progress: Callable[[int], None] |
     started = time.perf_counter()
     output = cfg.output.rstrip("/")
     synthetic.face_model_for(cfg)  # a missing or bad face model fails here, in one line
-    storage.makedirs(output)
+    chunks.preflight(output, cfg.executor, cfg.shared_storage)  # one line before the bank is built: where it may write
     bank = _write_bank(cfg, output)
     shard_dir = chunks.relative(output, synthetic.data_dir(output)) or "."
     workers = worker_count(cfg.workers)
@@ -202,6 +202,7 @@ def run_synth_videos(cfg: SyntheticVideosConfig, progress: Callable[[int], None]
     started = time.perf_counter()
     output = cfg.output.rstrip("/")
     synthetic.face_model_for(SyntheticFacesConfig(num_id=cfg.num_id, num_exp=cfg.num_exp, face_model=cfg.face_model))
+    chunks.preflight(output, cfg.executor, cfg.shared_storage)
     workers = worker_count(cfg.workers)
     run = chunks.run_chunks(output, video_chunks(cfg), render_video_item, executor=cfg.executor,
                             num_cpus=cfg.num_cpus_per_task, max_tasks=cfg.max_tasks, pool=_pool(workers),
