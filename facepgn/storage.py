@@ -278,27 +278,53 @@ def pyarrow_filesystem(path: str):
     return pafs.LocalFileSystem(), os.path.abspath(strip_file_scheme(str(path)))
 
 
-#: the pyarrow handler's calls that read, and those that write
+#: the pyarrow handler's calls that read, and those that write (the open_* ones also wrap the file)
 _HANDLER_READS = ("get_file_info", "get_file_info_selector", "open_input_file", "open_input_stream")
 _HANDLER_WRITES = ("create_dir", "delete_dir", "delete_dir_contents", "delete_root_dir_contents", "delete_file",
                    "move", "copy_file", "open_output_stream", "open_append_stream")
 
 
 def fault_handler(fs: fsspec.AbstractFileSystem):
-    """A ``pyarrow.fs.FSSpecHandler`` of ``fs`` whose faults are :class:`StorageError` (pickles)."""
+    """A ``pyarrow.fs.FSSpecHandler`` of ``fs`` whose faults, also those of the files it opens
+    (an S3 upload fails on close), are :class:`StorageError`; it pickles (Ray ships it to tasks)."""
     return _fault_handler_class()(fs)
 
 
 @functools.cache
 def _fault_handler_class():
+    import pyarrow
     import pyarrow.fs as pafs
 
     class FaultHandler(pafs.FSSpecHandler):
         def __reduce__(self):
             return (fault_handler, (self.fs,))
 
+        def _open(self, path: str, mode: str):
+            with faults(self._where(path), writing=mode != "rb"):
+                if mode == "rb" and not self.fs.isfile(path):
+                    raise FileNotFoundError(path)
+                raw = self.fs.open(path, mode=mode)
+            return pyarrow.PythonFile(_FaultFile(raw, self._where(path), mode != "rb"), mode="r" if mode == "rb" else "w")
+
+        def open_input_stream(self, path):
+            return self._open(path, "rb")
+
+        def open_input_file(self, path):
+            return self._open(path, "rb")
+
+        def open_output_stream(self, path, metadata):
+            return self._open(path, "wb")
+
+        def open_append_stream(self, path, metadata):
+            return self._open(path, "ab")
+
+        def _where(self, path: str) -> str:
+            protocol = self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol
+            return f"{protocol}://{path}"
+
     for name in _HANDLER_READS + _HANDLER_WRITES:
-        setattr(FaultHandler, name, _handler_call(getattr(pafs.FSSpecHandler, name), name in _HANDLER_WRITES))
+        if not name.startswith("open_"):
+            setattr(FaultHandler, name, _handler_call(getattr(pafs.FSSpecHandler, name), name in _HANDLER_WRITES))
     return FaultHandler
 
 
@@ -307,11 +333,43 @@ def _handler_call(method: Callable[..., Any], writing: bool) -> Callable[..., An
     def call(self, target, *args):
         where = getattr(target, "base_dir", target)  # a FileSelector, a path, or a list of paths
         where = where[0] if isinstance(where, list) and where else where
-        protocol = self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol
-        with faults(f"{protocol}://{where}", writing=writing):
+        with faults(self._where(where), writing=writing):
             return method(self, target, *args)
 
     return call
+
+
+class _FaultFile:
+    """A file of :func:`fault_handler` (what ``pyarrow.PythonFile`` wraps): the faults of its
+    reads, writes and close are :class:`StorageError`; everything else is the file's own."""
+
+    def __init__(self, raw: Any, where: str, writing: bool):
+        self._raw, self._where, self._writing = raw, where, writing
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        with faults(self._where, writing=self._writing):
+            return getattr(self._raw, name)(*args)
+
+    def read(self, *args: Any) -> Any:
+        return self._call("read", *args)
+
+    def readinto(self, *args: Any) -> Any:
+        return self._call("readinto", *args)
+
+    def seek(self, *args: Any) -> Any:
+        return self._call("seek", *args)
+
+    def write(self, *args: Any) -> Any:
+        return self._call("write", *args)
+
+    def flush(self) -> Any:
+        return self._call("flush")
+
+    def close(self) -> Any:
+        return self._call("close")
 
 
 def join(base: str, *parts: str) -> str:

@@ -41,3 +41,29 @@ def test_s3_roundtrip_and_pyarrow(s3_bucket):
     table = pa.table({"a": [1, 2, 3]})
     pq.write_table(table, f"{root}/t.parquet", filesystem=fs)
     assert pq.read_table(f"{root}/t.parquet", filesystem=fs).equals(table)
+
+
+def test_s3_client_fails_fast_and_follows_the_environment(s3_server, monkeypatch):
+    """One client per AWS environment: the same while it is unchanged, a new one when the
+    credentials change (a cached client would keep the old ones); short timeouts, few retries."""
+    first = storage.s3_filesystem()
+    assert storage.s3_filesystem() is first
+    assert first.retries == storage.S3_RETRIES and first.config_kwargs["connect_timeout"] == storage.S3_CONNECT_TIMEOUT_S
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "someone-else")
+    assert storage.s3_filesystem() is not first
+
+
+def test_pyarrow_filesystem_pickles_with_its_fault_translation(s3_bucket):
+    """Ray ships the filesystem to its tasks: it must pickle and still translate faults there."""
+    import pickle
+
+    from facepgn.errors import StorageError
+
+    fs, root = storage.pyarrow_filesystem("s3://facepgn-no-such-bucket-x/t.parquet")
+    again = pickle.loads(pickle.dumps(fs))
+    try:
+        again.open_output_stream(root).close()
+    except StorageError as exc:
+        assert str(exc) == "s3://facepgn-no-such-bucket-x/t.parquet: bucket does not exist"
+    else:
+        raise AssertionError("writing into a missing bucket succeeded")
