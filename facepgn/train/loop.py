@@ -72,12 +72,12 @@ def train(
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, face_model, batches, LocalHooks("", on_metrics, on_step))
+        return _train(cfg, face_model, batches, on_metrics, on_step)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, hooks: LocalHooks) -> dict[str, Any]:
+def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, on_metrics: Callable | None, on_step: Callable | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     out_dir = cfg.output_dir
@@ -88,7 +88,7 @@ def _train(cfg: TrainConfig, face_model: Any, batches: Iterator | None, hooks: L
     start = state.epoch_step = state.step  # one endless epoch
     if batches is None:
         batches = plain_batches(cfg, state.core.face_model_name, seed=cfg.seed, skip=start)
-    hooks.checkpoint_path = ckpt_path
+    hooks = LocalHooks(ckpt_path, on_metrics, on_step)
     t_loop = time.perf_counter()
     fit(state, lambda epoch, skip: batches, hooks)
     final_step, history, data_seconds = state.step, hooks.history, hooks.data_seconds
