@@ -92,11 +92,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def landmarks_from_mat(mat: dict[str, np.ndarray], path: str) -> np.ndarray:
     """68 landmarks in image pixels: (68, 3) from ``pt3d_68``, else (68, 2) from a 68-point ``pt2d``."""
     if "pt3d_68" in mat:
-        pts = np.asarray(mat["pt3d_68"], dtype=np.float64)
+        pts = _numbers(mat, "pt3d_68", path)
         if pts.shape != (3, records.NUM_LANDMARKS):
             raise InputError(path, f"pt3d_68 has shape {pts.shape}, expected (3, 68)")
     elif "pt2d" in mat and np.shape(mat["pt2d"]) == (2, records.NUM_LANDMARKS):
-        pts = np.asarray(mat["pt2d"], dtype=np.float64)
+        pts = _numbers(mat, "pt2d", path)
     else:
         found = f"pt2d has shape {np.shape(mat['pt2d'])}" if "pt2d" in mat else "no pt2d"
         raise InputError(path, f"no 68-point landmarks (needs pt3d_68 (3x68) or pt2d (2x68); {found})")
@@ -105,11 +105,19 @@ def landmarks_from_mat(mat: dict[str, np.ndarray], path: str) -> np.ndarray:
     return pts.T.astype(np.float32)
 
 
+def _numbers(mat: dict[str, np.ndarray], key: str, path: str) -> np.ndarray:
+    """``mat[key]`` as float64, or a one-line error naming the file when it is not numbers (text, cells)."""
+    try:
+        return np.asarray(mat[key], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(path, f"{key} is not numeric") from None
+
+
 def mat_vector(mat: dict[str, np.ndarray], key: str, size: int | None, path: str) -> np.ndarray | None:
     """``mat[key]`` flattened to float32 (None if absent); a one-line error if it has the wrong size."""
     if key not in mat:
         return None
-    value = np.asarray(mat[key], dtype=np.float64).reshape(-1)
+    value = _numbers(mat, key, path).reshape(-1)
     if size is not None and value.size != size:
         raise InputError(path, f"{key} has {value.size} values, expected {size}")
     return value.astype(np.float32)

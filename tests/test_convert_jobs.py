@@ -118,9 +118,9 @@ def test_synth_faces_on_ray_equals_local_and_resumes_one_chunk(ray_session, tmp_
     def config(out: Path, **kw) -> SyntheticFacesConfig:
         return SyntheticFacesConfig(n=10, size=64, rows_per_shard=4, contact_sheet=4, output=str(out), **BARE, **kw)
 
-    local = run_synth_faces(config(tmp_path / "local", executor="local", workers=1))
+    local = run_synth_faces(config(tmp_path / "local", executor="local", workers=2))  # a local process pool
     on_ray = run_synth_faces(config(tmp_path / "ray", **RAY))
-    assert local["written"] == on_ray["written"] == 10 and on_ray["counts"]["chunks"] == 3
+    assert local["written"] == on_ray["written"] == 10 and on_ray["counts"]["chunks"] == 3 and local["workers"] == 2
     assert on_ray["yaw_buckets_deg"] == local["yaw_buckets_deg"] and sum(on_ray["yaw_buckets_deg"].values()) == 10
     shards = _shards(tmp_path / "ray")
     assert len(shards) == 3 and shards == _shards(tmp_path / "local")

@@ -175,6 +175,13 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path, aflw_dir):
     with pytest.raises(InputError, match="image00002.jpg: not a readable image"):
         labelled.read_face(str(bad_image.with_suffix(".jpg")))
 
+    text = tmp_path / "text" / "image00003"
+    text.parent.mkdir()
+    (text.with_suffix(".jpg")).symlink_to(aflw_dir / "image00050.jpg")
+    scipy.io.savemat(text.with_suffix(".mat"), {"pt3d_68": np.array(["x" * 68] * 3), "Pose_Para": np.zeros((1, 7))})
+    with pytest.raises(InputError, match="image00003.mat: pt3d_68 is not numeric"):
+        labelled.read_face(str(text.with_suffix(".jpg")))
+
     corrupt = tmp_path / "corrupt.mat"
     corrupt.write_bytes(b"MATLAB 5.0 MAT-file garbage" + bytes(200))
     with pytest.raises(InputError, match="corrupt.mat: not a readable MATLAB"):

@@ -38,6 +38,8 @@ from facepgn.pipelines import common
 log = logging.getLogger("facepgn.chunks")
 
 MARKERS_DIR = common.MARKERS_DIR
+#: the reason recorded for a chunk whose worker returned nothing (Ray gave it up after its attempts)
+LOST_REASON = "the worker processing it crashed or was killed (see the Ray logs); a rerun redoes it"
 
 
 def preflight(output: str, executor: str, shared_storage: bool) -> None:
@@ -159,11 +161,11 @@ def run_chunks(output: str, items: Sequence[dict], work: Callable[[dict, str], d
     for item in pending:  # a worker that died on it (an OOM kill, a crash) returned nothing
         if item["item_id"] not in returned:
             marker = {"item_id": item["item_id"], "path": item["path"], "key": item["key"], "status": "skipped",
-                      "reason": common.LOST_REASON, "files": []}
+                      "reason": LOST_REASON, "files": []}
             storage.atomic_write_text(marker_path(output, item["item_id"]), common.json_text(marker))
             results.append(marker)
             done[item["item_id"]] = marker
-            log.warning("%s: %s", item["path"], common.LOST_REASON)
+            log.warning("%s: %s", item["path"], LOST_REASON)
     if results or set(done) - set(loaded.by_id) or not loaded.compacted_is_current:  # every marker in one file: one GET next time
         markers.compact_markers(markers_dir, {**loaded.by_id, **done})
     found = [done[it["item_id"]] for it in items if it["item_id"] in done]
