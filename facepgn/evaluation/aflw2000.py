@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from facepgn import storage
 from facepgn.crops import apply_affine, crop_batch
 from facepgn.errors import InputError
 from facepgn.evaluation.detector import DetectorRun, score_detector_pass
@@ -81,6 +82,8 @@ def evaluate_aflw2000(
     and the ``best_worst`` best and worst faces.
     """
     start = time.time()
+    if out_dir:
+        storage.check_writable(out_dir)  # a report folder that cannot be written: one line before any work
     plan = data if isinstance(data, Aflw2000Plan) else plan_aflw2000(data, image_size=image_size, skip_bad=skip_bad, **plan_options)
     n = len(plan.image_paths)
     passes = _Passes(plan, predict_fn, image_size, skip_bad, _FramePeers(dict(frame_peers or {}), image_size),
