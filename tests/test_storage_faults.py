@@ -91,6 +91,14 @@ def test_output_under_a_file_or_a_file_itself(name, inputs, tmp_path, capsys):
     assert blocker.read_text() == "not a folder"
 
 
+def test_evaluate_report_under_a_file(shared, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "report"
+    args = ["evaluate", "aflw2000", "--data", str(shared / "media" / "aflw2000-3d"), "--out", str(out)]
+    assert run_cli(capsys, args) == f"facepgn: error: {out}: parent is not a folder"
+
+
 @pytest.fixture
 def locked_folder(tmp_path):
     """A folder whose mode (0555) forbids writing, with a file written before."""
