@@ -36,20 +36,17 @@ class ConfigError(FacepgnError):
 
 def user_error(exc: BaseException) -> FacepgnError | None:
     """The :class:`FacepgnError` behind ``exc``: itself, or one raised inside a Ray task or worker
-    and re-raised wrapped (``RayTaskError``'s ``cause``, Ray Data's ``UserCodeException``, or an
+    and re-raised wrapped (``RayTaskError``'s ``cause``, Ray Data's ``UserCodeException``: an
     exception chained ``from`` it); None when there is none (a bug: keep its traceback)."""
     seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        current = pending.pop(0)
-        if current is None or id(current) in seen:
-            continue
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
         seen.add(id(current))
         wrapped = getattr(current, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
         if isinstance(wrapped, BaseException):
-            pending.insert(0, wrapped)
-            continue
-        if isinstance(current, FacepgnError):
+            current = wrapped
+        elif isinstance(current, FacepgnError):
             return current
-        pending.extend([current.__cause__, current.__context__])
+        else:  # ``raise ... from``; not __context__: a bug raised while handling a user error keeps its traceback
+            current = current.__cause__
     return None

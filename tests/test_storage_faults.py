@@ -318,3 +318,18 @@ def test_translation_and_preflight(tmp_path, s3_bucket):
 
     again = pickle.loads(pickle.dumps(error))  # crosses Ray tasks and process pools
     assert (type(again), again.path, again.cause) == (StorageError, "s3://b/k", "access denied")
+
+
+def test_user_error_follows_wrappers_not_bugs():
+    """A user error re-raised ``from`` by a wrapper is found; a bug raised while one was being
+    handled is not a user error (it keeps its traceback)."""
+    inner = StorageError("s3://b/k", "access denied")
+    with pytest.raises(RuntimeError) as wrapped:
+        raise RuntimeError("a task failed") from inner
+    assert user_error(wrapped.value) is inner
+    with pytest.raises(ValueError) as bug:
+        try:
+            raise inner
+        except StorageError:
+            raise ValueError("a bug in the handler")  # noqa: B904 - the point: no ``from``
+    assert user_error(bug.value) is None
