@@ -452,6 +452,8 @@ def list_files(root: str, extensions: Iterable[str] | None = None, recursive: bo
         found = fs.find(p) if recursive else [f for f in fs.ls(p, detail=False) if fs.isfile(f)]
     else:
         found = []
+        if root.startswith("s3://"):  # nothing there: a missing bucket is a fault, not an empty listing
+            fs.call_s3("list_objects_v2", Bucket=p.split("/", 1)[0], MaxKeys=1)
     out = []
     for f in found:
         if exts and not f.lower().endswith(exts):

@@ -171,6 +171,16 @@ def test_missing_bucket(name, inputs, s3_server, capsys):
     assert run_cli(capsys, command(name, inputs, output)) == f"facepgn: error: {output}: bucket does not exist"
 
 
+@pytest.mark.parametrize("name", ("preprocess", "infer", "label"))
+def test_s3_input_in_a_missing_bucket_or_behind_an_unreachable_endpoint(name, inputs, s3_server, tmp_path, monkeypatch, capsys):
+    source = f"s3://facepgn-no-such-bucket-{uuid.uuid4().hex[:8]}/in"
+    args = command(name, {**inputs, "videos": source, "photos": source}, str(tmp_path / "out"))
+    assert run_cli(capsys, args) == f"facepgn: error: {source}: bucket does not exist"
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    assert run_cli(capsys, args) == f"facepgn: error: {source}: cannot reach the S3 endpoint {endpoint}"
+
+
 @pytest.fixture
 def no_aws_credentials(s3_server, monkeypatch, tmp_path):
     """Nothing on this machine supplies AWS credentials: every AWS_* variable but the endpoint is
