@@ -9,8 +9,9 @@ Faults: each function here turns the OS, fsspec and botocore errors of a path th
 or written into one :class:`~facepgn.errors.StorageError` (``<path>: <cause>``, :func:`fault`), so
 the CLI prints one line instead of a traceback; a file that is simply not there stays
 ``FileNotFoundError`` on reads (callers say what was missing). Jobs call :func:`check_writable` on
-their output (and :func:`check_readable` on inputs) before any work. S3 clients fail fast (a short
-connect timeout, few retries): an unreachable endpoint is an error within seconds, not minutes.
+their output before any work (:func:`check_readable`: an input exists and can be read; a listing
+that finds nothing in a missing bucket says so). S3 clients fail fast (a short connect timeout, few
+retries): an unreachable endpoint is an error within seconds, not minutes. See docs/errors.md.
 """
 
 from __future__ import annotations
