@@ -507,7 +507,7 @@ def atomic_write_file(local_src: str | Path, dest: str) -> None:
         atomic_write_bytes(dest, f.read())
 
 
-@_translated(writing=True)
+@_translated(writing=False)  # a file already gone is no fault of the folder
 def remove(path: str) -> None:
     fs, p = get_fs(path)
     if fs.exists(p):
