@@ -392,7 +392,7 @@ class Demo:
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo on an embedded local Ray (or the cluster in ``RAY_ADDRESS``)."""
-    needs_ray = set(cfg.stages) & {"preprocess", "train", "tune", "infer"}
+    needs_ray = set(cfg.stages) & {"synth_faces", "synth_videos", "preprocess", "train", "tune", "infer"}
     started_ray = False
     if needs_ray:
         import ray
