@@ -141,7 +141,6 @@ def run_chunks(output: str, items: Sequence[dict], work: Callable[[dict, str], d
     (a loop here; ``pool(tasks)``: a process pool instead). ``existing(item, output)``: the stats
     of a chunk whose files exist without a marker. ``progress(marker)`` as each chunk finishes."""
     output = output.rstrip("/")
-    storage.check_writable(output)  # an output that cannot be written: one line before any work
     items = [dict(it, key=chunk_key(it)) for it in items]
     markers_dir = storage.join(output, MARKERS_DIR)
     loaded = markers.load_markers(markers_dir, "item_id")
