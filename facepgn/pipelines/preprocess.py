@@ -23,7 +23,6 @@ seeded per (seed, video, track), so a resumed run writes the same shards as an u
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import resource
@@ -38,6 +37,7 @@ from facepgn.config import PreprocessConfig
 from facepgn.errors import FacepgnError, InputError
 from facepgn.markers import Markers, compact_markers, load_markers
 from facepgn.pipelines import common
+from facepgn.pipelines.runner import per_process
 from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
 log = logging.getLogger("facepgn.preprocess")
@@ -189,9 +189,12 @@ class VideoProcessor:
 # ---- Ray task ----------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=2)
 def _processor_for(config_json: str, output: str) -> VideoProcessor:
     """One processor per worker process and config (models load once, not per video)."""
+    return per_process(_build_processor, config_json, output)
+
+
+def _build_processor(config_json: str, output: str) -> VideoProcessor:
     return VideoProcessor(json.loads(config_json), output)
 
 
