@@ -88,40 +88,6 @@ def test_sweep_config_errors_are_one_line(tmp_path, synthetic_faces_dir):
     assert not (tmp_path / "ray").exists()
 
 
-def test_sweep_stops_a_bad_trial_early_and_writes_a_trainable_best_config(ray_session, tmp_path, synthetic_faces_dir, capsys):
-    # 3 trials (a grid over the learning rate, random loss weights); the third diverges (lr 1: its mesh
-    # NME is ~30x the others, yet finite)
-    # and ASHA stops it at its first rung, after the others have set the bar
-    cfg = write(
-        tmp_path / "sweep.yaml",
-        TINY_TRAIN.replace("LABELLED", synthetic_faces_dir)
-        + "search_space:\n"
-        "  losses.landmarks_3d: {loguniform: [0.3, 1.0]}\n"
-        "  losses.mesh_landmarks: {uniform: [0.3, 1.0]}\n"
-        "  optim.lr: {grid: [0.002, 0.003, 1.0]}\n"
-        "sweep: {num_samples: 1, max_concurrent_trials: 2, grace_period: 1, max_t: 2, reduction_factor: 2}\n"
-        f"storage_path: {tmp_path / 'ray'}\n"
-        f"output_dir: {tmp_path / 'sweep'}\n",
-    )
-    assert main(["tune", "--config", cfg]) == 0
-    out = tmp_path / "sweep"
-    with open(out / "results.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 3
-    by_lr = {float(r["optim.lr"]): r for r in rows}
-    assert by_lr[1.0]["status"] == "stopped early" and by_lr[1.0]["epoch"] == "1", rows
-    assert sum(r["status"] == "completed" for r in rows) >= 1
-    assert float(rows[0]["optim.lr"]) < 1.0  # best first
-    assert "| trial_id |" in (out / "results.md").read_text()
-    assert "stopped early" in capsys.readouterr().out
-
-    # the best config is a training config: it loads and trains
-    best = str(out / "best.yaml")
-    model_dir = tmp_path / "best-model"
-    assert main(["train", "--local", "--config", best, "--set", "steps=2", f"output_dir={model_dir}"]) == 0
-    assert os.path.exists(model_dir / "model.pt")
-
-
 def test_a_sweep_without_validation_faces_is_one_line_before_any_trial(ray_session, tmp_path, synthetic_faces_dir, capsys):
     """Through the CLI (exit 2, one ``facepgn: error:`` line naming the setting or path and the
     cause), and before any trial: no hold-out, a hold-out share no subject falls in (known only
@@ -157,3 +123,37 @@ def test_a_sweep_without_validation_faces_is_one_line_before_any_trial(ray_sessi
         assert expected in errors[0], (expected, errors[0])
     assert not (tmp_path / "ray" / "facepgn-tune").exists() and not (tmp_path / "ray" / "facepgn-tune-trials").exists()  # no trial
     assert not (tmp_path / "sweep" / "trials").exists()
+
+
+def test_sweep_stops_a_bad_trial_early_and_writes_a_trainable_best_config(ray_session, tmp_path, synthetic_faces_dir, capsys):
+    # 3 trials (a grid over the learning rate, random loss weights); the third diverges (lr 1: its mesh
+    # NME is ~30x the others, yet finite)
+    # and ASHA stops it at its first rung, after the others have set the bar
+    cfg = write(
+        tmp_path / "sweep.yaml",
+        TINY_TRAIN.replace("LABELLED", synthetic_faces_dir)
+        + "search_space:\n"
+        "  losses.landmarks_3d: {loguniform: [0.3, 1.0]}\n"
+        "  losses.mesh_landmarks: {uniform: [0.3, 1.0]}\n"
+        "  optim.lr: {grid: [0.002, 0.003, 1.0]}\n"
+        "sweep: {num_samples: 1, max_concurrent_trials: 2, grace_period: 1, max_t: 2, reduction_factor: 2}\n"
+        f"storage_path: {tmp_path / 'ray'}\n"
+        f"output_dir: {tmp_path / 'sweep'}\n",
+    )
+    assert main(["tune", "--config", cfg]) == 0
+    out = tmp_path / "sweep"
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    by_lr = {float(r["optim.lr"]): r for r in rows}
+    assert by_lr[1.0]["status"] == "stopped early" and by_lr[1.0]["epoch"] == "1", rows
+    assert sum(r["status"] == "completed" for r in rows) >= 1
+    assert float(rows[0]["optim.lr"]) < 1.0  # best first
+    assert "| trial_id |" in (out / "results.md").read_text()
+    assert "stopped early" in capsys.readouterr().out
+
+    # the best config is a training config: it loads and trains
+    best = str(out / "best.yaml")
+    model_dir = tmp_path / "best-model"
+    assert main(["train", "--local", "--config", best, "--set", "steps=2", f"output_dir={model_dir}"]) == 0
+    assert os.path.exists(model_dir / "model.pt")

@@ -213,14 +213,14 @@ def is_materialized(ds: Any) -> bool:
     return isinstance(ds, MaterializedDataset)
 
 
-def build_datasets(plan) -> dict[str, Any]:
+def build_datasets(plan, validation: Any = None) -> dict[str, Any]:
     """The Ray Datasets of a ``facepgn.train.plan.TrainPlan``: ``labelled``, ``pairs``,
     ``validation`` (those present), read and filtered in the cluster (:func:`_dataset`).
 
     Materialised training streams are handed to every worker whole; each worker orders and shares
     out their blocks per epoch from the run's seed (:class:`RayBatches`). Streamed ones (above
     ``ray.materialize_below_mb``) get a new random block order every epoch and are split between
-    the workers by Ray Train."""
+    the workers by Ray Train. ``validation``: the plan's validation dataset, already built."""
     import ray.data
 
     cfg = plan.config
@@ -233,7 +233,7 @@ def build_datasets(plan) -> dict[str, Any]:
     if plan.pair_files:
         out[PAIRS] = _dataset(plan.pair_files, plan.pair_rows, plan.pair_bytes, holdout, None, cfg, training=True)
     if plan.validation_files:
-        out[VALIDATION] = validation_dataset(plan)
+        out[VALIDATION] = validation if validation is not None else validation_dataset(plan)
     return out
 
 

@@ -264,12 +264,13 @@ def _build_tuner(cfg: TuneJobConfig, base_plan):
     from ray.tune.schedulers import ASHAScheduler
 
     from facepgn.train import ray_trainer
-    from facepgn.train.datasets import VALIDATION, build_datasets, check_validation_faces, validation_dataset
+    from facepgn.train.datasets import build_datasets, check_validation_faces, validation_dataset
 
-    shared = not any(k.startswith(_PER_TRIAL_DATA_SECTIONS) for k in cfg.search_space)
-    datasets = build_datasets(base_plan) if shared else None
     # faces to rank the trials on (a hold-out share may hold none): one line before any trial
-    check_validation_faces(base_plan, datasets[VALIDATION] if datasets else validation_dataset(base_plan))
+    validation = validation_dataset(base_plan)
+    check_validation_faces(base_plan, validation)
+    shared = not any(k.startswith(_PER_TRIAL_DATA_SECTIONS) for k in cfg.search_space)
+    datasets = build_datasets(base_plan, validation) if shared else None
     concurrency = cfg.sweep.max_concurrent_trials or default_concurrency(cfg, ray.cluster_resources())
     grid = 1
     for dim in cfg.search_space.values():
