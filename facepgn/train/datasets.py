@@ -132,7 +132,7 @@ def plain_batches(cfg: TrainConfig, face_model_name: str | None = None, seed: in
             generator = torch.Generator().manual_seed(stream_seed(seed, LABELLED, index))  # per batch: resumable
             batch.faces = train_data.face_batch_to_tensors(rows, m.input_size, m.num_id, m.num_exp, face_model_name, d.augment, generator,
                                                            geometric=train_data.augment_settings(d))
-            batch.record_ids = _ids(rows.to_pydict(), "record_id") if "record_id" in rows.column_names else []
+            batch.record_ids = [str(x) for x in rows.column("record_id").to_pylist()] if "record_id" in rows.column_names else []
         if pair_idx is not None and pairs is not None:
             rows = pairs.take(next(pair_idx))
             batch.pairs = train_data.pair_batch_to_tensors(rows, m.input_size)
