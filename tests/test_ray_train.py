@@ -275,3 +275,32 @@ def test_s3_checkpoints_survive_a_worker_death_and_a_restart(ray_session, tmp_pa
     assert checkpoint_steps(second["run"])[-2:] == [4, 5]
     assert [e["step"] for e in batch_ids(out)[0]] == [1, 2, 3, 4, 5]  # the new run trained step 5 only
     assert load_model_file(f"{out}/model.pt").input_size == 64
+
+
+# ---- streamed inputs (above ray.materialize_below_mb): a restart resumes at the step of the epoch ---
+
+
+def test_streamed_inputs_resume_at_the_step_of_their_epoch(ray_session, tmp_path, synthetic_faces_dir):
+    """Inputs above ``ray.materialize_below_mb`` stream (Ray Train splits them; their order does
+    not repeat): a worker that really exits at step 6 is restarted by Ray Train from the step-5
+    checkpoint and skips the 2 steps its epoch had trained (undecoded), so the epochs keep their
+    length: 12 faces in batches of 4, the epoch after the restart's (steps 7-9) holds every face once."""
+    import pyarrow.parquet as pq
+
+    from facepgn.train import data as train_data
+    from facepgn.train.ray_trainer import run_training
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    pq.write_table(train_data.read_records([synthetic_faces_dir], "face_record").slice(0, 12), str(faces / "part-0.parquet"))
+    out = str(tmp_path / "out")
+    cfg = tiny_config(str(faces), None, out, str(tmp_path / "ray"), steps=9, checkpoint_every=5, **{
+        "validation.holdout_fraction": 0.0, "scaling.num_workers": 1, "scaling.cpus_per_worker": 1.0, "ray.materialize_below_mb": 0,
+        "fault.at_step": 6, "fault.rank": 0, "fault.marker": str(tmp_path / "died"), "fault.delay_s": 1.0})
+    summary = run_training(cfg)
+    assert (tmp_path / "died").exists() and summary["counts"]["steps"] == 9
+    entries = batch_ids(out)[0]
+    assert [e["step"] for e in entries] == list(range(1, 10))  # steps 1-5, then 6-9 after the restart
+    by_step = {e["step"]: e["record_ids"] for e in entries}
+    assert len({i for s in (1, 2, 3) for i in by_step[s]}) == 12
+    assert len({i for s in (7, 8, 9) for i in by_step[s]}) == 12  # epoch 2 starts at step 7: epoch 1 kept its 3 steps

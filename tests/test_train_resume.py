@@ -136,26 +136,3 @@ def test_ray_run_resumes_at_the_step_with_the_same_batches(ray_session, tmp_path
     assert len(set(faces_seen)) == 12  # epoch 0: every face once
     assert [full[s][0] for s in (4, 5, 6)] != [full[s][0] for s in (1, 2, 3)]  # epoch 1: another order
 
-
-def test_streamed_inputs_resume_at_the_step_of_their_epoch(ray_session, tmp_path, small_inputs):
-    """Inputs above ``ray.materialize_below_mb`` stream (Ray Train splits them; their order does
-    not repeat): a worker that really exits at step k+1 is restarted by Ray Train from the step-k
-    checkpoint and skips the k' steps its epoch had trained, so the epochs keep their length: the
-    next epoch (steps 7-9) holds every face once."""
-    from facepgn.train.ray_trainer import run_training
-
-    out = str(tmp_path / "out")
-    cfg = build_config(DistributedTrainConfig, {
-        **common_config(small_inputs, output_dir=out, steps=9), "data": {**common_config(small_inputs)["data"], "pairs": []},
-        "scaling": {"num_workers": 1, "cpus_per_worker": 1.0}, "validation": {"holdout_fraction": 0.0},
-        "fault": {"at_step": STOP_AFTER + 1, "rank": 0, "marker": str(tmp_path / "died"), "delay_s": 1.0},
-        "ray": {"storage_path": str(tmp_path / "ray"), "name": "streamed", "record_batch_ids": True, "max_failures": 1,
-                "materialize_below_mb": 0},
-    })
-    summary = run_training(cfg)
-    assert (tmp_path / "died").exists() and summary["counts"]["steps"] == 9
-    entries = batch_ids(out)[0]
-    assert [e["step"] for e in entries] == list(range(1, 10))  # steps 1-5, then 6-9 after the restart
-    by_step = {e["step"]: e["record_ids"] for e in entries}
-    assert len({i for s in (1, 2, 3) for i in by_step[s]}) == 12
-    assert len({i for s in (7, 8, 9) for i in by_step[s]}) == 12  # epoch 2 starts at step 7: epoch 1 kept 3 steps
