@@ -8,7 +8,8 @@ the same process:
 
 * ``old``: what planning did before: list the markers, then one GET per marker, one after another
   (``read_markers_one_by_one`` below is that code). At the larger sizes it is timed on the first
-  ``--old-sample`` markers and extrapolated (marked so), unless ``--old-full``;
+  ``--old-sample`` markers and extrapolated (marked so; the GETs only: the old listing is
+  quadratic in the number of markers, see ``read_markers_one_by_one``), unless ``--old-full``;
 * ``new, first run``: :func:`facepgn.pipelines.preprocess.plan_videos` with no compacted file yet
   (one listing, the markers fetched concurrently in one batch; timed where the old way is timed in full);
 * ``compact``: :func:`facepgn.markers.compact_markers` (what a run does at its end, from the bodies it knows);
@@ -74,11 +75,19 @@ def count_requests():
 
 
 def read_markers_one_by_one(folder: str, key: str, limit: int | None = None) -> dict[str, dict]:
-    """The planning of before: list the markers, then read each (one GET each, in turn)."""
-    from facepgn import storage
+    """The planning of before: list the markers (``storage.list_files``), then read each (one GET
+    each, in turn). ``limit``: read only the first ``limit``, listed with the linear listing of
+    :func:`facepgn.markers.list_markers` instead: ``list_files`` on a flat S3 folder asks s3fs's
+    cache for every file it listed, a scan of the whole listing each (quadratic: about as slow as
+    the GETs at 10,000 markers, far slower at 100,000)."""
+    from facepgn import markers, storage
 
+    if limit is None:
+        paths = storage.list_files(folder, extensions=[".json"], recursive=False)
+    else:
+        paths = [storage.join(folder, f"{item_id}.json") for item_id in list(markers.list_markers(folder))[:limit]]
     found = {}
-    for path in storage.list_files(folder, extensions=[".json"], recursive=False)[:limit]:
+    for path in paths:
         data = json.loads(storage.read_text(path))
         found[data[key]] = data
     return found
@@ -127,7 +136,9 @@ def setup(bucket: str, n: int, done: float, how: str) -> tuple[float, int]:
     return time.perf_counter() - started, n_done
 
 
-def timed(fn):
+def timed(fn, what: str = ""):
+    if what:
+        print(f"  [{time.strftime('%H:%M:%S')}] {what} ...", file=sys.stderr, flush=True)
     with count_requests() as counts:
         t0 = time.perf_counter()
         out = fn()
@@ -142,28 +153,35 @@ def bench_size(n: int, args) -> dict:
     from facepgn.pipelines.preprocess import plan_videos
 
     bucket = f"s3://bench-planning-{uuid.uuid4().hex[:8]}"
+    print(f"  [{time.strftime('%H:%M:%S')}] setup: {n} entries ...", file=sys.stderr, flush=True)
     setup_s, n_done = setup(bucket, n, args.done, args.setup)
     folder = f"{bucket}/out/videos"
     cfg = PreprocessConfig(input=f"{bucket}/manifest.jsonl", output=f"{bucket}/out")
     row: dict = {"entries": n, "done": n_done, "setup_s": round(setup_s, 2)}
 
     limit = None if args.old_full or n_done <= args.old_sample else args.old_sample
-    old, old_s, old_req = timed(lambda: read_markers_one_by_one(folder, "video_id", limit))
-    scale = n_done / len(old) if old else 1.0
-    row["old"] = {"seconds": round(old_s * scale, 2), "requests": round(sum(old_req.values()) * scale), "extrapolated_from": len(old) if limit else None}
+    listed, list_s, list_req = timed(lambda: markers.list_markers(folder), "one listing of the markers")
+    assert len(listed) == n_done
+    row["listing"] = {"seconds": round(list_s, 2), "requests": sum(list_req.values())}
+    old, old_s, old_req = timed(lambda: read_markers_one_by_one(folder, "video_id", limit), "old: one GET per marker")
+    if limit:  # the listing once, the GETs scaled up to every marker
+        scale = n_done / len(old)
+        old_s = list_s + (old_s - list_s) * scale
+        old_req = {"ListObjectsV2": row["listing"]["requests"], "GetObject": round((sum(old_req.values()) - row["listing"]["requests"]) * scale)}
+    row["old"] = {"seconds": round(old_s, 2), "requests": sum(old_req.values()), "extrapolated_from": len(old) if limit else None}
 
     first_run = None
     if limit is None:  # no compacted file yet: the first run after the change fetches every marker (concurrently)
-        first, first_s, first_req = timed(lambda: plan_videos(cfg))
+        first, first_s, first_req = timed(lambda: plan_videos(cfg), "new, first run")
         assert first.loaded.read_one_by_one == n_done
         first_run = {"seconds": round(first_s, 2), "requests": sum(first_req.values())}
     known = {f"clip-{i:06d}": marker(i) for i in range(n_done)}  # what the previous run wrote and read
-    written, compact_s, compact_req = timed(lambda: markers.compact_markers(folder, known))
-    plan, new_s, new_req = timed(lambda: plan_videos(cfg))
+    written, compact_s, compact_req = timed(lambda: markers.compact_markers(folder, known), "compact")
+    plan, new_s, new_req = timed(lambda: plan_videos(cfg), "new")
     assert plan.already_done == n_done and len(plan.pending) == n - n_done and written == n_done, (plan.already_done, written)
     assert plan.loaded.from_compacted == n_done and plan.loaded.read_one_by_one == 0
     assert all(plan.loaded.by_id[k] == v for k, v in old.items())  # the same markers, the same bodies
-    (todo, skipped), infer_s, infer_req = timed(lambda: plan_items(InferConfig(input=cfg.input, output=f"{bucket}/recon")))
+    (todo, skipped), infer_s, infer_req = timed(lambda: plan_items(InferConfig(input=cfg.input, output=f"{bucket}/recon")), "infer plan")
     assert len(todo) == n
     row["new_first_run"] = first_run
     row["compact"] = {"seconds": round(compact_s, 2), "requests": sum(compact_req.values())}
@@ -196,7 +214,7 @@ def main(argv=None) -> int:
             first_text = f"{first['seconds']:.2f} s / {first['requests']}" if first else "not timed"
             print(f"{n:>7} entries, {row['done']} done (setup {row['setup_s']:.1f} s, {args.setup}): "
                   f"old {old['seconds']:.2f} s / {old['requests']} requests{note}; "
-                  f"new first run {first_text}, "
+                  f"new first run {first_text}, listing alone {row['listing']['seconds']:.2f} s / {row['listing']['requests']}, "
                   f"compact {row['compact']['seconds']:.2f} s, "
                   f"new {row['new']['seconds']:.2f} s / {row['new']['requests']} requests ({row['speedup_old_over_new']}x); "
                   f"infer plan {row['infer_plan']['seconds']:.2f} s / {row['infer_plan']['requests']}", flush=True)
