@@ -322,31 +322,19 @@ def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_siz
 
     if not ray.is_initialized():
         ray.init(configure_logging=False, log_to_driver=True)
-    # This pipeline's Data settings go on a copy of the current context, restored afterwards, so
-    # other pipelines in the same process (tests, notebooks) keep theirs.
-    saved = ray.data.DataContext.get_current()
-    ctx = saved.copy()
-    ray.data.DataContext._set_current(ctx)  # noqa: SLF001 - Ray has no public setter for a scoped context
-    try:
-        yield from _run_ray_pipeline(ctx, cfg, todo, face_model, face_model_name, image_size, log)
-    finally:
-        ray.data.DataContext._set_current(saved)  # noqa: SLF001 - restore the caller's
-
-
-def _run_ray_pipeline(ctx, cfg: InferConfig, todo, face_model, face_model_name: str, image_size: int, log) -> Iterable[dict]:
-    import ray
-
-    common.quiet_progress_notice()
-    ctx.execution_options.preserve_order = False
-    ctx.enable_progress_bars = common.progress_bars_wanted()
     # Ray Data's default reservations leave room for one decode task beside the model workers on a
     # small cluster, and without them decode tasks take every CPU and starve the model. So: no
     # reservations, and an explicit cap on concurrent decode tasks (stage_pools: decode never takes
-    # the actors.min model slots, the model may take all).
-    ctx.op_resource_reservation_enabled = False
-    # A decode task's output becomes a block once this many bytes of crops have piled up: small
-    # blocks stream chunks to the model while the video is still being decoded (and bound memory).
-    ctx.target_max_block_size = int(cfg.block_mb * 1024 * 1024)
+    # the actors.min model slots, the model may take all). A decode task's output becomes a block
+    # once this many bytes of crops have piled up: small blocks stream chunks to the model while the
+    # video is still being decoded (and bound memory).
+    with common.ray_data_context(op_resource_reservation_enabled=False, target_max_block_size=int(cfg.block_mb * 1024 * 1024)):
+        yield from _run_ray_pipeline(cfg, todo, face_model, face_model_name, image_size, log)
+
+
+def _run_ray_pipeline(cfg: InferConfig, todo, face_model, face_model_name: str, image_size: int, log) -> Iterable[dict]:
+    import ray
+
     resources = ray.cluster_resources()
     pools = stage_pools(cfg, float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)), len(todo))
     items = [{"path": it.path, "video_id": it.item_id, "kind": it.kind} for it in todo]

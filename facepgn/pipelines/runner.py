@@ -52,24 +52,34 @@ def quiet_progress_notice() -> None:
 
 
 @contextlib.contextmanager
-def ray_data_context(max_errored_blocks: int = 0, progress_bars: bool | None = None):
+def ray_data_context(max_errored_blocks: int = 0, progress_bars: bool | None = None, **settings: Any):
     """This pipeline's Ray Data settings, restored afterwards (other pipelines in the same process
     keep theirs). Datasets bind the context when they are created: create them inside.
     ``max_errored_blocks``: items whose worker dies (after :class:`AttemptCounter`'s attempts) are
     dropped from the stream instead of failing the job; the caller records them.
-    ``progress_bars``: Ray Data's bars (default :func:`progress_bars_wanted`)."""
+    ``progress_bars``: Ray Data's bars (default :func:`progress_bars_wanted`). ``settings``: more
+    ``DataContext`` attributes (e.g. ``target_max_block_size``), set and restored the same way
+    (attribute by attribute: ``DataContext.copy()`` trips Ray's own deprecation warnings)."""
     import ray
 
     quiet_progress_notice()
     ctx = ray.data.DataContext.get_current()
-    saved = (ctx.max_errored_blocks, ctx.execution_options.preserve_order, ctx.enable_progress_bars)
-    ctx.max_errored_blocks = max_errored_blocks
+    wanted: dict[str, Any] = {
+        "max_errored_blocks": max_errored_blocks,
+        "enable_progress_bars": progress_bars_wanted() if progress_bars is None else progress_bars,
+        **settings,
+    }
+    saved = {name: getattr(ctx, name) for name in wanted}
+    saved_order = ctx.execution_options.preserve_order
+    for name, value in wanted.items():
+        setattr(ctx, name, value)
     ctx.execution_options.preserve_order = False
-    ctx.enable_progress_bars = progress_bars_wanted() if progress_bars is None else progress_bars
     try:
         yield ctx
     finally:
-        ctx.max_errored_blocks, ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        for name, value in saved.items():
+            setattr(ctx, name, value)
+        ctx.execution_options.preserve_order = saved_order
 
 
 # ---- bounded retries of items whose worker dies ------------------------------------------------
