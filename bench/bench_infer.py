@@ -20,7 +20,10 @@ Prints, in one run:
 
 Usage: ``.venv/bin/python bench/bench_infer.py [--model runs/x/model.pt] [--frames 40] [--cpus 2]
 [--stage auto|fused|separate] [--runtime torch|onnx] [--strict] [--json out.json]``. Without
-``--model`` the shipped model runs. Run it with nothing else running on the machine.
+``--model`` the shipped model runs. The ceiling: ``--cpus`` plain loops side by side, each in its own process over every n-th video,
+show what the cores give the loop's own code with no framework at all (on this 2-vCPU machine
+two single-threaded processes get ~1.55x one, not 2x); "Ray reaches N% of it" is Ray's own cost.
+Run it with nothing else running on the machine.
 """
 
 from __future__ import annotations
@@ -98,16 +101,52 @@ def latency(model_path: str, repeats: int) -> dict[str, float]:
     return out
 
 
-def corpus_manifest(tmp: str, limit: int | None) -> tuple[str, int]:
-    """A manifest of every video of the visible corpus (media/videos, corpus, corpus2)."""
+def corpus_videos(limit: int | None) -> list:
+    """Every video of the visible corpus (media/videos, corpus, corpus2), sorted."""
     videos = []
     for sub in CORPUS_FOLDERS:
         videos += [p for p in sorted(shared_path(f"media/{sub}").rglob("*")) if p.suffix.lower() in (".mp4", ".avi", ".mov", ".mkv", ".webm")]
-    videos = videos[:limit]
-    manifest = os.path.join(tmp, "videos.csv")
-    with open(manifest, "w") as f:
+    return videos[:limit]
+
+
+def write_manifest(path: str, videos: list) -> str:
+    with open(path, "w") as f:
         f.write("path\n" + "\n".join(str(v) for v in videos) + "\n")
-    return manifest, len(videos)
+    return path
+
+
+def _loop_in_process(cfg_kwargs: dict, output: str) -> int:
+    """One plain loop in a pool process (the side-by-side baseline); returns its sampled frames."""
+    from facepgn.config import InferConfig
+    from facepgn.pipelines.infer import run_inference
+
+    return int(run_inference(InferConfig(**cfg_kwargs, output=output, executor="local"), progress=None)["counts"]["sampled_frames_this_run"])
+
+
+def _warm(_: int) -> int:
+    import torch  # noqa: F401
+
+    import facepgn.pipelines.infer  # noqa: F401 - imported before the clock starts, as in the loop
+
+    return os.getpid()
+
+
+def side_by_side(cfg_kwargs: dict, videos: list, tmp: str, n: int, tag: str) -> dict:
+    """``n`` plain loops at once, each in its own process over every n-th video: what ``n`` cores of
+    this machine give the loop's own code with no framework at all, the ceiling for Ray (two
+    single-threaded processes on this machine's 2 vCPUs get ~1.55x one, not 2x). Processes are
+    started and their imports done before the clock starts."""
+    import multiprocessing as mp
+
+    jobs = [({**cfg_kwargs, "input": write_manifest(os.path.join(tmp, f"side-{tag}-{i}.csv"), videos[i::n])}, os.path.join(tmp, f"out-side-{tag}-{i}"))
+            for i in range(n)]
+    with mp.get_context("spawn").Pool(n) as pool:
+        pool.map(_warm, range(n))
+        start = time.perf_counter()
+        with CpuMeter() as meter:
+            frames = pool.starmap(_loop_in_process, jobs)
+        wall = time.perf_counter() - start
+    return {"wall_s": wall, "frames": sum(frames), "shares": meter.shares}
 
 
 def run(executor: str, cfg_kwargs: dict, output: str, slots: int | None = None) -> dict:
@@ -142,6 +181,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved loop/Ray runs; the best of each is kept")
     parser.add_argument("--latency-repeats", type=int, default=100)
     parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--side-by-side", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run --cpus plain loops at once in their own processes (the machine's ceiling)")
     parser.add_argument("--strict", action="store_true", help="exit 3 when the machine was busy (ratio not valid)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -150,12 +191,13 @@ def main() -> int:
     results: dict = {"cpus": args.cpus, "frames_per_video": args.frames, "runtime": args.runtime, "stage": args.stage}
     with tempfile.TemporaryDirectory(prefix="facepgn-bench-infer-") as tmp:
         path = model_file(args.model, tmp)
-        manifest, n_videos = corpus_manifest(tmp, args.videos)
-        results["videos"] = n_videos
+        videos = corpus_videos(args.videos)
+        manifest = write_manifest(os.path.join(tmp, "videos.csv"), videos)
+        results["videos"] = len(videos)
         cfg_kwargs = dict(model=path, input=manifest, max_frames=args.frames, runtime=args.runtime, batch_size=32,
                           model_stage=args.stage, torch_threads=1)
         if not args.skip_pipeline:
-            _pipeline(results, cfg_kwargs, tmp, args)
+            _pipeline(results, cfg_kwargs, tmp, args, videos)
         results["latency_batch1_one_thread"] = latency(path, args.latency_repeats)
         lat = results["latency_batch1_one_thread"]
         print("per-face latency, batch 1, one thread (median ms; goal <= 4.4)      wall    CPU")
@@ -167,7 +209,7 @@ def main() -> int:
     return 3 if args.strict and not results.get("valid", True) else 0
 
 
-def _pipeline(results: dict, cfg_kwargs: dict, tmp: str, args) -> None:
+def _pipeline(results: dict, cfg_kwargs: dict, tmp: str, args, videos: list) -> None:
     """Interleaved plain-loop and Ray runs over the corpus; the best of each side is kept."""
     import ray
 
@@ -177,25 +219,43 @@ def _pipeline(results: dict, cfg_kwargs: dict, tmp: str, args) -> None:
     # warm-up: start Ray's worker processes (as on a running cluster); not timed
     run("ray", {**cfg_kwargs, "max_frames": 4}, os.path.join(tmp, "out-warm"))
     slots = max(1, int(args.cpus / InferConfig().decode_num_cpus + 1e-6))
-    loops, rays = [], []
+    loops, rays, sides = [], [], []
     for r in range(args.repeats):
         loops.append(run("local", cfg_kwargs, os.path.join(tmp, f"out-loop{r}")))
         rays.append(run("ray", cfg_kwargs, os.path.join(tmp, f"out-ray{r}"), slots=slots))
+        if args.side_by_side:
+            sides.append(side_by_side(cfg_kwargs, videos, tmp, args.cpus, str(r)))
     ray.shutdown()
     loop, ray_ = min(loops, key=lambda r: r["wall_s"]), min(rays, key=lambda r: r["wall_s"])
     ray_["diagnosis"] = SlotUse(**ray_["slot_use"]).diagnosis(ray_["cores_obtained"], args.cpus) if ray_.get("slot_use") else None
     results.update({"plain_loop": loop, "ray": ray_, "all_wall_s": {"loop": [r["wall_s"] for r in loops], "ray": [r["wall_s"] for r in rays]}})
     results["ratio_ray_over_loop"] = ray_["frames_per_s"] / loop["frames_per_s"]
-    results["valid"] = not any(r["busy"] for r in loops + rays)
+    results["valid"] = not any(r["busy"] for r in loops + rays) and not any(r["shares"].busy for r in sides)
+    if sides:
+        side = min(sides, key=lambda r: r["wall_s"])
+        assert side["frames"] == loop["frames"]
+        results["side_by_side"] = {
+            "processes": args.cpus, "wall_s": side["wall_s"], "all_wall_s": [r["wall_s"] for r in sides],
+            "frames_per_s": side["frames"] / side["wall_s"], "cores_obtained": side["shares"].tree_cores,
+            "over_loop": loop["wall_s"] / side["wall_s"], "ray_share_of_it": side["wall_s"] / ray_["wall_s"],
+            "runs": [r["shares"].to_dict() for r in sides],
+        }
     results["load_avg_1m_at_end"] = os.getloadavg()[0]
     print(f"infer bench: {results['videos']} videos, {loop['frames']} frames, {loop['faces']} faces, stage {args.stage}, runtime {args.runtime}")
     print(f"  plain loop: {loop['frames_per_s']:.1f} frames/s ({loop['wall_s']:.1f} s; runs {[round(w, 1) for w in results['all_wall_s']['loop']]})")
     print(f"  ray data:   {ray_['frames_per_s']:.1f} frames/s ({ray_['wall_s']:.1f} s; runs {[round(w, 1) for w in results['all_wall_s']['ray']]})")
     print(f"  ratio ray / loop: {results['ratio_ray_over_loop']:.2f}x on {args.cpus} CPUs (goal >= 1.8x on 2 free cores)")
+    if sides:
+        sb = results["side_by_side"]
+        print(f"  {sb['processes']} plain loops side by side (no framework; the ceiling): {sb['frames_per_s']:.1f} frames/s "
+              f"({sb['wall_s']:.1f} s; runs {[round(w, 1) for w in sb['all_wall_s']]}), {sb['over_loop']:.2f}x one loop; "
+              f"Ray reaches {100 * sb['ray_share_of_it']:.0f}% of it")
     print("  cores each run obtained (its process tree) and CPU time other processes took meanwhile:")
-    for a, b in zip(loops, rays):
+    for i, (a, b) in enumerate(zip(loops, rays)):
         print(a["line"].replace("local", "loop", 1))
         print(b["line"])
+        if i < len(sides):
+            print(sides[i]["shares"].line("side"))
     if not results["valid"]:
         print("  machine busy, ratio not valid: other processes took more than 10% of the CPUs during a run")
     print(f"  CPU per frame in the stages: loop {loop['cpu_ms_per_frame']:.1f} ms, Ray {ray_['cpu_ms_per_frame']:.1f} ms (goal: within 10%); "

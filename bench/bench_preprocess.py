@@ -24,6 +24,9 @@ when others took more than 10% of the CPUs, and exit status 3 with ``--strict``)
 runs how the task slots were used (ramp-up, middle, tail: which part left cores idle).
 
 Usage: ``.venv/bin/python bench/bench_preprocess.py [--frames 40] [--cpus N] [--strict] [--json out.json]``.
+The ceiling: ``--cpus`` plain loops side by side, each in its own process over every n-th video,
+show what the cores give the loop's own code with no framework at all (on this 2-vCPU machine
+two single-threaded processes get ~1.55x one, not 2x); "Ray reaches N% of it" is Ray's own cost.
 Run it with nothing else running on the machine.
 """
 
@@ -134,11 +137,9 @@ def corpus_videos() -> list[Path]:
 
 def _run(cfg: PreprocessConfig, slots: int | None = None) -> dict:
     """One timed run: its summary, wall seconds, CPU shares, and (Ray) its task-slot use."""
-    from facepgn.pipelines.preprocess import run_preprocess
-
     t0, start = time.time(), time.perf_counter()
     with CpuMeter() as meter:
-        summary = run_preprocess(cfg, progress=False)
+        summary = run_loop(cfg)
     wall = time.perf_counter() - start
     use = slot_use(t0, time.time(), slots) if slots else None
     return {"summary": summary, "wall_s": wall, "shares": meter.shares, "slots": use}
@@ -165,6 +166,42 @@ def _side(runs: list[dict], frames: int) -> dict:
     }
 
 
+def _loop_in_process(input_dir: str, output: str, base: dict) -> int:
+    """One plain loop in a pool process (the side-by-side baseline); returns its sampled frames."""
+    summary = run_loop(PreprocessConfig(input=input_dir, output=output, executor="local", **base))
+    return int(summary["frames_sampled_this_run"])
+
+
+def run_loop(cfg: PreprocessConfig) -> dict:
+    from facepgn.pipelines.preprocess import run_preprocess
+
+    return run_preprocess(cfg, progress=False)
+
+
+def _warm(_: int) -> int:
+    import facepgn.pipelines.preprocess  # noqa: F401 - imported before the clock starts, as in the loop
+
+    return os.getpid()
+
+
+def side_by_side(tmp: Path, videos: list[Path], base: dict, n: int, tag: str) -> dict:
+    """``n`` plain loops at once, each in its own process over every n-th video: what ``n`` cores
+    of this machine give the loop's own code with no framework at all, the ceiling for Ray (two
+    single-threaded processes on this machine's 2 vCPUs get ~1.55x one, not 2x). Processes are
+    started and their imports done before the clock starts."""
+    import multiprocessing as mp
+
+    parts = [videos[i::n] for i in range(n)]
+    inputs = [_make_input(tmp / f"side-{tag}-{i}", part, 1) for i, part in enumerate(parts)]
+    with mp.get_context("spawn").Pool(n) as pool:
+        pool.map(_warm, range(n))
+        start = time.perf_counter()
+        with CpuMeter() as meter:
+            frames = pool.starmap(_loop_in_process, [(str(inp), str(tmp / f"out-side-{tag}-{i}"), base) for i, inp in enumerate(inputs)])
+        wall = time.perf_counter() - start
+    return {"wall_s": wall, "frames": sum(frames), "shares": meter.shares}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=40, help="sampled frames per video")
@@ -174,6 +211,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved loop/Ray runs; the best of each is kept")
     parser.add_argument("--niceness", type=int, default=15, help="niceness of the loop and the Ray workers alike")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 1x/4x memory runs")
+    parser.add_argument("--side-by-side", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run --cpus plain loops at once in their own processes (the machine's ceiling)")
     parser.add_argument("--strict", action="store_true", help="exit 3 when the machine was busy (ratio not valid)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -201,11 +240,13 @@ def main() -> int:
     warm_in = _make_input(tmp / "warm", videos[:1], slots)
     _run(PreprocessConfig(output=str(tmp / "out_warm"), **{**ray_cfg, "input": str(warm_in), "max_frames_per_video": 4}))
 
-    loop_runs, ray_runs = [], []
+    loop_runs, ray_runs, side_runs = [], [], []
     for r in range(args.repeats):
         # plain loop in this process over the same functions (VideoProcessor), one OpenCV thread
         loop_runs.append(_run(PreprocessConfig(input=str(input_1x), output=str(tmp / f"out_loop{r}"), executor="local", **base)))
         ray_runs.append(_run(PreprocessConfig(output=str(tmp / f"out_ray{r}"), **ray_cfg), slots))
+        if args.side_by_side:
+            side_runs.append(side_by_side(tmp, videos, base, args.cpus, str(r)))
     loop_summary, ray_summary = loop_runs[0]["summary"], ray_runs[0]["summary"]
     frames = loop_summary["frames_sampled_this_run"]
     loop_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -224,11 +265,20 @@ def main() -> int:
         "ray": _side(ray_runs, frames),
     }
     figures["ray_over_loop"] = round(figures["loop"]["wall_s"] / figures["ray"]["wall_s"], 2)
-    figures["valid"] = not (figures["loop"]["busy"] or figures["ray"]["busy"])
+    figures["valid"] = not (figures["loop"]["busy"] or figures["ray"]["busy"] or any(r["shares"].busy for r in side_runs))
+    if side_runs:
+        side = min(side_runs, key=lambda r: r["wall_s"])
+        assert side["frames"] == frames
+        figures["side_by_side"] = {
+            "processes": args.cpus, "wall_s": round(side["wall_s"], 2), "all_wall_s": [round(r["wall_s"], 2) for r in side_runs],
+            "frames_per_s": round(frames / side["wall_s"], 1), "cores_obtained": round(side["shares"].tree_cores or 0.0, 2),
+            "over_loop": round(figures["loop"]["wall_s"] / side["wall_s"], 2), "ray_share_of_it": round(side["wall_s"] / figures["ray"]["wall_s"], 2),
+            "runs": [r["shares"].to_dict() for r in side_runs],
+        }
     if not args.skip_memory:
         figures["memory"] = _memory_runs(tmp, ray_cfg)
     ray.shutdown()
-    _print(figures, loop_runs, ray_runs, args)
+    _print(figures, loop_runs, ray_runs, args, side_runs)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 3 if args.strict and not figures["valid"] else 0
@@ -252,17 +302,23 @@ def _memory_runs(tmp: Path, ray_cfg: dict) -> dict:
     }
 
 
-def _print(figures: dict, loop_runs: list[dict], ray_runs: list[dict], args) -> None:
+def _print(figures: dict, loop_runs: list[dict], ray_runs: list[dict], args, side_runs: list[dict]) -> None:
     inp, loop, ray_ = figures["input"], figures["loop"], figures["ray"]
     print(f"preprocess bench: {inp['videos']} videos, {inp['sampled_frames']} sampled frames, {inp['pairs']} pairs, 128 px crops")
     print(f"  plain loop : {loop['frames_per_s']:7.1f} frames/s ({loop['wall_s']:.1f} s; runs {loop['all_wall_s']})")
     print(f"  Ray Data   : {ray_['frames_per_s']:7.1f} frames/s ({ray_['wall_s']:.1f} s; runs {ray_['all_wall_s']}; "
           f"{args.cpus} CPUs, {args.num_cpus_per_video} CPU/video)")
     print(f"  ratio Ray / loop: {figures['ray_over_loop']:.2f}x (goal >= 1.8x on 2 free cores)")
+    side = figures.get("side_by_side")
+    if side:
+        print(f"  {side['processes']} plain loops side by side (no framework; the ceiling): {side['frames_per_s']:.1f} frames/s "
+              f"({side['wall_s']:.1f} s; runs {side['all_wall_s']}), {side['over_loop']:.2f}x one loop; Ray reaches {100 * side['ray_share_of_it']:.0f}% of it")
     print("  cores each run obtained (its process tree) and CPU time other processes took meanwhile:")
     for r in range(len(loop_runs)):
         print(loop_runs[r]["shares"].line(f"loop #{r + 1}"))
         print(ray_runs[r]["shares"].line(f"Ray #{r + 1}"))
+        if r < len(side_runs):
+            print(side_runs[r]["shares"].line(f"side #{r + 1}"))
     if not figures["valid"]:
         print("  machine busy, ratio not valid: other processes took more than 10% of the CPUs during a run")
     print(f"  CPU per frame inside the video tasks: loop {loop['task_cpu_ms_per_frame']:.1f} ms, Ray {ray_['task_cpu_ms_per_frame']:.1f} ms "
