@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ray_processes import free_port, session_pids, stop_session
 
 from facepgn.paths import REPO_ROOT, shared_dir
 
@@ -32,27 +31,8 @@ VENV_BIN = Path(sys.executable).parent
 WORKING_DIR_EXCLUDES = [".git", ".venv", "runs", "outputs", "**/__pycache__", ".pytest_cache", "*.egg-info"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Processes in process session ``sid`` (everything our ``ray start`` spawned, and only that)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields after "(comm)": state ppid pgrp session ...; zombies are already dead
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
 
 
 @dataclass
@@ -76,23 +56,7 @@ class LocalRayHead:
             return ""
 
     def stop(self) -> None:
-        sid = self.process.pid  # start_new_session: the session id is the leader's pid
-        for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):  # a throwaway cluster: no need to wait long
-            pids = _session_pids(sid)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and _session_pids(sid):
-                time.sleep(0.2)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_session(self.process)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
@@ -107,13 +71,13 @@ def start_local_head(num_cpus: int = 2, timeout_s: float = 60.0) -> LocalRayHead
         RAY_USAGE_STATS_ENABLED="0",
     )
     env.pop("RAY_ADDRESS", None)
-    dashboard_port = _free_port()
+    dashboard_port = free_port()
     cmd = [
         str(VENV_BIN / "ray"), "start", "--head", "--block",
         "--num-cpus", str(num_cpus), "--num-gpus", "0",
-        "--port", str(_free_port()),
+        "--port", str(free_port()),
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-        "--dashboard-agent-listen-port", str(_free_port()),
+        "--dashboard-agent-listen-port", str(free_port()),
         "--include-dashboard", "true",
         "--temp-dir", temp_dir, "--disable-usage-stats",
     ]
@@ -144,7 +108,7 @@ def ray_head(s3_server):
     head = start_local_head()
     yield head
     head.stop()
-    assert not _session_pids(head.process.pid), "processes of the test's Ray head survived"
+    assert not session_pids(head.process.pid), "processes of the test's Ray head survived"
 
 
 def _submit(client, timeout_s: float = 30.0, **kwargs) -> str:

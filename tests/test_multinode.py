@@ -18,7 +18,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from ray_processes import free_port, session_pids, stop_session
 
 from facepgn import storage
 from facepgn.paths import shared_dir
@@ -41,45 +41,10 @@ TINY_MODEL = ["model.input_size=64", "model.num_id=10", "model.num_exp=5", "mode
 NODE_LINE = re.compile(r"facepgn train: worker (\d+)/(\d+) on node ([0-9a-f]+)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Live processes of process session ``sid`` (what one ``ray start`` spawned, and only that)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
 
 
-def _stop_session(process: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-        pids = _session_pids(process.pid)  # start_new_session: the session id is the leader's pid
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and _session_pids(process.pid):
-            time.sleep(0.2)
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def _node_ports() -> list[str]:
@@ -87,7 +52,7 @@ def _node_ports() -> list[str]:
     base = random.randrange(20000, 30000, 200)  # below the ephemeral range the free ports come from
     flags = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
              "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
-    args = [part for flag in flags for part in (flag, str(_free_port()))]
+    args = [part for flag in flags for part in (flag, str(free_port()))]
     return args + ["--min-worker-port", str(base), "--max-worker-port", str(base + 150)]
 
 
@@ -109,7 +74,7 @@ class TwoNodeCluster:
                "--temp-dir", temp_dir, "--disable-usage-stats", *_node_ports()]
         if head:
             port = self.gcs_address.rsplit(":", 1)[1]
-            cmd += ["--head", "--port", port, "--ray-client-server-port", str(_free_port()), "--include-dashboard", "false"]
+            cmd += ["--head", "--port", port, "--ray-client-server-port", str(free_port()), "--include-dashboard", "false"]
         else:
             cmd += ["--address", self.gcs_address]
         env = {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
@@ -155,7 +120,7 @@ class TwoNodeCluster:
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            _stop_session(process)
+            stop_session(process)
         for d in self.temp_dirs:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -171,7 +136,7 @@ def cluster(s3_server):
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
     )
     temp_dirs = [tempfile.mkdtemp(prefix=p, dir="/tmp") for p in ("fmh", "fmw")]  # short: unix socket paths are length-limited
-    gcs = f"127.0.0.1:{_free_port()}"
+    gcs = f"127.0.0.1:{free_port()}"
     env["RAY_ADDRESS"] = gcs
     c = TwoNodeCluster(gcs, env, temp_dirs)
     t0 = time.monotonic()
@@ -185,7 +150,7 @@ def cluster(s3_server):
         yield c
     finally:
         c.stop()
-        assert not any(_session_pids(p.pid) for p in c.processes), "processes of the test's Ray nodes survived"
+        assert not any(session_pids(p.pid) for p in c.processes), "processes of the test's Ray nodes survived"
 
 
 @pytest.fixture(scope="module")
