@@ -1,4 +1,5 @@
-"""What a job checks about the Ray cluster it runs on, before any work: where it may write.
+"""Connecting to Ray (:func:`connect`, the one place every job does it), and what a job checks about
+the cluster it runs on, before any work: where it may write.
 
 On a cluster of more than one node a local output path is written by each node's processes to
 that node's own disk (pieces of one output on every machine, a driver that finds nothing), so
@@ -10,7 +11,8 @@ e.g. NFS or EFS); ``s3://`` paths always are.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+import os
+from typing import Any, Mapping, Optional
 
 from facepgn import storage
 from facepgn.errors import FacepgnError
@@ -18,13 +20,33 @@ from facepgn.errors import FacepgnError
 SHARED_STORAGE_KEY = "shared_storage"
 
 
-def alive_nodes() -> int:
-    """The nodes of the Ray cluster this process is connected to (connecting first, as the jobs do:
-    ``RAY_ADDRESS`` or a local Ray)."""
+#: Ray Train's preemption watcher, off on a Ray this process starts itself: one local node has
+#: nothing to preempt, and the watcher actor logs an error line at every training start (it is
+#: created with restarts on and arguments in the object store, ray-project/ray#57733).
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+def connect(**local_options: Any) -> bool:
+    """Connect to Ray as every job does: the Ray this process already uses, the cluster in
+    ``RAY_ADDRESS`` (``ray job submit`` sets it), or a local Ray started here with
+    ``local_options`` (e.g. ``num_cpus``). True if this call started or joined it."""
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
         ray.init(configure_logging=False, log_to_driver=True)
+        return True
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")  # only the processes of a Ray started here inherit it
+    ray.init(configure_logging=False, log_to_driver=True, **local_options)
+    return True
+
+
+def alive_nodes() -> int:
+    """The nodes of the Ray cluster this process is connected to (connecting first: :func:`connect`)."""
+    import ray
+
+    connect()
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 

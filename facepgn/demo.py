@@ -397,12 +397,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     if needs_ray:
         import ray
 
-        if not ray.is_initialized():
-            if os.environ.get("RAY_ADDRESS"):
-                ray.init(configure_logging=False, log_to_driver=True)
-            else:
-                ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=True)
-            started_ray = True
+        from facepgn.cluster import connect
+
+        started_ray = connect(num_cpus=cfg.num_cpus, include_dashboard=False)
         log(f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
     try:
         return Demo(cfg, log).run()

@@ -172,10 +172,9 @@ def run_chunks(output: str, items: Sequence[dict], work: Callable[[dict, str], d
 
 
 def _start_ray() -> None:
-    import ray
+    from facepgn.cluster import connect
 
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=True)
+    connect()
 
 
 def _done_chunks(output: str, items: list[dict], found: dict[str, dict],

@@ -318,10 +318,9 @@ def stage_pools(cfg: InferConfig, cpus: float, gpus: float, items: int) -> Stage
 
 
 def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_size: int, log) -> Iterable[dict]:
-    import ray
+    from facepgn.cluster import connect
 
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=True)
+    connect()
     # Ray Data's default reservations leave room for one decode task beside the model workers on a
     # small cluster, and without them decode tasks take every CPU and starve the model. So: no
     # reservations, and an explicit cap on concurrent decode tasks (stage_pools: decode never takes

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from facepgn.cluster import connect
+
 # ---- running items -------------------------------------------------------------------------------
 
 
@@ -209,8 +211,7 @@ def run_items(
         return
     import ray
 
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=True)
+    connect()
     pool = worker_pool_size(num_cpus, max_actors, len(items))
     with ray_data_context(max_errored_blocks=len(items)):
         ds = ray.data.from_items([{"item": json.dumps(dict(it))} for it in items], override_num_blocks=len(items))

@@ -38,7 +38,7 @@ import time
 from typing import Any, Sequence
 
 from facepgn import storage
-from facepgn.cluster import require_shared_storage
+from facepgn.cluster import connect, require_shared_storage
 from facepgn.config import DistributedTrainConfig
 from facepgn.errors import FacepgnError
 from facepgn.summary import SUMMARY_FILE, versions, write_summary
@@ -136,10 +136,8 @@ def data_config(datasets: dict[str, Any], streamed: list[str]):
 
 def ensure_ray() -> None:
     """Connect to Ray (``RAY_ADDRESS`` / a ``ray job submit`` cluster) or start a local one."""
-    import ray
 
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=True)
+    connect()
 
 
 def run_training(cfg: DistributedTrainConfig) -> dict[str, Any]:
