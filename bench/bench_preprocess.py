@@ -42,7 +42,7 @@ import threading
 import time
 from pathlib import Path
 
-from cpu_accounting import CpuMeter, slot_use
+from cpu_accounting import CpuMeter, process_tree, slot_use
 
 from facepgn.config import PreprocessConfig
 from facepgn.paths import shared_path
@@ -60,38 +60,15 @@ DEFAULT_VIDEOS = [  # the memory runs: these 8, once and four times over
 ]
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                kids.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    return kids
-
-
 def _tree_rss_mb(root: int) -> float:
     """Sum of VmRSS over ``root`` and all its descendants (Linux /proc)."""
-    total, stack, seen = 0, [root], set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
+    total = 0
+    for pid in process_tree(root):
         try:
             with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        break
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
         except OSError:
             continue
-        stack.extend(_children(pid))
     return total / 1024.0
 
 

@@ -68,6 +68,11 @@ def _tree(root: int, procs: dict[int, tuple[int, float]]) -> set[int]:
     return seen
 
 
+def process_tree(root: int) -> set[int]:
+    """``root`` and every process descending from it now (one scan of ``/proc``)."""
+    return _tree(root, _proc_times())
+
+
 @dataclass
 class CpuShares:
     """CPU seconds of one run: this process tree's, other processes', and the machine's cores."""
