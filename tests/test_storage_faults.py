@@ -4,7 +4,8 @@ the middle of a job without losing what was already written.
 
 Local faults use the real file system (a read-only folder, a parent that is a file); the
 permission cases run the CLI in a subprocess that permissions bind (as root: without the
-capabilities that override them).
+capabilities that override them); a read-only file system is a tmpfs mounted read-only in a
+private mount namespace (``unshare --mount``: nothing reaches the host's mount table).
 S3 faults use the real moto server (tests/conftest.py): a closed port, a bucket that does not
 exist, no credentials at all (every AWS_* variable cleared, empty credential and config files),
 and, with moto's IAM enforcement on, credentials it does not know and a user whose policy denies
@@ -14,11 +15,13 @@ the write.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -146,6 +149,61 @@ def test_unwritable_output_folder_or_read_only_parent(name, below, inputs, locke
     assert error_line(code, err) == f"facepgn: error: {output}: permission denied"
     assert sorted(p.name for p in locked_folder.iterdir()) == ["kept.txt"]
     assert (locked_folder / "kept.txt").read_text() == "written before"
+
+
+# ---- a read-only file system --------------------------------------------------------------------------
+
+#: run in a private mount namespace: a tmpfs at $1 with kept.txt written, remounted read-only; then
+#: the command (the rest of the arguments); then, after a marker, what that namespace sees in $1
+READ_ONLY_FS_SCRIPT = """
+dir=$1; shift
+mount -t tmpfs tmpfs "$dir" && echo "written before" > "$dir/kept.txt" && mount -o remount,ro "$dir" || exit 97
+"$@"; rc=$?
+echo "-- after the run:"; ls -A "$dir"; cat "$dir/kept.txt"
+exit $rc
+"""
+PRIVATE_MOUNTS = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+
+
+@functools.cache
+def read_only_mounts_refused() -> str | None:
+    """Why this machine does not let a test mount a read-only tmpfs in a private mount namespace
+    (tried, not guessed: it takes root or a user namespace); None when it does."""
+    with tempfile.TemporaryDirectory() as where:
+        try:
+            proc = subprocess.run([*PRIVATE_MOUNTS, 'mount -t tmpfs tmpfs "$1" && mount -o remount,ro "$1"', "sh", where],
+                                  capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"unshare --mount cannot run here ({exc})"
+    return None if proc.returncode == 0 else f"unshare --mount / mount not permitted here ({proc.stderr.strip()})"
+
+
+def run_cli_on_a_read_only_fs(mount: Path, args: list[str]) -> tuple[int, str, list[str]]:
+    """``facepgn ARGS`` in a private mount namespace where ``mount`` is a read-only tmpfs holding
+    kept.txt, written before it turned read-only; (exit status, stderr, ``ls -A`` of ``mount`` and
+    kept.txt's lines as that namespace sees them after the run). Skips where mounting is refused."""
+    refused = read_only_mounts_refused()
+    if refused:
+        pytest.skip(refused)
+    proc = subprocess.run([*PRIVATE_MOUNTS, READ_ONLY_FS_SCRIPT, "sh", str(mount), sys.executable, "-m", "facepgn.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 97, f"the read-only tmpfs could not be set up: {proc.stderr}"
+    assert "-- after the run:" in proc.stdout, proc.stdout
+    after = proc.stdout.rsplit("-- after the run:", 1)[1].split()
+    # the namespace was private: its mount is gone with it, the host's folder untouched
+    assert not os.path.ismount(mount) and not any(mount.iterdir())
+    return proc.returncode, proc.stderr, after
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["the-mount", "a-folder-in-it"])
+@pytest.mark.parametrize("name", COMMANDS)
+def test_read_only_file_system(name, below, inputs, tmp_path):
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    output = mount / "out" if below else mount
+    code, err, after = run_cli_on_a_read_only_fs(mount, command(name, inputs, str(output)))
+    assert error_line(code, err) == f"facepgn: error: {output}: read-only file system"
+    assert after == ["kept.txt", "written", "before"]  # nothing new, what was there unchanged
 
 
 # ---- S3 ---------------------------------------------------------------------------------------------
