@@ -464,18 +464,20 @@ def load(path: str | os.PathLike | None, map_location: str | torch.device = "cpu
     """The one loader: a model file (:func:`save_model_file`), a training checkpoint that holds the
     model (``facepgn.train``), or a run / checkpoint folder holding ``model.pt`` or ``checkpoint.pt``;
     local or ``s3://``; ``None``: the pretrained model shipped with facepgn. Always
-    ``torch.load(weights_only=True)``; returns the model in eval mode."""
+    ``torch.load(weights_only=True)``; returns the model in eval mode. A model that cannot be read
+    is one line naming it (``model file not found``, or a :class:`~facepgn.errors.StorageError`)."""
     from facepgn import storage
 
     path = resolve_model_file(path)
     fs, stripped = storage.get_fs(path)
-    if fs.isdir(stripped):
-        for name in ("model.pt", "checkpoint.pt"):
-            if fs.exists(stripped.rstrip("/") + "/" + name):
-                path = storage.join(path, name)
-                break
-        else:
-            raise InputError(path, "folder holds no model.pt or checkpoint.pt")
+    with storage.faults(path):  # an unreachable S3 endpoint, a refused request: one line naming the model
+        if fs.isdir(stripped):
+            for name in ("model.pt", "checkpoint.pt"):
+                if fs.exists(stripped.rstrip("/") + "/" + name):
+                    path = storage.join(path, name)
+                    break
+            else:
+                raise InputError(path, "folder holds no model.pt or checkpoint.pt")
     payload = read_torch_file(path, map_location, what="model file")
     found = _find_model_payload(payload)
     if found is None:

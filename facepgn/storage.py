@@ -9,9 +9,10 @@ Faults: each function here turns the OS, fsspec and botocore errors of a path th
 or written into one :class:`~facepgn.errors.StorageError` (``<path>: <cause>``, :func:`fault`), so
 the CLI prints one line instead of a traceback; a file that is simply not there stays
 ``FileNotFoundError`` on reads (callers say what was missing). Jobs call :func:`check_writable` on
-their output before any work (:func:`check_readable`: an input exists and can be read; a listing
-that finds nothing in a missing bucket says so). S3 clients fail fast (a short connect timeout, few
-retries): an unreachable endpoint is an error within seconds, not minutes. See docs/errors.md.
+their output before any work (:func:`check_file_writable`: an output that is one file;
+:func:`check_readable`: an input exists and can be read; a listing that finds nothing in a missing
+bucket says so). S3 clients fail fast (a short connect timeout, few retries): an unreachable
+endpoint is an error within seconds, not minutes. See docs/errors.md.
 """
 
 from __future__ import annotations
@@ -183,6 +184,25 @@ def check_writable(path: str) -> None:
         fd = os.open(strip_file_scheme(probe), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
         os.unlink(strip_file_scheme(probe))
+
+
+def check_file_writable(path: str) -> None:
+    """The preflight of an output that is one file (``export onnx --out``): :func:`check_writable`
+    of the folder it goes into, the :class:`StorageError` naming ``path`` (as its write would)."""
+    path = str(path)
+    if is_remote(path):
+        folder = posixpath.dirname(path.rstrip("/"))
+    else:
+        local = strip_file_scheme(path)
+        if os.path.isdir(local):
+            raise StorageError(path, "is a folder")
+        folder = os.path.dirname(os.path.abspath(local))
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise StorageError(path, "parent is not a folder")
+    try:
+        check_writable(folder)
+    except StorageError as exc:
+        raise StorageError(path, exc.cause) from exc
 
 
 def check_readable(path: str) -> None:

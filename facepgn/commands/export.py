@@ -25,20 +25,13 @@ def run(args: argparse.Namespace) -> int:
     """Export the model's networks (coefficient regressor + PGN) to ONNX with a dynamic batch axis. The
     closed-form pose fit has no ONNX operator; `facepgn infer --runtime onnx` runs it in torch on
     the ONNX outputs. The export is checked against torch on random crops."""
-    from facepgn import export
+    from facepgn import export, storage
     from facepgn.errors import FacepgnError
     from facepgn.model import load
 
     if args.format == "release":
-        import os
-
-        from facepgn.model import resolve_model_file, write_pretrained
-
-        os.makedirs(args.out, exist_ok=True)
-        mirror = None if args.mirror_test is None else args.mirror_test == "on"
-        info = write_pretrained(resolve_model_file(args.model), args.out, mirror_test=mirror)
-        print(f"facepgn export: {args.model} -> {info['path']} ({info['bytes'] / 1e6:.1f} MB float16, sha256 {info['sha256']})")
-        return 0
+        return _release(args)
+    storage.check_file_writable(args.out)  # an output that cannot be written: one line before the model loads
     model = load(args.model)
     if args.mirror_test is not None:
         model.cfg = model.cfg.model_copy(update={"mirror_test": args.mirror_test == "on"})
@@ -50,6 +43,23 @@ def run(args: argparse.Namespace) -> int:
         print("facepgn export: max |onnxruntime - torch|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
         if worst > args.atol:
             raise FacepgnError(f"{args.out}: ONNX outputs differ from torch by {worst:.2e} (> {args.atol})")
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    """``export release``: the float16 model file and its sha256 into the local folder ``--out``."""
+    from facepgn import storage
+    from facepgn.errors import InputError
+    from facepgn.model import resolve_model_file, write_pretrained
+
+    if storage.is_remote(args.out):
+        raise InputError(args.out, "export release writes a local folder (copy it to S3 afterwards)")
+    storage.check_writable(args.out)  # creates it; one that cannot be written: one line before the model loads
+    model_file = resolve_model_file(args.model)
+    mirror = None if args.mirror_test is None else args.mirror_test == "on"
+    with storage.faults(args.out, writing=True):  # the model's own read faults arrive translated already
+        info = write_pretrained(model_file, args.out, mirror_test=mirror)
+    print(f"facepgn export: {args.model} -> {info['path']} ({info['bytes'] / 1e6:.1f} MB float16, sha256 {info['sha256']})")
     return 0
 
 
