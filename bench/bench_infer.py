@@ -13,7 +13,9 @@ Prints, in one run:
   meanwhile ("machine busy, ratio not valid" above 10% of the CPUs; exit 3 with ``--strict``), and
   for Ray how its task slots were used (ramp-up, middle, tail: which part left cores idle);
 * CPU time per frame of the stages (Ray overhead shows there, contention from other processes does
-  not), and of the whole process tree;
+  not) and of the whole process tree, for the loop, the side-by-side loops (the ceiling) and Ray,
+  and how much of Ray's extra over the loop is the machine's (the side-by-side loops pay it too:
+  two busy vCPUs make every process slower) and how much is Ray's own;
 * the per-stage breakdown (decode, detect, crop, model, write...), seconds summed over videos, for both;
 * the model's per-face latency at batch 1 on one thread: torch eager (networks + closed-form pose),
   onnxruntime networks + the same pose fit in torch, and onnxruntime networks alone (goal <= 4.4 ms).
@@ -37,7 +39,7 @@ import tempfile
 import time
 
 import numpy as np
-from cpu_accounting import CpuMeter, SlotUse, slot_use
+from cpu_accounting import CpuMeter, SlotUse, cpu_per_frame_lines, ms_per_frame, side_by_side_runs, slot_use
 
 from facepgn.paths import shared_path
 
@@ -115,38 +117,27 @@ def write_manifest(path: str, videos: list) -> str:
     return path
 
 
-def _loop_in_process(cfg_kwargs: dict, output: str) -> int:
-    """One plain loop in a pool process (the side-by-side baseline); returns its sampled frames."""
+def _loop_in_process(cfg_kwargs: dict, output: str) -> tuple[int, float]:
+    """One plain loop in a pool process (the side-by-side baseline): its sampled frames and the CPU
+    seconds of its stages (the figure the loop and Ray report as ``cpu_s``)."""
     from facepgn.config import InferConfig
     from facepgn.pipelines.infer import run_inference
 
-    return int(run_inference(InferConfig(**cfg_kwargs, output=output, executor="local"), progress=None)["counts"]["sampled_frames_this_run"])
-
-
-def _warm(_: int) -> int:
-    import torch  # noqa: F401
-
-    import facepgn.pipelines.infer  # noqa: F401 - imported before the clock starts, as in the loop
-
-    return os.getpid()
+    summary = run_inference(InferConfig(**cfg_kwargs, output=output, executor="local"), progress=None)
+    return int(summary["counts"]["sampled_frames_this_run"]), float(summary["timings"]["cpu_s"])
 
 
 def side_by_side(cfg_kwargs: dict, videos: list, tmp: str, n: int, tag: str) -> dict:
     """``n`` plain loops at once, each in its own process over every n-th video: what ``n`` cores of
     this machine give the loop's own code with no framework at all, the ceiling for Ray (two
-    single-threaded processes on this machine's 2 vCPUs get ~1.55x one, not 2x). Processes are
-    started and their imports done before the clock starts."""
-    import multiprocessing as mp
-
+    single-threaded processes on this machine's 2 vCPUs get ~1.55x one, not 2x). Each process first
+    does an untimed run of one video at 4 frames (imports, the model, first calls), as Ray's warm-up."""
     jobs = [({**cfg_kwargs, "input": write_manifest(os.path.join(tmp, f"side-{tag}-{i}.csv"), videos[i::n])}, os.path.join(tmp, f"out-side-{tag}-{i}"))
             for i in range(n)]
-    with mp.get_context("spawn").Pool(n) as pool:
-        pool.map(_warm, range(n))
-        start = time.perf_counter()
-        with CpuMeter() as meter:
-            frames = pool.starmap(_loop_in_process, jobs)
-        wall = time.perf_counter() - start
-    return {"wall_s": wall, "frames": sum(frames), "shares": meter.shares}
+    warm = [({**cfg_kwargs, "input": write_manifest(os.path.join(tmp, f"side-warm-{tag}-{i}.csv"), videos[:1]), "max_frames": 4},
+             os.path.join(tmp, f"out-side-warm-{tag}-{i}")) for i in range(n)]
+    run = side_by_side_runs(_loop_in_process, jobs, warm)
+    return {"wall_s": run.wall_s, "frames": sum(f for f, _ in run.results), "cpu_s": sum(c for _, c in run.results), "shares": run.shares}
 
 
 def run(executor: str, cfg_kwargs: dict, output: str, slots: int | None = None) -> dict:
@@ -238,6 +229,8 @@ def _pipeline(results: dict, cfg_kwargs: dict, tmp: str, args, videos: list) -> 
             "processes": args.cpus, "wall_s": side["wall_s"], "all_wall_s": [r["wall_s"] for r in sides],
             "frames_per_s": side["frames"] / side["wall_s"], "cores_obtained": side["shares"].tree_cores,
             "over_loop": loop["wall_s"] / side["wall_s"], "ray_share_of_it": side["wall_s"] / ray_["wall_s"],
+            "cpu_s": side["cpu_s"], "cpu_ms_per_frame": ms_per_frame(side["cpu_s"], side["frames"]),
+            "tree_cpu_ms_per_frame": ms_per_frame(side["shares"].tree_cpu_s, side["frames"]),
             "runs": [r["shares"].to_dict() for r in sides],
         }
     results["load_avg_1m_at_end"] = os.getloadavg()[0]
@@ -258,8 +251,11 @@ def _pipeline(results: dict, cfg_kwargs: dict, tmp: str, args, videos: list) -> 
             print(sides[i]["shares"].line("side"))
     if not results["valid"]:
         print("  machine busy, ratio not valid: other processes took more than 10% of the CPUs during a run")
-    print(f"  CPU per frame in the stages: loop {loop['cpu_ms_per_frame']:.1f} ms, Ray {ray_['cpu_ms_per_frame']:.1f} ms (goal: within 10%); "
-          f"whole process tree: loop {loop['tree_cpu_ms_per_frame']:.1f} ms, Ray {ray_['tree_cpu_ms_per_frame']:.1f} ms")
+    sb = results.get("side_by_side")
+    ceiling = (sb["cpu_ms_per_frame"], sb["tree_cpu_ms_per_frame"]) if sb else None
+    for line in cpu_per_frame_lines("in the stages", (loop["cpu_ms_per_frame"], loop["tree_cpu_ms_per_frame"]),
+                                    (ray_["cpu_ms_per_frame"], ray_["tree_cpu_ms_per_frame"]), ceiling, args.cpus):
+        print(line)
     if ray_["diagnosis"]:
         print(ray_["diagnosis"])
     stages = sorted(set(loop["stage_s"]) | set(ray_["stage_s"]))

@@ -4,8 +4,10 @@ Both runs process the same real videos (from the shared corpus) with the same co
 per-video code (``VideoProcessor``); only the executor differs. Prints, in one run:
 
 * sampled frames per second of each, and the ratio Ray / loop (goal >= 1.8x on 2 cores);
-* CPU time per frame inside the video tasks (Ray overhead shows here, contention does not) and
-  the share of the tasks' wall time they got a CPU for;
+* CPU time per frame inside the video tasks (Ray overhead shows here, contention does not) and of
+  the whole process tree, for the loop, the side-by-side loops (the ceiling, below) and Ray, and
+  how much of Ray's extra over the loop is the machine's (the side-by-side loops pay it too: two
+  busy vCPUs make every process slower) and how much is Ray's own;
 * the per-stage time breakdown (decode, detect, crop, landmarks, flow, encode, write), summed over
   videos, for both;
 * loop and Ray workers run at the same niceness (``--niceness``, 15; Ray nices its workers by
@@ -42,7 +44,7 @@ import threading
 import time
 from pathlib import Path
 
-from cpu_accounting import CpuMeter, process_tree, slot_use
+from cpu_accounting import CpuMeter, cpu_per_frame_lines, ms_per_frame, process_tree, side_by_side_runs, slot_use
 
 from facepgn.config import PreprocessConfig
 from facepgn.paths import shared_path
@@ -143,10 +145,11 @@ def _side(runs: list[dict], frames: int) -> dict:
     }
 
 
-def _loop_in_process(input_dir: str, output: str, base: dict) -> int:
-    """One plain loop in a pool process (the side-by-side baseline); returns its sampled frames."""
+def _loop_in_process(input_dir: str, output: str, base: dict) -> tuple[int, float]:
+    """One plain loop in a pool process (the side-by-side baseline): its sampled frames and the CPU
+    seconds inside its video work (the figure the loop and Ray report as ``cpu_s``)."""
     summary = run_loop(PreprocessConfig(input=input_dir, output=output, executor="local", **base))
-    return int(summary["frames_sampled_this_run"])
+    return int(summary["frames_sampled_this_run"]), float(summary["timings"]["cpu_s"])
 
 
 def run_loop(cfg: PreprocessConfig) -> dict:
@@ -155,28 +158,17 @@ def run_loop(cfg: PreprocessConfig) -> dict:
     return run_preprocess(cfg, progress=False)
 
 
-def _warm(_: int) -> int:
-    import facepgn.pipelines.preprocess  # noqa: F401 - imported before the clock starts, as in the loop
-
-    return os.getpid()
-
-
 def side_by_side(tmp: Path, videos: list[Path], base: dict, n: int, tag: str) -> dict:
     """``n`` plain loops at once, each in its own process over every n-th video: what ``n`` cores
     of this machine give the loop's own code with no framework at all, the ceiling for Ray (two
-    single-threaded processes on this machine's 2 vCPUs get ~1.55x one, not 2x). Processes are
-    started and their imports done before the clock starts."""
-    import multiprocessing as mp
-
+    single-threaded processes on this machine's 2 vCPUs get ~1.55x one, not 2x). Each process first
+    does an untimed run of one video at 4 frames (imports, models, first calls), as Ray's warm-up."""
     parts = [videos[i::n] for i in range(n)]
     inputs = [_make_input(tmp / f"side-{tag}-{i}", part, 1) for i, part in enumerate(parts)]
-    with mp.get_context("spawn").Pool(n) as pool:
-        pool.map(_warm, range(n))
-        start = time.perf_counter()
-        with CpuMeter() as meter:
-            frames = pool.starmap(_loop_in_process, [(str(inp), str(tmp / f"out-side-{tag}-{i}"), base) for i, inp in enumerate(inputs)])
-        wall = time.perf_counter() - start
-    return {"wall_s": wall, "frames": sum(frames), "shares": meter.shares}
+    warm = [(str(_make_input(tmp / f"side-warm-{tag}-{i}", videos[:1], 1)), str(tmp / f"out-side-warm-{tag}-{i}"),
+             {**base, "max_frames_per_video": 4}) for i in range(n)]
+    run = side_by_side_runs(_loop_in_process, [(str(inp), str(tmp / f"out-side-{tag}-{i}"), base) for i, inp in enumerate(inputs)], warm)
+    return {"wall_s": run.wall_s, "frames": sum(f for f, _ in run.results), "cpu_s": sum(c for _, c in run.results), "shares": run.shares}
 
 
 def main() -> int:
@@ -250,6 +242,8 @@ def main() -> int:
             "processes": args.cpus, "wall_s": round(side["wall_s"], 2), "all_wall_s": [round(r["wall_s"], 2) for r in side_runs],
             "frames_per_s": round(frames / side["wall_s"], 1), "cores_obtained": round(side["shares"].tree_cores or 0.0, 2),
             "over_loop": round(figures["loop"]["wall_s"] / side["wall_s"], 2), "ray_share_of_it": round(side["wall_s"] / figures["ray"]["wall_s"], 2),
+            "task_cpu_ms_per_frame": round(1000 * side["cpu_s"] / max(frames, 1), 2),
+            "tree_cpu_ms_per_frame": round(ms_per_frame(side["shares"].tree_cpu_s, frames) or 0.0, 2),
             "runs": [r["shares"].to_dict() for r in side_runs],
         }
     if not args.skip_memory:
@@ -298,8 +292,10 @@ def _print(figures: dict, loop_runs: list[dict], ray_runs: list[dict], args, sid
             print(side_runs[r]["shares"].line(f"side #{r + 1}"))
     if not figures["valid"]:
         print("  machine busy, ratio not valid: other processes took more than 10% of the CPUs during a run")
-    print(f"  CPU per frame inside the video tasks: loop {loop['task_cpu_ms_per_frame']:.1f} ms, Ray {ray_['task_cpu_ms_per_frame']:.1f} ms "
-          f"(goal: within 10%); whole process tree: loop {loop['tree_cpu_ms_per_frame']:.1f} ms, Ray {ray_['tree_cpu_ms_per_frame']:.1f} ms")
+    per_frame = {name: (run["task_cpu_ms_per_frame"], run["tree_cpu_ms_per_frame"]) for name, run in (("loop", loop), ("ray", ray_))}
+    ceiling = (side["task_cpu_ms_per_frame"], side["tree_cpu_ms_per_frame"]) if side else None
+    for line in cpu_per_frame_lines("inside the video tasks", per_frame["loop"], per_frame["ray"], ceiling, args.cpus):
+        print(line)
     best = min(ray_runs, key=lambda r: r["wall_s"])
     if best["slots"] is not None:
         print(best["slots"].diagnosis(best["shares"].tree_cores, args.cpus))

@@ -12,6 +12,10 @@ stime; a process that exits keeps its last sample). What a process spends after 
 and a process that starts and exits between two samples, is missed: that under-counts the tree
 and over-counts "others" by at most ``interval`` CPU seconds per exited process.
 Linux only (``/proc``); elsewhere the figures are ``None``.
+
+Also here: the machine's ceiling (:func:`side_by_side_runs`: plain loops side by side in their own
+processes, warmed up first) and whose CPU per frame Ray's extra is (:func:`cpu_per_frame_lines`:
+the machine's, which the side-by-side loops pay too, or Ray's own).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
 
 BUSY_SHARE = 0.10  # others above this share of the machine's CPU time: "machine busy, ratio not valid"
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -240,3 +245,89 @@ def slot_use(start_epoch_s: float, end_epoch_s: float, slots: int) -> SlotUse | 
     wall = max(hi - lo, 1.0)
     return SlotUse(slots, len(spans), _running_area(edges, lo, hi) / wall, (first_full - lo) / 1e6, (hi - last_full) / 1e6,
                    wall / 1e6, {k: round(max(0.0, v) / 1e6, 2) for k, v in idle.items()})
+
+
+# ---- whose CPU per frame: the machine's or Ray's -------------------------------------------------
+
+
+def ms_per_frame(cpu_s: float | None, frames: int) -> float | None:
+    """CPU milliseconds per frame (None when the CPU time is not known)."""
+    return None if cpu_s is None else 1000.0 * cpu_s / max(frames, 1)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
+def _pct(ratio: float) -> str:
+    return f"{100 * (ratio - 1):+.0f}%"
+
+
+def cpu_per_frame_lines(work: str, loop: tuple[float | None, float | None], ray: tuple[float | None, float | None],
+                        side: tuple[float | None, float | None] | None = None, processes: int = 2) -> list[str]:
+    """The CPU per frame of the plain loop, the loops side by side (the ceiling) and Ray, each as
+    (inside the work, whole process tree) in ms, and whose Ray's extra is: the side-by-side loops
+    run the loop's code with no framework, so what they spend over the one loop is the machine's
+    (busy vCPUs make every process slower: shared cores, caches, memory bandwidth, clock), and what
+    Ray spends over them is Ray's own. ``work`` names where the inside figure is measured."""
+    names = [("loop", loop), *([(f"{processes} loops side by side", side)] if side else []), ("Ray", ray)]
+    lines = [f"  CPU per frame {work}: " + ", ".join(f"{n} {_ms(v[0])}" for n, v in names) + " (goal: Ray within 10% of the loop)",
+             "  CPU per frame of the whole process tree: " + ", ".join(f"{n} {_ms(v[1])}" for n, v in names)]
+    for i, what in enumerate((work, "of the whole tree")):
+        base, top = loop[i], ray[i]
+        if not base or not top:
+            continue
+        if side is None or not side[i]:
+            lines.append(f"  Ray's CPU per frame {what}: {_pct(top / base)} over the loop (the side-by-side ceiling splits it)")
+            continue
+        lines.append(f"  Ray's CPU per frame {what}: {_pct(top / base)} over the loop; of it {_pct(side[i] / base)} is the machine's "
+                     f"(the side-by-side loops over one loop), then {_pct(top / side[i])} Ray's own (Ray over the side-by-side loops)")
+    return lines
+
+
+# ---- the ceiling: plain loops side by side, no framework -----------------------------------------
+
+_POOL_BARRIER: Any = None
+
+
+def _join_pool(barrier: Any) -> None:
+    global _POOL_BARRIER
+    _POOL_BARRIER = barrier
+
+
+def _warm_once(fn: Callable[..., Any], args: tuple) -> int:
+    """``fn(*args)`` (a tiny run), then wait for every process of the pool: each runs exactly one."""
+    try:
+        fn(*args)
+    finally:
+        _POOL_BARRIER.wait(timeout=900)
+    return os.getpid()
+
+
+@dataclass
+class SideBySide:
+    """What the side-by-side processes returned, their wall time and the CPU shares meanwhile."""
+
+    wall_s: float
+    results: list
+    shares: CpuShares
+
+
+def side_by_side_runs(fn: Callable[..., Any], jobs: Sequence[tuple], warm_jobs: Sequence[tuple]) -> SideBySide:
+    """``fn(*job)`` for every job at once, one spawned process each, timed with a :class:`CpuMeter`
+    (the processes are this one's children: the meter counts them). First each process runs one
+    ``warm_jobs`` entry untimed (imports, model loads, first calls), as the Ray runs' warm-up takes
+    worker start-up and model loads out of Ray's clock."""
+    import multiprocessing as mp
+
+    if len(warm_jobs) != len(jobs):
+        raise ValueError("one warm-up job per process")
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(len(jobs), initializer=_join_pool, initargs=(ctx.Barrier(len(jobs)),)) as pool:
+        pool.starmap(_warm_once, [(fn, tuple(args)) for args in warm_jobs], chunksize=1)
+        start = time.perf_counter()
+        with CpuMeter() as meter:
+            results = pool.starmap(fn, jobs, chunksize=1)
+        wall = time.perf_counter() - start
+    assert meter.shares is not None
+    return SideBySide(wall, results, meter.shares)
