@@ -5,14 +5,16 @@
 * Ray (every Ray Train worker): :func:`build_datasets` on the driver gives the Ray Datasets
   (``labelled``, ``pairs``, ``validation``), every row read, upgraded and filtered by Ray tasks
   (the driver lists files and reads footers only: ``facepgn.train.plan``); on a worker
-  :class:`RayBatches` streams its share of them, decoding to tensors in the iterators' prefetch
-  threads (``iter_torch_batches`` + the collate functions) while the previous step computes. An
-  epoch is a pass over the labelled share (over the pairs when there are no labelled faces); the
-  other stream cycles.
+  :class:`RayBatches` takes its share of them, decoding to tensors in background threads while
+  the previous step computes. An epoch is a pass over the labelled share (over the pairs when
+  there are no labelled faces); the other stream cycles.
 
-Every shuffle is a function of the run's seed and the stream's coordinates (:func:`stream_seed`),
-so a run resumed at step ``k`` of an epoch skips the ``k`` batches it trained, undecoded
-(:class:`Skip`), and continues with the ones an uninterrupted run would have seen.
+Inputs below ``ray.materialize_below_mb`` are read once into the object store; every worker holds
+their rows (:class:`WorkerRows`, zero-copy) and every pass is a permutation seeded from the run's
+seed and the stream's coordinates (:func:`stream_seed`), so a run resumed at step ``k`` of an
+epoch continues with the batches an uninterrupted run would have seen. Larger inputs stream,
+split between the workers by Ray Train; a resumed run skips ``k`` batches by count, undecoded
+(:class:`Skip`).
 
 Both yield ``{"faces": ..., "pairs": ...}`` mixed batches (``facepgn.train.data.mixed_batch``) or
 :class:`Batch` objects, which also carry the ids of the rows in them.
@@ -20,12 +22,14 @@ Both yield ``{"faces": ..., "pairs": ...}`` mixed batches (``facepgn.train.data.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -43,6 +47,7 @@ LABELLED, PAIRS, VALIDATION = "labelled", "pairs", "validation"
 SHUFFLE_BLOCK_ROWS = 256
 SHUFFLE_BUFFER_ROWS = 1024
 PREFETCH_BATCHES = 4  # batches decoded ahead of the training step, per stream
+DECODE_THREADS = 2  # threads decoding a materialised stream's batches on a worker
 
 
 @dataclass
@@ -86,17 +91,15 @@ def stream_seed(*parts: int | str) -> int:
 
 
 class Skip:
-    """The batches of a stream a resumed run already trained on: those whose ids are ``ids``
-    (exact, for reproducible streams), or the first ``count`` ones collated (streamed inputs, whose
-    order does not repeat). A skipped batch is not decoded: the collate function returns it empty."""
+    """The first ``count`` batches of a streamed input a resumed run already trained on (its order
+    does not repeat: they are skipped by count). A skipped batch is not decoded: the collate
+    function returns it empty."""
 
-    def __init__(self, ids: frozenset[tuple[str, ...]] = frozenset(), count: int = 0):
-        self.ids, self.count, self.lock = ids, count, threading.Lock()
+    def __init__(self, count: int = 0):
+        self.count, self.lock = count, threading.Lock()
 
     def take(self, ids: Sequence[str]) -> bool:
-        """Whether the batch of ``ids`` is skipped (counted once)."""
-        if self.ids:
-            return tuple(ids) in self.ids
+        """Whether this batch is skipped (counted once)."""
         with self.lock:
             if self.count > 0:
                 self.count -= 1
@@ -181,17 +184,19 @@ def _dataset(files: list[str], rows: int, size: int, holdout: float, holdout_sid
              training: bool):
     """One input as a Ray Dataset: ``read_parquet``, the schema upgrade and the hold-out filter
     (``holdout_side``: only the held-out subjects (True) or only the others (False)) as Ray Data
-    operators; training streams cut into blocks of :func:`block_rows` rows. Below
-    ``ray.materialize_below_mb`` it is materialised into the object store (by Ray tasks: the driver
-    holds block references, never rows), so that every epoch streams from memory."""
+    operators. Below ``ray.materialize_below_mb`` it is materialised into the object store (by Ray
+    tasks: the driver holds block references, never rows), once for the whole run; larger training
+    streams are cut into blocks of :func:`block_rows` rows in a new random order every epoch, for Ray
+    Train to split between the workers."""
     read_cpus = cfg.scaling.read_cpus
     ds = _read_parquet(files, read_cpus).map_batches(row_ops.upgraded, batch_format="pyarrow", num_cpus=read_cpus)
     if holdout_side is not None:
         ds = ds.map_batches(row_ops.holdout_filter(holdout, holdout_side), batch_format="pyarrow", num_cpus=read_cpus)
-    if training:
-        ds = ds.repartition(target_num_rows_per_block=block_rows(rows, cfg.scaling.num_workers), strict=True)
     if size >= cfg.ray.materialize_below_mb * 1e6:
-        return ds.randomize_block_order() if training else ds  # streamed: Ray Train splits it
+        if not training:
+            return ds
+        ds = ds.repartition(target_num_rows_per_block=block_rows(rows, cfg.scaling.num_workers), strict=True)
+        return ds.randomize_block_order()  # streamed: Ray Train splits it
     # the order kept: the same files give the same blocks in every run (this lineage's own context:
     # read_parquet copies the current one)
     ds.context.execution_options.preserve_order = True
@@ -276,14 +281,14 @@ class Collated:
 
 
 def _ids(batch: Any, name: str) -> list[str]:
-    if batch is None or name not in batch:
-        return []
-    return [str(x) for x in batch[name]]
+    values = train_data.column(batch, name) if batch is not None else None
+    return [str(x) for x in values] if values is not None else []
 
 
 def collate_classes():
-    """Collate functions for ``iter_torch_batches``: JPEG decoding and tensor conversion run in the
-    iterator's prefetch threads, overlapping the training step, not in the step's critical path.
+    """Collate functions (for :func:`prefetched` and ``iter_torch_batches``): JPEG decoding and
+    tensor conversion run in background threads, overlapping the training step, not in the step's
+    critical path.
     A batch's augmentation is seeded from the stream's seed and the batch's ids (the threads may
     take batches in any order); batches ``skip`` takes come back undecoded."""
     from ray.data.collate_fn import NumpyBatchCollateFn
@@ -317,18 +322,56 @@ def collate_classes():
     return FaceCollate, PairCollate
 
 
+class WorkerRows:
+    """A materialised training stream on one worker: all its rows in one Arrow table (read once
+    from the object store), and the seeded order its passes take them in.
+
+    Pass ``seed`` permutes every row (the plain loop's reshuffle: every row once, any two rows may
+    share a batch); worker ``rank`` takes the ``rank``-th of ``world`` equal slices, so the shares
+    are disjoint and every worker has :attr:`steps` batches (the ranks step together). Batch ``i``
+    is a function of the seed and ``i`` alone: a resumed run starts at batch ``k``, nothing read
+    for the ``k`` before, and there is no Ray Data execution to start per pass."""
+
+    def __init__(self, table: Any, batch_size: int, rank: int, world: int):
+        self.table, self.batch_size, self.rank, self.world = table, batch_size, rank, world
+
+    @property
+    def steps(self) -> int:
+        return (self.table.num_rows // self.world) // self.batch_size
+
+    def batches(self, seed: int, start: int = 0) -> Iterator[Any]:
+        """The pass's row batches (Arrow tables) from batch ``start`` on."""
+        import numpy as np
+
+        per_worker = self.table.num_rows // self.world
+        order = np.random.default_rng(seed).permutation(self.table.num_rows)[self.rank * per_worker:(self.rank + 1) * per_worker]
+        for i in range(start, self.steps):
+            yield self.table.take(order[i * self.batch_size:(i + 1) * self.batch_size])
+
+
+def prefetched(jobs: Iterator[tuple[Callable[[Any], Collated], Any]], depth: int = PREFETCH_BATCHES) -> Iterator[Collated]:
+    """``collate(rows)`` for each ``(collate, rows)`` of ``jobs`` in background threads, up to
+    ``depth`` batches ahead of the consumer, in order: JPEG decoding overlaps the training step
+    (OpenCV releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="facepgn-collate") as pool:
+        pending: collections.deque = collections.deque()
+        for collate, rows in jobs:
+            pending.append(pool.submit(collate, rows))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 class RayBatches:
     """A Ray Train worker's batch source: its share of the labelled faces and the frame pairs, and
     its share of the validation faces (every ``world``-th batch; the small set is not split).
 
-    Materialised streams are reproducible: pass ``p`` of epoch ``e`` of a stream orders the blocks
-    with ``stream_seed(seed, stream, e, p)`` (``randomize_block_order``), gives every worker a
-    contiguous share of them (``split``: block references only, no task) and shuffles the rows
-    through the local buffer with the same seed, the batch order kept (``preserve_order``); every
-    worker stops after as many batches as the smallest share gives, so the ranks step together. A
-    run resumed at step ``k`` of an epoch finds the ids of those ``k`` batches by a pass over Arrow
-    batches (no JPEG decoded) and skips them undecoded. Streamed inputs (``streamed``: split by Ray
-    Train, their order does not repeat) skip the first ``k`` batches by count, undecoded too."""
+    Materialised streams (every worker gets their block references) become :class:`WorkerRows`:
+    pass ``p`` of epoch ``e`` is seeded with ``stream_seed(seed, stream, e, p)``, so a run resumed
+    at step ``k`` of an epoch continues with the batches an uninterrupted run trains on. Streamed
+    inputs (``streamed``: split by Ray Train, their order does not repeat) skip the first ``k``
+    batches by count, undecoded."""
 
     def __init__(self, cfg: DistributedTrainConfig, rank: int, world: int, face_model_name: str | None, has_validation: bool,
                  streamed: Sequence[str] = ()):
@@ -336,25 +379,32 @@ class RayBatches:
 
         self.cfg, self.rank, self.world, self.face_model_name, self.streamed = cfg, rank, world, face_model_name, set(streamed)
         d = cfg.data
-        self.sources = {}
+        self.sources: dict[str, Any] = {}
         if d.labelled_batch_size > 0 and d.labelled:
             self.sources[LABELLED] = self._source(LABELLED)
         if d.pair_batch_size > 0 and d.pairs:
             self.sources[PAIRS] = self._source(PAIRS)
         self.validation_shard = ray.train.get_dataset_shard(VALIDATION) if has_validation else None
         self.FaceCollate, self.PairCollate = collate_classes()
+        self._ahead: Iterator[Batch] | None = None  # materialised inputs: the batches after the last epoch
+        self._ahead_at: tuple[int, int] | None = None  # the (epoch, skip) they start at
 
     def _source(self, name: str):
-        """A materialised stream's dataset (every worker gets all its block references, in order),
-        or a streamed one's Ray Train shard."""
+        """A streamed input's Ray Train shard, or a materialised one's rows (:class:`WorkerRows`)."""
+        import pyarrow as pa
+        import ray
         import ray.train
 
         shard = ray.train.get_dataset_shard(name)
         if name in self.streamed:
             return shard
-        data = shard.materialize()  # the iterator of a materialised dataset: its block references
-        data.context.execution_options.preserve_order = True
-        return data
+        blocks = ray.get(shard.materialize().to_arrow_refs())  # the driver's blocks, in order: no rows re-read
+        table = pa.concat_tables(blocks, promote_options="default") if blocks else pa.table({})
+        rows = WorkerRows(table, self._batch_size(name), self.rank, self.world)
+        if rows.steps == 0:
+            raise FacepgnError(f"a worker's share of the {name} ({table.num_rows // self.world} rows) is smaller than one batch "
+                               f"({self._batch_size(name)})")
+        return rows
 
     def _collate(self, name: str, seed: int, skip: Skip | None):
         if name == LABELLED:
@@ -364,28 +414,8 @@ class RayBatches:
     def _batch_size(self, name: str) -> int:
         return self.cfg.data.labelled_batch_size if name == LABELLED else self.cfg.data.pair_batch_size
 
-    def _share(self, name: str, epoch: int, index: int):
-        """Pass ``index`` of epoch ``epoch``: this worker's share of the seeded block order, the
-        batches every worker takes, and the seed."""
-        seed = stream_seed(self.cfg.seed, name, epoch, index)
-        ordered = self.sources[name].randomize_block_order(seed=seed)
-        shares = [ordered] if self.world == 1 else ordered.split(self.world)  # contiguous block groups
-        steps = min(share.count() for share in shares) // self._batch_size(name)
-        return shares[0 if self.world == 1 else self.rank], steps, seed
-
-    def _seeded_pass(self, name: str, epoch: int, index: int, skip: int = 0) -> Iterator[Collated]:
-        """A materialised stream's pass; the first ``skip`` batches come back undecoded."""
-        share, steps, seed = self._share(name, epoch, index)
-        shuffle_seed = seed if self.world == 1 else stream_seed(seed, self.rank)
-        common = {"batch_size": self._batch_size(name), "drop_last": True, "local_shuffle_buffer_size": SHUFFLE_BUFFER_ROWS,
-                  "local_shuffle_seed": shuffle_seed}
-        trained: frozenset[tuple[str, ...]] = frozenset()
-        if skip:  # the same batches as Arrow tables: their ids, nothing decoded
-            id_column = "record_id" if name == LABELLED else "pair_id"
-            arrow = share.iter_batches(batch_format="pyarrow", prefetch_batches=1, **common)
-            trained = frozenset(tuple(str(v) for v in b.column(id_column).to_pylist()) for b in itertools.islice(arrow, min(skip, steps)))
-        collate = self._collate(name, shuffle_seed, Skip(ids=trained) if trained else None)
-        return itertools.islice(share.iter_torch_batches(collate_fn=collate, prefetch_batches=PREFETCH_BATCHES, **common), steps)
+    def _pass_seed(self, name: str, epoch: int, index: int) -> int:
+        return stream_seed(self.cfg.seed, name, epoch, index)
 
     def _streamed_pass(self, name: str, epoch: int, index: int, skip: Skip | None) -> Iterator[Collated]:
         shuffle_seed = stream_seed(self.cfg.seed, name, epoch, index, self.rank)
@@ -393,55 +423,78 @@ class RayBatches:
             batch_size=self._batch_size(name), collate_fn=self._collate(name, shuffle_seed, skip), drop_last=True,
             prefetch_batches=PREFETCH_BATCHES, local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=shuffle_seed))
 
-    def _resume_point(self, name: str, epoch: int, skip: int) -> tuple[int, int]:
-        """The pass of a cycled materialised stream its ``skip``-th batch of the epoch is in, and its
-        position there (block metadata only)."""
-        index = 0
-        while skip:
-            steps = self._share(name, epoch, index)[1]
-            if skip < steps or steps == 0:
-                break
-            skip, index = skip - steps, index + 1
-        return index, skip
+    def _row_jobs(self, name: str, epoch: int, skip: int, count: int | None = None) -> Iterator[tuple[Callable, Any]]:
+        """A materialised stream's ``(collate, rows)`` in an epoch from batch ``skip`` on: its pass
+        (``count`` None), or its first ``count`` batches, pass after pass (the cycled stream)."""
+        rows: WorkerRows = self.sources[name]
+        seed = self._pass_seed(name, epoch, 0)
+        collate = self._collate(name, seed if self.world == 1 else stream_seed(seed, self.rank), None)
+        if count is None:
+            batches = rows.batches(seed, skip)
+        else:
+            first, start = divmod(skip, rows.steps)
+            passes = (rows.batches(self._pass_seed(name, epoch, i), start if i == first else 0) for i in itertools.count(first))
+            batches = itertools.islice(itertools.chain.from_iterable(passes), max(0, count - skip))
+        return ((collate, b) for b in batches)
 
-    def _passes(self, name: str, epoch: int, skip: int) -> Iterator[Iterator[Collated]]:
-        """The passes of a stream in an epoch, the first ``skip`` batches undecoded."""
-        if name in self.streamed:
-            skipper = Skip(count=skip) if skip else None
-            for index in itertools.count():
-                yield self._streamed_pass(name, epoch, index, skipper)
-        first, skip = self._resume_point(name, epoch, skip)
-        for index in itertools.count(first):
-            yield self._seeded_pass(name, epoch, index, skip if index == first else 0)
+    def _materialised_epochs(self, epoch: int, skip: int) -> Iterator[Batch]:
+        """Every batch from step ``skip`` of ``epoch`` on, epoch after epoch, decoded ahead across
+        epoch ends (materialised streams only: an epoch is :attr:`WorkerRows.steps` batches)."""
+        primary = LABELLED if LABELLED in self.sources else PAIRS
+        steps = self.sources[primary].steps
+        main = prefetched(itertools.chain.from_iterable(
+            self._row_jobs(primary, e, skip if e == epoch else 0) for e in itertools.count(epoch)))
+        if primary == PAIRS:
+            yield from (Batch(pairs=b.tensors, pair_ids=b.ids) for b in main)
+            return
+        other = prefetched(itertools.chain.from_iterable(
+            self._row_jobs(PAIRS, e, skip if e == epoch else 0, steps) for e in itertools.count(epoch))) if PAIRS in self.sources else None
+        for batch in main:
+            pair = next(other) if other is not None else None
+            yield Batch(batch.tensors, pair.tensors if pair else None, batch.ids, pair.ids if pair else [])
 
-    def _cycle(self, name: str, epoch: int, skip: int) -> Iterator[Collated]:
-        """Endless batches of a stream: a new pass when one ends."""
-        for batches in self._passes(name, epoch, skip):
+    def _streamed(self, name: str, epoch: int, skip: int, cycle: bool) -> Iterator[Collated]:
+        """A streamed input's decoded batches in an epoch: one pass, or (``cycle``) pass after
+        pass; the first ``skip`` left out undecoded."""
+        skipper = Skip(count=skip) if skip else None
+        for index in itertools.count() if cycle else (0,):
             seen = False
-            for batch in batches:
+            for batch in self._streamed_pass(name, epoch, index, skipper):
                 seen = True
                 if batch.tensors is not None:
                     yield batch
             if not seen:
                 raise FacepgnError(f"a worker's data shard has fewer rows than one batch ({self._batch_size(name)})")
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
-        """One epoch: a pass of the primary stream (labelled faces, else pairs; the other one cycles,
-        from its start every epoch), the first ``skip`` steps (trained before a resume) left out."""
+    def _streamed_epoch(self, epoch: int, skip: int) -> Iterator[Batch]:
+        """One epoch when an input streams (materialised ones are passes of their :class:`WorkerRows`)."""
         primary = LABELLED if LABELLED in self.sources else PAIRS
-        other = self._cycle(PAIRS, epoch, skip) if primary == LABELLED and PAIRS in self.sources else None
-        if primary in self.streamed:
-            batches = self._streamed_pass(primary, epoch, 0, Skip(count=skip) if skip else None)
-        else:
-            batches = self._seeded_pass(primary, epoch, 0, skip)  # skip >= its batches: the epoch had ended
-        for batch in batches:
-            if batch.tensors is None:
-                continue
+
+        def stream(name: str, cycle: bool) -> Iterator[Collated]:
+            if name in self.streamed:
+                return self._streamed(name, epoch, skip, cycle)
+            return prefetched(self._row_jobs(name, epoch, skip, None if not cycle else 2**62))
+
+        other = stream(PAIRS, True) if primary == LABELLED and PAIRS in self.sources else None
+        for batch in stream(primary, False):
             pair = next(other) if other is not None else None
             if primary == PAIRS:
                 yield Batch(pairs=batch.tensors, pair_ids=batch.ids)
             else:
                 yield Batch(batch.tensors, pair.tensors if pair else None, batch.ids, pair.ids if pair else [])
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        """One epoch: a pass of the primary stream (labelled faces, else pairs; the other one cycles,
+        from its start every epoch), the first ``skip`` steps (trained before a resume) left out.
+        With materialised inputs the next epoch's first batches are decoded while this one ends."""
+        if self.streamed & set(self.sources):
+            yield from self._streamed_epoch(epoch, skip)
+            return
+        ahead, self._ahead = (self._ahead if self._ahead_at == (epoch, skip) else None), None
+        ahead = ahead or self._materialised_epochs(epoch, skip)
+        primary = LABELLED if LABELLED in self.sources else PAIRS
+        yield from itertools.islice(ahead, max(0, self.sources[primary].steps - skip))
+        self._ahead, self._ahead_at = ahead, (epoch + 1, 0)
 
     def validation(self) -> Iterator[Any] | None:
         """This worker's validation batches (numpy), or None without validation data."""
