@@ -447,6 +447,8 @@ def write_pretrained(model_file: str, folder: str | os.PathLike, mirror_test: bo
     import io
     from pathlib import Path
 
+    from facepgn import storage
+
     payload = half_precision(model_file_payload(load(model_file)))
     if mirror_test is not None:
         payload["config"] = {**payload["config"], "mirror_test": bool(mirror_test)}
@@ -454,9 +456,10 @@ def write_pretrained(model_file: str, folder: str | os.PathLike, mirror_test: bo
     torch.save(payload, buf)
     data = buf.getvalue()
     folder = Path(folder)
-    (folder / PRETRAINED_FILE).write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
-    (folder / PRETRAINED_SHA_FILE).write_text(f"{digest}  {len(data)}  {PRETRAINED_FILE}\n")
+    # atomic: a failed write leaves the files that were there (the sha256 last: it names the new file)
+    storage.atomic_write_bytes(str(folder / PRETRAINED_FILE), data)
+    storage.atomic_write_text(str(folder / PRETRAINED_SHA_FILE), f"{digest}  {len(data)}  {PRETRAINED_FILE}\n")
     return {"path": str(folder / PRETRAINED_FILE), "sha256": digest, "bytes": len(data)}
 
 
