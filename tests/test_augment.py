@@ -205,7 +205,7 @@ def test_training_batches_augment_reproducibly_with_labels_on_the_image(faces):
 
 
 def test_both_training_loops_get_the_configured_augmentation(synthetic_faces_dir):
-    from facepgn.train.datasets import collate_classes, mixed_batches
+    from facepgn.train.datasets import FaceCollate, mixed_batches
 
     cfg = TrainConfig.model_validate({"model": {"input_size": 64}, "data": {
         "labelled": [synthetic_faces_dir], "labelled_batch_size": 4, "pair_batch_size": 0, "aug_flip_prob": 1.0}})
@@ -221,9 +221,8 @@ def test_both_training_loops_get_the_configured_augmentation(synthetic_faces_dir
     table = train_data.read_records([synthetic_faces_dir], "face_record").slice(0, 3)
     numpy_batch = {name: np.array([np.asarray(v) if isinstance(v, list) else v for v in table.column(name).to_pylist()], dtype=object)
                    for name in table.column_names}
-    face_collate, _ = collate_classes()
     dcfg = DistributedTrainConfig.model_validate({"model": {"input_size": 64}, "data": {"aug_flip_prob": 1.0}})
-    collated = face_collate(dcfg, "ict-face-area", 0)(numpy_batch)
+    collated = FaceCollate(dcfg, "ict-face-area", 0)(numpy_batch)
     assert not collated.tensors["has_coeffs"].any()
     dcfg.data.augment = False
-    assert face_collate(dcfg, "ict-face-area", 0)(numpy_batch).tensors["has_coeffs"].all()
+    assert FaceCollate(dcfg, "ict-face-area", 0)(numpy_batch).tensors["has_coeffs"].all()

@@ -277,14 +277,16 @@ def test_s3_checkpoints_survive_a_worker_death_and_a_restart(ray_session, tmp_pa
     assert load_model_file(f"{out}/model.pt").input_size == 64
 
 
-# ---- streamed inputs (above ray.materialize_below_mb): a restart resumes at the step of the epoch ---
+# ---- streamed inputs (above ray.materialize_below_mb): every worker reads its own files ------------
 
 
-def test_streamed_inputs_resume_at_the_step_of_their_epoch(ray_session, tmp_path, synthetic_faces_dir):
-    """Inputs above ``ray.materialize_below_mb`` stream (Ray Train splits them; their order does
-    not repeat): a worker that really exits at step 6 is restarted by Ray Train from the step-5
-    checkpoint and skips the 2 steps its epoch had trained (undecoded), so the epochs keep their
-    length: 12 faces in batches of 4, the epoch after the restart's (steps 7-9) holds every face once."""
+def test_streamed_inputs_resume_at_the_step_with_the_same_batches(ray_session, tmp_path, synthetic_faces_dir):
+    """Inputs above ``ray.materialize_below_mb`` stream: every pass, each of the 2 workers reads its
+    own seeded share of the 5 files (24 faces, files of 6, 5, 5, 4 and 4 rows, so the shares differ
+    and the ranks stop each epoch together at the shorter one). Uninterrupted: 9 steps. Interrupted:
+    a worker really exits at step 7 and Ray Train restarts the group from the step-5 checkpoint.
+    Every step of both ranks trains on the same faces in both runs, and within an epoch the ranks'
+    faces are disjoint."""
     import pyarrow.parquet as pq
 
     from facepgn.train import data as train_data
@@ -292,15 +294,40 @@ def test_streamed_inputs_resume_at_the_step_of_their_epoch(ray_session, tmp_path
 
     faces = tmp_path / "faces"
     faces.mkdir()
-    pq.write_table(train_data.read_records([synthetic_faces_dir], "face_record").slice(0, 12), str(faces / "part-0.parquet"))
-    out = str(tmp_path / "out")
-    cfg = tiny_config(str(faces), None, out, str(tmp_path / "ray"), steps=9, checkpoint_every=5, **{
-        "validation.holdout_fraction": 0.0, "scaling.num_workers": 1, "scaling.cpus_per_worker": 1.0, "ray.materialize_below_mb": 0,
-        "fault.at_step": 6, "fault.rank": 0, "fault.marker": str(tmp_path / "died"), "fault.delay_s": 1.0})
-    summary = run_training(cfg)
-    assert (tmp_path / "died").exists() and summary["counts"]["steps"] == 9
-    entries = batch_ids(out)[0]
-    assert [e["step"] for e in entries] == list(range(1, 10))  # steps 1-5, then 6-9 after the restart
-    by_step = {e["step"]: e["record_ids"] for e in entries}
-    assert len({i for s in (1, 2, 3) for i in by_step[s]}) == 12
-    assert len({i for s in (7, 8, 9) for i in by_step[s]}) == 12  # epoch 2 starts at step 7: epoch 1 kept its 3 steps
+    table = train_data.read_records([synthetic_faces_dir], "face_record").slice(0, 24)
+    start = 0
+    for index, rows in enumerate((6, 5, 5, 4, 4)):
+        pq.write_table(table.slice(start, rows), str(faces / f"part-{index}.parquet"))
+        start += rows
+
+    def run(name: str, **fault) -> dict[int, dict[int, list[str]]]:
+        out = str(tmp_path / name)
+        cfg = tiny_config(str(faces), None, out, str(tmp_path / "ray"), steps=9, checkpoint_every=5, **{
+            "validation.holdout_fraction": 0.0, "scaling.num_workers": 2, "ray.materialize_below_mb": 0, "ray.name": name,
+            **fault})
+        summary = run_training(cfg)
+        assert summary["counts"]["steps"] == 9
+        return {rank: {e["step"]: e["record_ids"] for e in entries} for rank, entries in batch_ids(out).items()}
+
+    full = run("full")
+    cut = run("cut", **{"fault.at_step": 7, "fault.rank": 0, "fault.marker": str(tmp_path / "died"), "fault.delay_s": 1.0})
+    assert (tmp_path / "died").exists()
+    assert sorted(full) == sorted(cut) == [0, 1]
+    for rank in (0, 1):
+        assert sorted(full[rank]) == sorted(cut[rank]) == list(range(1, 10))
+        for step in range(1, 10):
+            assert cut[rank][step] == full[rank][step], (rank, step)
+    for step in range(1, 10):
+        assert not set(full[0][step]) & set(full[1][step])  # disjoint shares
+    first_epoch = [i for rank in (0, 1) for step in (1, 2) for i in full[rank][step]]
+    assert len(set(first_epoch)) == len(first_epoch)  # no face twice in an epoch (each share >= 8 rows: 2 steps)
+
+
+def test_streamed_input_with_fewer_files_than_workers_is_refused(tmp_path, synthetic_faces_dir):
+    from facepgn.errors import ConfigError
+    from facepgn.train.plan import preflight
+
+    cfg = tiny_config(synthetic_faces_dir, None, str(tmp_path / "out"), str(tmp_path / "ray"), **{
+        "scaling.num_workers": 4, "ray.materialize_below_mb": 0, "validation.holdout_fraction": 0.0, "data.labelled_batch_size": 1})
+    with pytest.raises(ConfigError, match=r"shared out file by file, but has \d+ Parquet files for 4 workers"):
+        preflight(cfg)

@@ -142,7 +142,7 @@ class RayRunSettings(StrictModel):
     max_failures: int = Field(2, ge=-1)  # worker-group restarts from the last checkpoint (-1: unlimited)
     checkpoints_to_keep: int = Field(2, ge=1)
     record_batch_ids: bool = False  # audit: each worker writes the ids it trained on to output_dir/batch_ids/
-    materialize_below_mb: float = 1024.0  # datasets smaller than this are read once into Ray's object store
+    materialize_below_mb: float = 1024.0  # inputs smaller than this are read once into Ray's object store; larger ones stream, each worker reading its own share of their files
     data_progress_bars: bool = False  # Ray Data progress bars (the workers log progress lines anyway)
 
 

@@ -12,9 +12,9 @@
 Inputs below ``ray.materialize_below_mb`` are read once into the object store; every worker holds
 their rows (:class:`WorkerRows`, zero-copy) and every pass is a permutation seeded from the run's
 seed and the stream's coordinates (:func:`stream_seed`), so a run resumed at step ``k`` of an
-epoch continues with the batches an uninterrupted run would have seen. Larger inputs stream,
-split between the workers by Ray Train; a resumed run skips ``k`` batches by count, undecoded
-(:class:`Skip`).
+epoch continues with the batches an uninterrupted run would have seen. Larger inputs stream:
+every pass each worker reads its own share of their files (:class:`StreamedFiles`) in a seeded
+order, so they repeat too; a resumed run skips ``k`` batches as Arrow rows, undecoded.
 
 Both yield ``{"faces": ..., "pairs": ...}`` mixed batches (``facepgn.train.data.mixed_batch``) or
 :class:`Batch` objects, which also carry the ids of the rows in them.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,12 +39,10 @@ from facepgn.train import data as train_data
 from facepgn.train import rows as row_ops
 
 LABELLED, PAIRS, VALIDATION = "labelled", "pairs", "validation"
-#: Ray path: training rows are mixed twice, as the plain loop's reshuffle does: blocks of at most
-#: ``SHUFFLE_BLOCK_ROWS`` rows in a new random order every epoch, then a worker-side buffer of
-#: ``SHUFFLE_BUFFER_ROWS`` rows (records are written video by video: without this a batch is 32
-#: consecutive frames of one video)
-SHUFFLE_BLOCK_ROWS = 256
-SHUFFLE_BUFFER_ROWS = 1024
+#: streamed inputs: rows are mixed twice, their files in a new random order every pass, then a
+#: worker-side buffer of ``SHUFFLE_BUFFER_ROWS`` rows (records are written video by video: without
+#: it a batch is 32 consecutive frames of one video). Materialised ones are permuted whole.
+SHUFFLE_BUFFER_ROWS = 2048
 PREFETCH_BATCHES = 4  # batches decoded ahead of the training step, per stream
 DECODE_THREADS = 2  # threads decoding a materialised stream's batches on a worker
 
@@ -88,23 +85,6 @@ def stream_seed(*parts: int | str) -> int:
 
     words = [zlib.crc32(p.encode("utf-8")) if isinstance(p, str) else int(p) % 2**32 for p in parts]
     return int(np.random.SeedSequence(words).generate_state(1)[0])
-
-
-class Skip:
-    """The first ``count`` batches of a streamed input a resumed run already trained on (its order
-    does not repeat: they are skipped by count). A skipped batch is not decoded: the collate
-    function returns it empty."""
-
-    def __init__(self, count: int = 0):
-        self.count, self.lock = count, threading.Lock()
-
-    def take(self, ids: Sequence[str]) -> bool:
-        """Whether this batch is skipped (counted once)."""
-        with self.lock:
-            if self.count > 0:
-                self.count -= 1
-                return True
-        return False
 
 
 # ---- local: Parquet in memory --------------------------------------------------------------
@@ -170,36 +150,39 @@ def _read_parquet(files: Sequence[str], read_cpus: float):
     return ds
 
 
-def block_rows(rows: int, world: int) -> int:
-    """Rows per block of a training stream: at most ``SHUFFLE_BLOCK_ROWS``, and small enough that
-    every worker's share of a small input is several blocks (workers get whole blocks)."""
-    return max(1, min(SHUFFLE_BLOCK_ROWS, rows // max(8 * world, 1)))
-
-
 def _where(files: Sequence[str]) -> str:
     return files[0] if len(files) == 1 else os.path.dirname(files[0]) or files[0]
 
 
-def _dataset(files: list[str], rows: int, size: int, holdout: float, holdout_side: bool | None, cfg: DistributedTrainConfig,
-             training: bool):
-    """One input as a Ray Dataset: ``read_parquet``, the schema upgrade and the hold-out filter
-    (``holdout_side``: only the held-out subjects (True) or only the others (False)) as Ray Data
-    operators. Below ``ray.materialize_below_mb`` it is materialised into the object store (by Ray
-    tasks: the driver holds block references, never rows), once for the whole run; larger training
-    streams are cut into blocks of :func:`block_rows` rows in a new random order every epoch, for Ray
-    Train to split between the workers."""
+def training_holdout(cfg: DistributedTrainConfig) -> tuple[float, bool | None]:
+    """The hold-out a training stream of labelled faces applies: (fraction, side), side False (the
+    subjects not held out) when validation is held out of ``data.labelled``, else None (no filter)."""
+    holdout = cfg.validation.holdout_fraction if not cfg.validation.labelled else 0.0
+    return holdout, (False if holdout > 0 else None)
+
+
+def rows_pipeline(files: Sequence[str], cfg: DistributedTrainConfig, holdout: float = 0.0, holdout_side: bool | None = None):
+    """The rows of ``files`` as a lazy Ray Dataset, in file order: ``read_parquet``, the schema
+    upgrade and the hold-out filter (``holdout_side``: only the held-out subjects (True) or only
+    the others (False)) as Ray Data operators."""
     read_cpus = cfg.scaling.read_cpus
     ds = _read_parquet(files, read_cpus).map_batches(row_ops.upgraded, batch_format="pyarrow", num_cpus=read_cpus)
     if holdout_side is not None:
         ds = ds.map_batches(row_ops.holdout_filter(holdout, holdout_side), batch_format="pyarrow", num_cpus=read_cpus)
-    if size >= cfg.ray.materialize_below_mb * 1e6:
-        if not training:
-            return ds
-        ds = ds.repartition(target_num_rows_per_block=block_rows(rows, cfg.scaling.num_workers), strict=True)
-        return ds.randomize_block_order()  # streamed: Ray Train splits it
-    # the order kept: the same files give the same blocks in every run (this lineage's own context:
-    # read_parquet copies the current one)
+    # the order kept: the same files give the same rows in the same order in every run (this
+    # lineage's own context: read_parquet copies the current one)
     ds.context.execution_options.preserve_order = True
+    ds.context.enable_progress_bars = cfg.ray.data_progress_bars
+    return ds
+
+
+def _dataset(files: list[str], size: int, holdout: float, holdout_side: bool | None, cfg: DistributedTrainConfig):
+    """One input as a Ray Dataset (:func:`rows_pipeline`). Below ``ray.materialize_below_mb`` it
+    is materialised into the object store (by Ray tasks: the driver holds block references, never
+    rows), once for the whole run."""
+    ds = rows_pipeline(files, cfg, holdout, holdout_side)
+    if size >= cfg.ray.materialize_below_mb * 1e6:
+        return ds
     try:
         return ds.materialize()
     except Exception as exc:  # noqa: BLE001 - a read task's error (RayTaskError and friends), reduced to one line
@@ -212,31 +195,22 @@ def _first_line(exc: BaseException) -> str:
     return last[:200] or exc.__class__.__name__
 
 
-def is_materialized(ds: Any) -> bool:
-    from ray.data.dataset import MaterializedDataset
-
-    return isinstance(ds, MaterializedDataset)
-
-
 def build_datasets(plan, validation: Any = None) -> dict[str, Any]:
-    """The Ray Datasets of a ``facepgn.train.plan.TrainPlan``: ``labelled``, ``pairs``,
-    ``validation`` (those present), read and filtered in the cluster (:func:`_dataset`).
-
-    Materialised training streams are handed to every worker whole; each worker orders and shares
-    out their blocks per epoch from the run's seed (:class:`RayBatches`). Streamed ones (above
-    ``ray.materialize_below_mb``) get a new random block order every epoch and are split between
-    the workers by Ray Train. ``validation``: the plan's validation dataset, already built."""
+    """The Ray Datasets of a ``facepgn.train.plan.TrainPlan``: the materialised training inputs
+    (``labelled``, ``pairs``: below ``ray.materialize_below_mb``) and ``validation``, those present,
+    read and filtered in the cluster (:func:`_dataset`). Each reaches every worker whole, which
+    takes its seeded share of the rows every pass (:class:`RayBatches`). Larger training inputs are
+    not Datasets here: every worker reads its own files of them (:func:`streamed_inputs`).
+    ``validation``: the plan's validation dataset, already built."""
     import ray.data
 
     cfg = plan.config
     ray.data.DataContext.get_current().enable_progress_bars = cfg.ray.data_progress_bars
-    holdout = cfg.validation.holdout_fraction if not cfg.validation.labelled else 0.0
     out: dict[str, Any] = {}
-    if plan.labelled_files:
-        out[LABELLED] = _dataset(plan.labelled_files, plan.labelled_rows, plan.labelled_bytes, holdout, False if holdout > 0 else None, cfg,
-                                 training=True)
-    if plan.pair_files:
-        out[PAIRS] = _dataset(plan.pair_files, plan.pair_rows, plan.pair_bytes, holdout, None, cfg, training=True)
+    if plan.labelled_files and not plan.streamed(LABELLED):
+        out[LABELLED] = _dataset(plan.labelled_files, plan.labelled_bytes, *training_holdout(cfg), cfg)
+    if plan.pair_files and not plan.streamed(PAIRS):
+        out[PAIRS] = _dataset(plan.pair_files, plan.pair_bytes, 0.0, None, cfg)
     if plan.validation_files:
         out[VALIDATION] = validation if validation is not None else validation_dataset(plan)
     return out
@@ -247,8 +221,7 @@ def validation_dataset(plan):
     held-out subjects of the labelled faces; at most ``validation.max_records``."""
     cfg = plan.config
     holdout = cfg.validation.holdout_fraction if not cfg.validation.labelled else 0.0
-    ds = _dataset(plan.validation_files, plan.validation_rows, plan.validation_bytes, holdout, True if holdout > 0 else None, cfg,
-                  training=False)
+    ds = _dataset(plan.validation_files, plan.validation_bytes, holdout, True if holdout > 0 else None, cfg)
     return ds.limit(cfg.validation.max_records)
 
 
@@ -263,9 +236,14 @@ def check_validation_faces(plan, validation) -> None:
                       "falls in that share (raise it, or set validation.labelled)")
 
 
-def streamed_names(datasets: Mapping[str, Any]) -> list[str]:
-    """The training streams Ray Train splits between the workers (the ones not materialised)."""
-    return [n for n in (LABELLED, PAIRS) if n in datasets and not is_materialized(datasets[n])]
+def streamed_inputs(plan) -> dict[str, dict[str, list]]:
+    """The training inputs that stream (at or above ``ray.materialize_below_mb``): their files and
+    each file's rows (footers), for the workers (:class:`StreamedFiles`)."""
+    out = {}
+    for name, files, rows in ((LABELLED, plan.labelled_files, plan.labelled_file_rows), (PAIRS, plan.pair_files, plan.pair_file_rows)):
+        if files and plan.streamed(name):
+            out[name] = {"files": list(files), "rows": list(rows)}
+    return out
 
 
 # ---- Ray batches (on a worker) -------------------------------------------------------------
@@ -273,10 +251,9 @@ def streamed_names(datasets: Mapping[str, Any]) -> list[str]:
 
 @dataclass
 class Collated:
-    """A batch decoded to tensors in Ray Data's prefetch threads, with the ids it holds (tensors
-    None: a batch a resumed run skips, not decoded)."""
+    """A batch decoded to tensors in a prefetch thread, with the ids of its rows."""
 
-    tensors: dict[str, Any] | None
+    tensors: dict[str, Any]
     ids: list[str]
 
 
@@ -285,41 +262,33 @@ def _ids(batch: Any, name: str) -> list[str]:
     return [str(x) for x in values] if values is not None else []
 
 
-def collate_classes():
-    """Collate functions (for :func:`prefetched` and ``iter_torch_batches``): JPEG decoding and
-    tensor conversion run in background threads, overlapping the training step, not in the step's
-    critical path.
-    A batch's augmentation is seeded from the stream's seed and the batch's ids (the threads may
-    take batches in any order); batches ``skip`` takes come back undecoded."""
-    from ray.data.collate_fn import NumpyBatchCollateFn
+class FaceCollate:
+    """Labelled face rows -> tensors (JPEG decoding, augmentation), run in the background threads of
+    :func:`prefetched`. A batch's augmentation is seeded from the stream's seed and the batch's ids
+    (the threads may take batches in any order)."""
 
-    class FaceCollate(NumpyBatchCollateFn):
-        def __init__(self, cfg: TrainConfig, face_model_name: str | None, seed: int, skip: Skip | None = None):
-            self.cfg, self.face_model_name, self.seed, self.skip = cfg, face_model_name, seed, skip
+    def __init__(self, cfg: TrainConfig, face_model_name: str | None, seed: int):
+        self.cfg, self.face_model_name, self.seed = cfg, face_model_name, seed
 
-        def __call__(self, batch):
-            ids = _ids(batch, "record_id")
-            if self.skip is not None and self.skip.take(ids):
-                return Collated(None, ids)
-            generator = torch.Generator().manual_seed(stream_seed(self.seed, zlib.crc32(",".join(ids).encode("utf-8"))))
-            m = self.cfg.model
-            tensors = train_data.face_batch_to_tensors(
-                batch, m.input_size, m.num_id, m.num_exp, self.face_model_name, augment=self.cfg.data.augment, generator=generator,
-                geometric=train_data.augment_settings(self.cfg.data),
-            )
-            return Collated(tensors, ids)
+    def __call__(self, batch: Any) -> Collated:
+        ids = _ids(batch, "record_id")
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, zlib.crc32(",".join(ids).encode("utf-8"))))
+        m = self.cfg.model
+        tensors = train_data.face_batch_to_tensors(
+            batch, m.input_size, m.num_id, m.num_exp, self.face_model_name, augment=self.cfg.data.augment, generator=generator,
+            geometric=train_data.augment_settings(self.cfg.data),
+        )
+        return Collated(tensors, ids)
 
-    class PairCollate(NumpyBatchCollateFn):
-        def __init__(self, cfg: TrainConfig, skip: Skip | None = None):
-            self.cfg, self.skip = cfg, skip
 
-        def __call__(self, batch):
-            ids = _ids(batch, "pair_id")
-            if self.skip is not None and self.skip.take(ids):
-                return Collated(None, ids)
-            return Collated(train_data.pair_batch_to_tensors(batch, self.cfg.model.input_size), ids)
+class PairCollate:
+    """Frame pair rows -> tensors, run in the background threads of :func:`prefetched`."""
 
-    return FaceCollate, PairCollate
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def __call__(self, batch: Any) -> Collated:
+        return Collated(train_data.pair_batch_to_tensors(batch, self.cfg.model.input_size), _ids(batch, "pair_id"))
 
 
 class WorkerRows:
@@ -363,21 +332,46 @@ def prefetched(jobs: Iterator[tuple[Callable[[Any], Collated], Any]], depth: int
             yield pending.popleft().result()
 
 
+@dataclass
+class StreamedFiles:
+    """A training input too large to hold (at or above ``ray.materialize_below_mb``): its Parquet
+    files and their rows. Every pass, each worker reads only its own share of the files
+    (:meth:`share`), in an order seeded like the rest: the batches repeat run after run."""
+
+    files: list[str]
+    rows: list[int]
+
+    def share(self, seed: int, rank: int, world: int) -> list[str]:
+        """Worker ``rank``'s files for the pass of ``seed``: the files in a seeded order, each given
+        to the worker with the fewest rows so far (the shares differ by at most a file's rows)."""
+        import numpy as np
+
+        loads, shares = [0] * world, [[] for _ in range(world)]  # type: ignore[var-annotated]
+        for i in np.random.default_rng(seed).permutation(len(self.files)):
+            lightest = loads.index(min(loads))
+            shares[lightest].append(self.files[i])
+            loads[lightest] += self.rows[i]
+        return shares[rank]
+
+
 class RayBatches:
     """A Ray Train worker's batch source: its share of the labelled faces and the frame pairs, and
     its share of the validation faces (every ``world``-th batch; the small set is not split).
 
-    Materialised streams (every worker gets their block references) become :class:`WorkerRows`:
-    pass ``p`` of epoch ``e`` is seeded with ``stream_seed(seed, stream, e, p)``, so a run resumed
-    at step ``k`` of an epoch continues with the batches an uninterrupted run trains on. Streamed
-    inputs (``streamed``: split by Ray Train, their order does not repeat) skip the first ``k``
-    batches by count, undecoded."""
+    Every pass ``p`` of epoch ``e`` of a stream is seeded with ``stream_seed(seed, stream, e, p)``,
+    so a run resumed at step ``k`` of an epoch continues with the batches an uninterrupted run
+    trains on. Materialised inputs (every worker gets their block references) become
+    :class:`WorkerRows` (batch ``k`` is found without reading the ones before). Streamed inputs
+    (``streamed``: :func:`streamed_inputs`) are :class:`StreamedFiles`: each worker reads its files
+    with Ray Data in seeded order, rows mixed by a seeded local buffer; a resumed run skips ``k``
+    batches undecoded; the ranks stop an epoch together, at the step where the first share ends."""
 
     def __init__(self, cfg: DistributedTrainConfig, rank: int, world: int, face_model_name: str | None, has_validation: bool,
-                 streamed: Sequence[str] = ()):
+                 streamed: Mapping[str, Mapping[str, list]] | None = None):
         import ray.train
 
-        self.cfg, self.rank, self.world, self.face_model_name, self.streamed = cfg, rank, world, face_model_name, set(streamed)
+        self.cfg, self.rank, self.world, self.face_model_name = cfg, rank, world, face_model_name
+        self.streamed = {name: StreamedFiles(list(v["files"]), [int(r) for r in v["rows"]]) for name, v in (streamed or {}).items()}
         d = cfg.data
         self.sources: dict[str, Any] = {}
         if d.labelled_batch_size > 0 and d.labelled:
@@ -385,19 +379,19 @@ class RayBatches:
         if d.pair_batch_size > 0 and d.pairs:
             self.sources[PAIRS] = self._source(PAIRS)
         self.validation_shard = ray.train.get_dataset_shard(VALIDATION) if has_validation else None
-        self.FaceCollate, self.PairCollate = collate_classes()
         self._ahead: Iterator[Batch] | None = None  # materialised inputs: the batches after the last epoch
         self._ahead_at: tuple[int, int] | None = None  # the (epoch, skip) they start at
 
     def _source(self, name: str):
-        """A streamed input's Ray Train shard, or a materialised one's rows (:class:`WorkerRows`)."""
+        """A streamed input's files (:class:`StreamedFiles`), or a materialised one's rows
+        (:class:`WorkerRows`)."""
         import pyarrow as pa
         import ray
         import ray.train
 
-        shard = ray.train.get_dataset_shard(name)
         if name in self.streamed:
-            return shard
+            return self.streamed[name]
+        shard = ray.train.get_dataset_shard(name)
         blocks = ray.get(shard.materialize().to_arrow_refs())  # the driver's blocks, in order: no rows re-read
         table = pa.concat_tables(blocks, promote_options="default") if blocks else pa.table({})
         rows = WorkerRows(table, self._batch_size(name), self.rank, self.world)
@@ -406,10 +400,8 @@ class RayBatches:
                                f"({self._batch_size(name)})")
         return rows
 
-    def _collate(self, name: str, seed: int, skip: Skip | None):
-        if name == LABELLED:
-            return self.FaceCollate(self.cfg, self.face_model_name, seed, skip)
-        return self.PairCollate(self.cfg, skip)
+    def _collate(self, name: str, seed: int) -> Callable[[Any], Collated]:
+        return FaceCollate(self.cfg, self.face_model_name, seed) if name == LABELLED else PairCollate(self.cfg)
 
     def _batch_size(self, name: str) -> int:
         return self.cfg.data.labelled_batch_size if name == LABELLED else self.cfg.data.pair_batch_size
@@ -417,18 +409,25 @@ class RayBatches:
     def _pass_seed(self, name: str, epoch: int, index: int) -> int:
         return stream_seed(self.cfg.seed, name, epoch, index)
 
-    def _streamed_pass(self, name: str, epoch: int, index: int, skip: Skip | None) -> Iterator[Collated]:
-        shuffle_seed = stream_seed(self.cfg.seed, name, epoch, index, self.rank)
-        return iter(self.sources[name].iter_torch_batches(
-            batch_size=self._batch_size(name), collate_fn=self._collate(name, shuffle_seed, skip), drop_last=True,
-            prefetch_batches=PREFETCH_BATCHES, local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=shuffle_seed))
+    def _streamed_pass(self, name: str, epoch: int, index: int) -> Iterator[Any]:
+        """A streamed input's pass: this worker's files (:meth:`StreamedFiles.share`) read by Ray
+        Data in their seeded order, rows mixed by a seeded local buffer, as Arrow batches (the same
+        ones in every run)."""
+        seed = self._pass_seed(name, epoch, index)
+        files = self.sources[name].share(seed, self.rank, self.world)
+        if not files:
+            return iter(())
+        holdout, side = training_holdout(self.cfg) if name == LABELLED else (0.0, None)
+        return iter(rows_pipeline(files, self.cfg, holdout, side).iter_batches(
+            batch_size=self._batch_size(name), batch_format="pyarrow", drop_last=True, prefetch_batches=PREFETCH_BATCHES,
+            local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=stream_seed(seed, self.rank)))
 
     def _row_jobs(self, name: str, epoch: int, skip: int, count: int | None = None) -> Iterator[tuple[Callable, Any]]:
         """A materialised stream's ``(collate, rows)`` in an epoch from batch ``skip`` on: its pass
         (``count`` None), or its first ``count`` batches, pass after pass (the cycled stream)."""
         rows: WorkerRows = self.sources[name]
         seed = self._pass_seed(name, epoch, 0)
-        collate = self._collate(name, seed if self.world == 1 else stream_seed(seed, self.rank), None)
+        collate = self._collate(name, seed if self.world == 1 else stream_seed(seed, self.rank))
         if count is None:
             batches = rows.batches(seed, skip)
         else:
@@ -453,18 +452,43 @@ class RayBatches:
             pair = next(other) if other is not None else None
             yield Batch(batch.tensors, pair.tensors if pair else None, batch.ids, pair.ids if pair else [])
 
-    def _streamed(self, name: str, epoch: int, skip: int, cycle: bool) -> Iterator[Collated]:
-        """A streamed input's decoded batches in an epoch: one pass, or (``cycle``) pass after
-        pass; the first ``skip`` left out undecoded."""
-        skipper = Skip(count=skip) if skip else None
+    def _streamed_rows(self, name: str, epoch: int, skip: int, cycle: bool) -> Iterator[Any]:
+        """A streamed input's row batches in an epoch: one pass, or (``cycle``) pass after pass;
+        the first ``skip`` left out (read as Arrow, not decoded)."""
         for index in itertools.count() if cycle else (0,):
             seen = False
-            for batch in self._streamed_pass(name, epoch, index, skipper):
+            for rows in self._streamed_pass(name, epoch, index):
                 seen = True
-                if batch.tensors is not None:
-                    yield batch
+                if skip:
+                    skip -= 1
+                    continue
+                yield rows
             if not seen:
-                raise FacepgnError(f"a worker's data shard has fewer rows than one batch ({self._batch_size(name)})")
+                raise FacepgnError(f"a worker's share of the {name} has fewer rows than one batch ({self._batch_size(name)})")
+
+    def _streamed(self, name: str, epoch: int, skip: int, cycle: bool) -> Iterator[Collated]:
+        seed = self._pass_seed(name, epoch, 0)
+        collate = self._collate(name, seed if self.world == 1 else stream_seed(seed, self.rank))
+        return prefetched((collate, rows) for rows in self._streamed_rows(name, epoch, skip, cycle))
+
+    def _together(self, batches: Iterator[Collated]) -> Iterator[Collated]:
+        """``batches`` while every rank still has one: the ranks' streamed shares may differ by a
+        few batches, and a DDP step needs every rank (one tiny all-reduce per step)."""
+        import torch.distributed as dist
+
+        if self.world == 1 or not dist.is_initialized():
+            yield from batches
+            return
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+        while True:
+            batch = next(batches, None)
+            flag = torch.tensor([0 if batch is None else 1], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            if batch is None or int(flag.item()) == 0:
+                return
+            yield batch
 
     def _streamed_epoch(self, epoch: int, skip: int) -> Iterator[Batch]:
         """One epoch when an input streams (materialised ones are passes of their :class:`WorkerRows`)."""
@@ -476,7 +500,7 @@ class RayBatches:
             return prefetched(self._row_jobs(name, epoch, skip, None if not cycle else 2**62))
 
         other = stream(PAIRS, True) if primary == LABELLED and PAIRS in self.sources else None
-        for batch in stream(primary, False):
+        for batch in self._together(stream(primary, False)):
             pair = next(other) if other is not None else None
             if primary == PAIRS:
                 yield Batch(pairs=batch.tensors, pair_ids=batch.ids)
@@ -487,7 +511,7 @@ class RayBatches:
         """One epoch: a pass of the primary stream (labelled faces, else pairs; the other one cycles,
         from its start every epoch), the first ``skip`` steps (trained before a resume) left out.
         With materialised inputs the next epoch's first batches are decoded while this one ends."""
-        if self.streamed & set(self.sources):
+        if set(self.streamed) & set(self.sources):
             yield from self._streamed_epoch(epoch, skip)
             return
         ahead, self._ahead = (self._ahead if self._ahead_at == (epoch, skip) else None), None

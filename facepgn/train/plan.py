@@ -28,7 +28,15 @@ class TrainPlan:
     labelled_bytes: int = 0
     pair_bytes: int = 0
     validation_bytes: int = 0
+    labelled_file_rows: list[int] = field(default_factory=list)  # per file, from its footer
+    pair_file_rows: list[int] = field(default_factory=list)
     run_exists: bool = False
+
+    def streamed(self, what: str) -> bool:
+        """Whether the ``labelled`` / ``pairs`` input streams (at or above ``ray.materialize_below_mb``)
+        instead of being read once into the object store."""
+        size = self.labelled_bytes if what == "labelled" else self.pair_bytes
+        return size >= self.config.ray.materialize_below_mb * 1e6
 
     @property
     def run_path(self) -> str:
@@ -72,7 +80,12 @@ def parquet_files(roots: Sequence[str], what: str) -> list[str]:
 
 
 def count_rows(files: Sequence[str], kind: str, landmark_definition: str | None = None) -> int:
-    """Rows from the Parquet footers; also checks the schema (one-line error naming the file) and,
+    """The rows of ``files``: :func:`footer_rows` summed."""
+    return sum(footer_rows(files, kind, landmark_definition))
+
+
+def footer_rows(files: Sequence[str], kind: str, landmark_definition: str | None = None) -> list[int]:
+    """Each file's rows, from its Parquet footer; also checks the schema (one-line error naming the file) and,
     for face records, the labels' landmark definition against ``landmark_definition`` (from the
     footer's column statistics: no data is read)."""
     import pyarrow.parquet as pq
@@ -81,7 +94,7 @@ def count_rows(files: Sequence[str], kind: str, landmark_definition: str | None 
     from facepgn.train import data as train_data
 
     schema, _ = records.SCHEMAS[kind]
-    total = 0
+    rows = []
     for path in files:
         fs, fs_path = storage.pyarrow_filesystem(path)
         try:
@@ -93,7 +106,7 @@ def count_rows(files: Sequence[str], kind: str, landmark_definition: str | None 
         missing = [f.name for f in schema if f.name not in names and f.name not in optional]
         if missing:
             raise InputError(path, f"not a {kind} shard (missing columns {missing[:4]})")
-        total += meta.metadata.num_rows
+        rows.append(meta.metadata.num_rows)
         if landmark_definition and "landmark_definition" in names:
             col = meta.schema_arrow.names.index("landmark_definition")
             found = set()
@@ -102,7 +115,7 @@ def count_rows(files: Sequence[str], kind: str, landmark_definition: str | None 
                 if stats is not None and stats.has_min_max:
                     found.update({stats.min, stats.max})
             train_data.check_landmark_definitions(found, landmark_definition, path)
-    return total
+    return rows
 
 
 def check_writable(path: str, what: str) -> None:
@@ -127,11 +140,13 @@ def _find_inputs(plan: TrainPlan) -> None:
         )
     if want_labelled:
         plan.labelled_files = parquet_files(cfg.data.labelled, "face-record")
-        plan.labelled_rows = count_rows(plan.labelled_files, "face_record", train_data.model_landmark_definition(cfg.model))
+        plan.labelled_file_rows = footer_rows(plan.labelled_files, "face_record", train_data.model_landmark_definition(cfg.model))
+        plan.labelled_rows = sum(plan.labelled_file_rows)
         plan.labelled_bytes = sum(storage.size(f) for f in plan.labelled_files)
     if want_pairs:
         plan.pair_files = parquet_files(cfg.data.pairs, "frame-pair")
-        plan.pair_rows = count_rows(plan.pair_files, "frame_pair")
+        plan.pair_file_rows = footer_rows(plan.pair_files, "frame_pair")
+        plan.pair_rows = sum(plan.pair_file_rows)
         plan.pair_bytes = sum(storage.size(f) for f in plan.pair_files)
     if cfg.validation.labelled:
         plan.validation_files = parquet_files(cfg.validation.labelled, "validation face-record")
@@ -159,6 +174,11 @@ def _check_sizes_and_settings(plan: TrainPlan) -> None:
                 files[0] if len(files) == 1 else os.path.dirname(files[0]) or files[0],
                 f"only {int(rows)} {what} for {workers} workers x batch {batch}; add data or lower the batch size",
             )
+    for files, what in ((plan.labelled_files, "labelled"), (plan.pair_files, "pairs")):
+        if files and plan.streamed(what) and len(files) < workers:
+            raise ConfigError(f"config: data.{what} streams (above ray.materialize_below_mb={cfg.ray.materialize_below_mb:g}) and is "
+                              f"shared out file by file, but has {len(files)} Parquet files for {workers} workers; write it in more "
+                              "files or raise ray.materialize_below_mb")
     if cfg.optim.amp == "fp16" and not cfg.scaling.use_gpu:
         raise ConfigError("config: optim.amp=fp16 needs scaling.use_gpu=true (use bf16 on CPU)")
     if cfg.fault.at_step is not None and cfg.fault.rank >= workers:

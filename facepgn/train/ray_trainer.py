@@ -23,10 +23,10 @@ with :class:`RayHooks`:
   ``fault``: a worker dies on purpose (fault-tolerance tests and drills).
 
 A restart resumes at the checkpointed step: the step count, the epoch and the position in it
-(``progress.json``). With materialised inputs (below ``ray.materialize_below_mb``) every epoch's
-order is a function of the seed and the epoch, so the resumed run trains on the batches the
-uninterrupted one would have (the ones already trained are skipped without decoding them); with
-streamed inputs it skips as many batches of the epoch, and their order differs.
+(``progress.json``). Every epoch's order, for materialised inputs (below
+``ray.materialize_below_mb``) and streamed ones alike, is a function of the seed and the epoch, so
+the resumed run trains on the batches the uninterrupted one would have (the ones already trained
+are skipped without decoding them: ``facepgn.train.datasets.RayBatches``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from facepgn.config import DistributedTrainConfig
 from facepgn.errors import FacepgnError
 from facepgn.summary import SUMMARY_FILE, versions, write_summary
 from facepgn.train.checkpoint import STATE_FILE, BestModel, save_state, start_state
-from facepgn.train.datasets import VALIDATION, RayBatches, build_datasets, streamed_names
+from facepgn.train.datasets import VALIDATION, RayBatches, build_datasets, streamed_inputs
 from facepgn.train.epoch import MODEL_FILE, Hooks, fit
 from facepgn.train.plan import TrainPlan, preflight
 
@@ -100,7 +100,7 @@ def build_trainer(
         **storage_args(cfg.ray.storage_path),
     )
     datasets = dict(datasets) if datasets is not None else build_datasets(plan)
-    streamed = streamed_names(datasets)
+    streamed = streamed_inputs(plan)  # not Datasets: every worker reads its own files of them
     loop_config = {
         "config": cfg.model_dump(mode="json"),
         "epoch_reports_only": epoch_reports_only,
@@ -115,23 +115,23 @@ def build_trainer(
         torch_config=TorchConfig(backend=backend_name(cfg)),
         run_config=run_config,
         datasets=datasets,
-        dataset_config=data_config(datasets, streamed),
+        dataset_config=data_config(datasets),
     )
 
 
-def data_config(datasets: dict[str, Any], streamed: list[str]):
-    """Ray Train splits the streamed training inputs between the workers; materialised ones reach
-    every worker whole, in order (each takes its seeded share per epoch: ``RayBatches``), and so
-    does the (small) validation set (each worker scores every world_size-th batch of it)."""
+def data_config(datasets: dict[str, Any]):
+    """Every dataset reaches every worker whole, in order: the materialised training inputs (each
+    worker takes its seeded share of their rows every pass: ``RayBatches``) and the validation set
+    (each worker scores every world_size-th batch of it). Ray Train splits nothing: a split's order
+    does not repeat, and a resumed run must see the batches an uninterrupted one would."""
     import ray.train
 
     ordered = {}
     for name in datasets:
-        if name not in streamed:
-            options = ray.train.DataConfig.default_ingest_options()
-            options.preserve_order = True
-            ordered[name] = options
-    return ray.train.DataConfig(datasets_to_split=streamed, execution_options=ordered)
+        options = ray.train.DataConfig.default_ingest_options()
+        options.preserve_order = True
+        ordered[name] = options
+    return ray.train.DataConfig(datasets_to_split=[], execution_options=ordered)
 
 
 def ensure_ray() -> None:
@@ -276,5 +276,5 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     built_at = float(loop_config.get("built_at", time.time()))
     say(f"facepgn train: {world} workers ready {time.time() - built_at:.1f} s after the trainer was built")
     source = RayBatches(cfg, rank, world, state.core.face_model_name or None, bool(loop_config.get("has_validation")),
-                        streamed=loop_config.get("streamed", ()))
+                        streamed=loop_config.get("streamed"))
     fit(state, source.epoch, RayHooks(cfg, source, rank, bool(loop_config.get("epoch_reports_only")), built_at))
