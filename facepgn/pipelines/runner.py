@@ -207,13 +207,12 @@ def _listing_group(path: str) -> str:
 def _remote_sizes(paths: Sequence[str]) -> dict[str, int]:
     """Bytes of remote ``paths`` (one bucket) from one paginated listing of the deepest folder that
     holds them all; empty when that listing fails."""
-    folder = paths[0]
+    fs, _ = storage.get_fs(paths[0])
+    names = {storage.get_fs(p)[1]: p for p in paths}
+    folder = posixpath.commonpath(list(names))
+    if folder in names:  # one file (or a file that names a folder): list its folder
+        folder = posixpath.dirname(folder)
     try:
-        fs, _ = storage.get_fs(paths[0])
-        names = {storage.get_fs(p)[1]: p for p in paths}
-        folder = posixpath.commonpath(list(names))
-        if folder in names:  # one file (or a file that names a folder): list its folder
-            folder = posixpath.dirname(folder)
         listed = fs.find(folder, detail=True)
     except Exception as exc:  # noqa: BLE001 - not listable (a manifest's objects readable, the bucket not): no order
         log.info("%s: cannot list it to size the inputs (%s); they run in listing order", folder, exc.__class__.__name__)
@@ -245,8 +244,7 @@ def largest_first(items: Sequence[Mapping[str, Any]], path_key: str = "path") ->
     size. The longest-processing-time-first schedule: the items still running when the pool runs
     out of work are small ones, so the run does not end with a few large items running alone.
     Sizes: :func:`listed_sizes` (a stand-in for length: a video's length is not known without
-    opening it). Unknown sizes come after the known ones of their kind; ties keep the given order
-    (the listing's, by path)."""
+    opening it). Ties and unknown sizes keep the given order (by path)."""
     sizes = listed_sizes([str(it[path_key]) for it in items])
 
     def order(entry: tuple[int, Mapping[str, Any]]) -> tuple[bool, int, int]:
