@@ -7,8 +7,7 @@ a folder, glob, ``s3://`` prefix or manifest; each item is a video or a photo by
 Graph (streaming; each arrow is a stream of small column batches), sized by :func:`stage_pools`
 from the cluster's resources::
 
-    items not done yet (from_items, one block per video or photo; the largest videos first,
-                        then the photos: facepgn.pipelines.runner.item_dataset)
+    items not done yet (from_items, one block per video or photo)
       -> map_batches(decode_detect_crop)   tasks, fractional CPUs: facepgn.inference.iter_item_batches
                                            (a video: chunked decode, YuNet, tracker, crops; a photo:
                                            decode, YuNet on a downscaled copy, full-resolution crops)
@@ -42,7 +41,7 @@ from facepgn.config import InferConfig
 from facepgn.errors import FacepgnError
 from facepgn.model import load
 from facepgn.pipelines import common
-from facepgn.pipelines.runner import item_dataset, per_process
+from facepgn.pipelines.runner import per_process
 from facepgn.predictor import Predictor
 from facepgn.summary import versions, write_summary
 
@@ -338,7 +337,7 @@ def _run_ray_pipeline(cfg: InferConfig, todo, face_model, face_model_name: str, 
     resources = ray.cluster_resources()
     pools = stage_pools(cfg, float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)), len(todo))
     items = [{"path": it.path, "video_id": it.item_id, "kind": it.kind} for it in todo]
-    ds = item_dataset(items)  # largest videos first, then photos; one item per block
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     model_kwargs = {"model_path": cfg.model, "runtime": cfg.runtime, "threads": cfg.torch_threads, "device": pools.device}
     if pools.fused:
         log(f"facepgn infer: up to {pools.decode_tasks} tasks at once, each decoding, detecting and running the model (CPU)")

@@ -1,9 +1,8 @@
 """Unlabelled videos -> frame-pair Parquet shards (``FRAME_PAIR_SCHEMA``), streamed with Ray Data.
 
-Graph: ``ray.data.from_items(videos)`` (one block per video, the largest first:
-:func:`facepgn.pipelines.runner.item_dataset`) -> ``map(process one video)`` as tasks with
-fractional CPUs, so Ray schedules as many videos at once as the cluster has CPUs for (4 on 2 CPUs,
-hundreds on a big cluster), and the last videos to finish are small ones. Each task streams its video (chunked decode -> detect ->
+Graph: ``ray.data.from_items(videos)`` (one block per video) -> ``map(process one video)`` as
+tasks with fractional CPUs, so Ray schedules as many videos at once as the cluster has CPUs for
+(4 on 2 CPUs, hundreds on a big cluster). Each task streams its video (chunked decode -> detect ->
 track -> crop -> pair -> DIS flow -> quality filters) and writes the video's shards itself, at most
 ``shard_max_pairs`` rows each, so memory per task is bounded whatever the video or corpus size.
 Only a small JSON result per video travels back to the driver.
@@ -38,7 +37,7 @@ from facepgn.config import PreprocessConfig
 from facepgn.errors import FacepgnError, InputError
 from facepgn.markers import Markers, compact_markers, load_markers
 from facepgn.pipelines import common
-from facepgn.pipelines.runner import item_dataset, per_process
+from facepgn.pipelines.runner import per_process
 from facepgn.summary import SUMMARY_FILE, versions, write_summary
 
 log = logging.getLogger("facepgn.preprocess")
@@ -321,21 +320,16 @@ def _execute(pending: list, cfg: PreprocessConfig, output: str) -> Iterable[dict
         return
     import ray
 
-    from facepgn.cluster import connect
-
-    connect()
     config_json = cfg.model_dump_json()
-    # Largest videos first, as many tasks as the cluster runs at once (runner.item_dataset: so they
-    # start in that order). A video whose task dies (common.MAX_ATTEMPTS times) must not fail the
-    # whole job: Ray Data skips its block; run_preprocess records it as skipped.
-    pool = common.worker_pool_size(cfg.num_cpus_per_video, cfg.max_concurrent_videos, len(pending))
-    with common.ray_data_context(max_errored_blocks=len(pending), op_resource_reservation_enabled=False):
-        ds = item_dataset([it.to_dict() for it in pending])
+    # A video whose task dies (common.MAX_ATTEMPTS times) must not fail the whole job: Ray Data
+    # skips its block; run_preprocess records it as skipped.
+    with common.ray_data_context(max_errored_blocks=len(pending)):
+        ds = ray.data.from_items([it.to_dict() for it in pending], override_num_blocks=len(pending))
         ds = ds.map(
             _ray_process_row,
             fn_kwargs={"config_json": config_json, "output": output, "counter": common.attempt_counter()},
             num_cpus=cfg.num_cpus_per_video,
-            compute=ray.data.TaskPoolStrategy(size=pool),
+            compute=ray.data.TaskPoolStrategy(size=cfg.max_concurrent_videos or None),
         )
         for row in ds.iter_rows():
             yield json.loads(row["result"])

@@ -5,10 +5,6 @@
   ``TaskPoolStrategy``, fractional CPUs, as many at once as the cluster's CPUs hold), one item per
   call; each worker process builds the job's heavy per-process state (models) once
   (:func:`cached_worker`). Or a plain loop (``executor: local``).
-* :func:`item_dataset`: how every per-item Ray job (preprocess, infer, label, profile) turns its
-  items into a Dataset: :func:`largest_first` (sizes from :func:`listed_sizes`: bulk listings, no
-  request per file), one item per block, so the pool starts the largest items first and the run's
-  tail is made of small ones.
 * :func:`ray_data_context`: the jobs' Ray Data settings (progress bars on a terminal only,
   :func:`progress_bars_wanted`); :class:`AttemptCounter`: an item whose worker dies is tried
   :data:`MAX_ATTEMPTS` times, then given up (Ray Data alone would retry it forever).
@@ -19,16 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import posixpath
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from facepgn import storage
 from facepgn.cluster import connect
-
-log = logging.getLogger("facepgn.runner")
 
 # ---- running items -------------------------------------------------------------------------------
 
@@ -195,83 +186,6 @@ def run_item_batch(batch: dict[str, np.ndarray], make_worker: Callable[[], Calla
     return {"result": np.asarray(results, dtype=object)}
 
 
-# ---- the order items start in: largest first ----------------------------------------------------
-
-
-def _listing_group(path: str) -> str:
-    """``scheme://bucket`` of a remote path: its paths are sized by one listing."""
-    scheme, _, rest = path.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}"
-
-
-def _remote_sizes(paths: Sequence[str]) -> dict[str, int]:
-    """Bytes of remote ``paths`` (one bucket) from one paginated listing of the deepest folder that
-    holds them all; empty when that listing fails."""
-    fs, _ = storage.get_fs(paths[0])
-    names = {storage.get_fs(p)[1]: p for p in paths}
-    folder = posixpath.commonpath(list(names))
-    if folder in names:  # one file (or a file that names a folder): list its folder
-        folder = posixpath.dirname(folder)
-    try:
-        listed = fs.find(folder, detail=True)
-    except Exception as exc:  # noqa: BLE001 - not listable (a manifest's objects readable, the bucket not): no order
-        log.info("%s: cannot list it to size the inputs (%s); they run in listing order", folder, exc.__class__.__name__)
-        return {}
-    return {names[name]: int(info["size"]) for name, info in listed.items() if name in names and info.get("size") is not None}
-
-
-def listed_sizes(paths: Sequence[str]) -> dict[str, int]:
-    """Bytes of each of ``paths`` that its storage knows without reading it: local files are
-    stat'ed; remote ones come from one paginated listing per bucket (1,000 keys per request on S3,
-    the cost of the input's own listing), never a request per file. A path that is not found, or
-    whose bucket cannot be listed, has no entry."""
-    sizes: dict[str, int] = {}
-    remote: dict[str, list[str]] = {}
-    for path in paths:
-        if storage.is_remote(path):
-            remote.setdefault(_listing_group(path), []).append(path)
-            continue
-        with contextlib.suppress(OSError):
-            sizes[path] = os.stat(storage.strip_file_scheme(path)).st_size
-    for group in remote.values():
-        sizes.update(_remote_sizes(group))
-    return sizes
-
-
-def largest_first(items: Sequence[Mapping[str, Any]], path_key: str = "path") -> list[dict]:
-    """``items`` in the order a pool should start them: videos (and items of no ``kind``) by input
-    size, largest first, then photos and other files (one frame each, whatever their bytes) by
-    size. The longest-processing-time-first schedule: the items still running when the pool runs
-    out of work are small ones, so the run does not end with a few large items running alone.
-    Sizes: :func:`listed_sizes` (a stand-in for length: a video's length is not known without
-    opening it). Ties and unknown sizes keep the given order (by path)."""
-    sizes = listed_sizes([str(it[path_key]) for it in items])
-
-    def order(entry: tuple[int, Mapping[str, Any]]) -> tuple[bool, int, int]:
-        index, item = entry
-        return item.get("kind", "video") != "video", -sizes.get(str(item[path_key]), -1), index
-
-    return [dict(item) for _, item in sorted(enumerate(items), key=order)]
-
-
-def item_dataset(items: Sequence[Mapping[str, Any]], path_key: str = "path",
-                 to_row: Callable[[dict], dict] = dict):
-    """The items of a per-item Ray job as a Dataset of one item (``to_row(item)``) per block, in
-    :func:`largest_first` order. Ray Data turns each block into one task and submits the blocks in
-    order, so the tasks start in this order as long as the pool never holds more tasks than the
-    cluster runs at once: its size is the slots (:func:`worker_pool_size`) and Ray Data's resource
-    reservations are off (``ray_data_context(op_resource_reservation_enabled=False)``). Tasks
-    queued beyond the slots wait in Ray Core, which does not start them in submission order."""
-    import ray
-
-    rows = [to_row(item) for item in largest_first(items, path_key)]
-    return ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-
-
-def _item_row(item: dict) -> dict:
-    return {"item": json.dumps(item)}
-
-
 def run_items(
     items: Sequence[dict],
     make_worker: Callable[[], Callable[[dict], dict]],
@@ -282,10 +196,10 @@ def run_items(
 ) -> Iterator[dict]:
     """Run ``make_worker()(item)`` for every item; yields each item's result dict as it finishes.
 
-    ``executor="ray"``: a Ray Data stream, one item per block, largest first (:func:`item_dataset`),
-    through tasks with ``num_cpus`` CPUs each (fractional on small machines), at most
-    :func:`worker_pool_size` at once; each worker process builds ``make_worker()`` once
-    (:func:`cached_worker`). An item whose worker dies is tried :data:`MAX_ATTEMPTS` times, then left out of the results (the caller records it).
+    ``executor="ray"``: a Ray Data stream, one item per block, through tasks with ``num_cpus``
+    CPUs each (fractional on small machines), at most :func:`worker_pool_size` at once; each worker
+    process builds ``make_worker()`` once (:func:`cached_worker`). An item whose worker dies is
+    tried :data:`MAX_ATTEMPTS` times, then left out of the results (the caller records it).
     ``executor="local"``: a plain loop in this process (debugging, baselines). ``make_worker`` must
     pickle (a class or a ``functools.partial`` of one)."""
     if not items:
@@ -299,8 +213,8 @@ def run_items(
 
     connect()
     pool = worker_pool_size(num_cpus, max_actors, len(items))
-    with ray_data_context(max_errored_blocks=len(items), op_resource_reservation_enabled=False):
-        ds = item_dataset(items, to_row=_item_row)
+    with ray_data_context(max_errored_blocks=len(items)):
+        ds = ray.data.from_items([{"item": json.dumps(dict(it))} for it in items], override_num_blocks=len(items))
         ds = ds.map_batches(
             run_item_batch,
             fn_kwargs={"make_worker": make_worker, "counter": attempt_counter()},
