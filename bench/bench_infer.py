@@ -41,6 +41,7 @@ import time
 import numpy as np
 from cpu_accounting import CpuMeter, SlotUse, cpu_per_frame_lines, ms_per_frame, side_by_side_runs, slot_use
 
+from facepgn.cluster import connect
 from facepgn.paths import shared_path
 
 CORPUS_FOLDERS = ("videos", "corpus", "corpus2")  # the visible corpus under media/
@@ -206,7 +207,7 @@ def _pipeline(results: dict, cfg_kwargs: dict, tmp: str, args, videos: list) -> 
 
     from facepgn.config import InferConfig
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    connect(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)  # as the jobs start a local Ray
     # warm-up: start Ray's worker processes (as on a running cluster); not timed
     run("ray", {**cfg_kwargs, "max_frames": 4}, os.path.join(tmp, "out-warm"))
     slots = max(1, int(args.cpus / InferConfig().decode_num_cpus + 1e-6))

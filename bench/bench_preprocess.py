@@ -46,6 +46,7 @@ from pathlib import Path
 
 from cpu_accounting import CpuMeter, cpu_per_frame_lines, ms_per_frame, process_tree, side_by_side_runs, slot_use
 
+from facepgn.cluster import connect
 from facepgn.config import PreprocessConfig
 from facepgn.paths import shared_path
 
@@ -204,7 +205,7 @@ def main() -> int:
     # ray.init and a warm-up run that starts the workers and loads the models are not timed (a
     # long job pays them once); then loop and Ray runs interleave `--repeats` times and the best of
     # each is kept, so both see the same background load.
-    ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    connect(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)  # as the jobs start a local Ray
     ray_cfg = dict(input=str(input_1x), executor="ray", **base)
     warm_in = _make_input(tmp / "warm", videos[:1], slots)
     _run(PreprocessConfig(output=str(tmp / "out_warm"), **{**ray_cfg, "input": str(warm_in), "max_frames_per_video": 4}))

@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    import ray
 
     from facepgn.config import DistributedTrainConfig, TrainConfig, build_config
     from facepgn.train.loop import train as plain_train
@@ -115,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plain loop ({args.threads} threads): {plain_sps:.1f} samples/s", flush=True)
 
     # ---- Ray Train DDP -----------------------------------------------------------------------
-    if not ray.is_initialized():
-        ray.init(num_cpus=args.threads, include_dashboard=False, configure_logging=False, log_to_driver=True)
+    from facepgn.cluster import connect
+
+    connect(num_cpus=args.threads, include_dashboard=False)  # as the jobs start a local Ray (a no-op when one runs)
     ray_dir = os.path.join(root, "ray-out")
     ray_cfg = build_config(DistributedTrainConfig, {
         **common,

@@ -11,6 +11,7 @@ e.g. NFS or EFS); ``s3://`` paths always are.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Mapping, Optional
 
@@ -26,10 +27,28 @@ SHARED_STORAGE_KEY = "shared_storage"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
+#: Ray keeps as many idle worker processes as a node has CPUs (``num_workers_soft_limit``) and
+#: kills the others after a second idle. facepgn's tasks take fractional CPUs (0.25-0.5: up to
+#: :data:`WORKERS_PER_CPU` per CPU), so with the default, a worker that finished a video was often
+#: killed and the next task waited for a new process that imported torch and loaded the models
+#: again: 8-21 workers started during one 81-video infer run on 2 CPUs (55.8-77.8 s; 49.4-50.5 s
+#: with the limit raised, no worker started). A node started with ``ray start`` needs the same
+#: variable (:func:`worker_env`; ``cluster/``).
+WORKER_SOFT_LIMIT_ENV = "RAY_num_workers_soft_limit"
+WORKERS_PER_CPU = 4
+
+
+def worker_env(num_cpus: float) -> dict[str, str]:
+    """The environment a Ray node of ``num_cpus`` CPUs is started with, so that it keeps a worker
+    process for every fractional task slot (:data:`WORKER_SOFT_LIMIT_ENV`)."""
+    return {WORKER_SOFT_LIMIT_ENV: str(max(1, math.ceil(num_cpus * WORKERS_PER_CPU)))}
+
+
 def connect(**local_options: Any) -> bool:
     """Connect to Ray as every job does: the Ray this process already uses, the cluster in
     ``RAY_ADDRESS`` (``ray job submit`` sets it), or a local Ray started here with
-    ``local_options`` (e.g. ``num_cpus``). True if this call started or joined it."""
+    ``local_options`` (``ray.init`` arguments, e.g. ``num_cpus``), which keeps a worker process
+    per fractional task slot (:func:`worker_env`). True if this call started or joined it."""
     import ray
 
     if ray.is_initialized():
@@ -37,8 +56,11 @@ def connect(**local_options: Any) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(configure_logging=False, log_to_driver=True)
         return True
-    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")  # only the processes of a Ray started here inherit it
-    ray.init(configure_logging=False, log_to_driver=True, **local_options)
+    # only the processes of a Ray started here inherit these
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+    for name, value in worker_env(local_options.get("num_cpus") or os.cpu_count() or 1).items():
+        os.environ.setdefault(name, value)
+    ray.init(**{"configure_logging": False, "log_to_driver": True, **local_options})
     return True
 
 

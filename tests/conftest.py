@@ -76,13 +76,9 @@ def ray_session(s3_server):
     """One local Ray for the whole test session (each ray.init costs ~5 s)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=True,
-            configure_logging=False,
-        )
+    from facepgn.cluster import connect
+
+    connect(num_cpus=2, include_dashboard=False)  # as the jobs start a local Ray (a no-op when one runs)
     yield ray
     ray.shutdown()
 

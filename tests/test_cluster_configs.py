@@ -91,6 +91,9 @@ def test_aws_yaml_security_and_install(aws_config):
     # Token auth on every node, the token copied from the user's machine, not written here.
     assert "RAY_AUTH_MODE=token ray start --head" in head_cmds
     assert "RAY_AUTH_MODE=token ray start --address" in worker_cmds
+    # A worker process kept per fractional task slot (facepgn.cluster.worker_env), on every node.
+    assert "RAY_num_workers_soft_limit=$((4 * $(nproc)))" in head_cmds
+    assert "RAY_num_workers_soft_limit=$((4 * $(nproc)))" in worker_cmds
     assert aws_config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
     # The project is installed on every node from the synced repo.
     assert aws_config["file_mounts"].get("~/facepgn") == "."

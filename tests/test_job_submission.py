@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from ray_processes import free_port, session_pids, stop_session
 
+from facepgn.cluster import worker_env
 from facepgn.paths import REPO_ROOT, shared_dir
 
 VENV_BIN = Path(sys.executable).parent
@@ -69,6 +70,7 @@ def start_local_head(num_cpus: int = 2, timeout_s: float = 60.0) -> LocalRayHead
         RAY_AUTH_TOKEN=token,
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # the jobs' `python` is the venv's
         RAY_USAGE_STATS_ENABLED="0",
+        **worker_env(num_cpus),
     )
     env.pop("RAY_ADDRESS", None)
     dashboard_port = free_port()

@@ -31,6 +31,7 @@ import pytest
 from ray_processes import free_port, session_pids, stop_session
 
 from facepgn import storage
+from facepgn.cluster import worker_env
 from facepgn.paths import shared_dir
 
 pytestmark = pytest.mark.slow  # (still runs in CI: every test does)
@@ -133,7 +134,7 @@ def cluster(s3_server):
     env.update(
         RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0", RAY_TRAIN_V2_ENABLED="1",
         RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2", RAY_DEDUP_LOGS="0", FACEPGN_SHARED=str(shared_dir()),
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", **worker_env(1),  # each node has 1 CPU
     )
     temp_dirs = [tempfile.mkdtemp(prefix=p, dir="/tmp") for p in ("fmh", "fmw")]  # short: unix socket paths are length-limited
     gcs = f"127.0.0.1:{free_port()}"

@@ -1,0 +1,52 @@
+"""The local Ray a job starts (``facepgn.cluster.connect``) keeps a worker process for every
+fractional task slot: between two waves of tasks no worker is killed and replaced (a new worker
+would import torch and load the models again). Run in a fresh process: its own Ray, 1 CPU, tasks
+of 0.25 CPU (4 slots), the second wave after the workers sat idle longer than Ray's idle-kill
+threshold (1 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from facepgn.cluster import WORKER_SOFT_LIMIT_ENV
+
+SCRIPT = """
+import json, os, time
+import ray
+from facepgn.cluster import connect
+
+connect(num_cpus=1, include_dashboard=False)
+
+@ray.remote(num_cpus=0.25)
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+waves = []
+for _ in range(2):
+    waves.append(sorted(set(ray.get([pid_after.remote(1.0) for _ in range(4)]))))
+    time.sleep(4.0)  # idle: Ray kills idle workers above its soft limit after 1 s
+print(json.dumps(waves))
+"""
+
+
+def waves(env_extra: dict[str, str]) -> list[list[int]]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", WORKER_SOFT_LIMIT_ENV)}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env={**env, **env_extra}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_local_ray_keeps_a_worker_per_fractional_slot():
+    first, second = waves({})
+    assert len(first) == 4  # 4 tasks at once on 1 CPU: 4 workers
+    assert set(second) <= set(first), (first, second)  # the same processes ran the second wave
+
+
+def test_with_one_worker_per_cpu_the_idle_workers_are_replaced():
+    """What the setting prevents (Ray's default, one worker per CPU): the check above can fail."""
+    first, second = waves({WORKER_SOFT_LIMIT_ENV: "1"})
+    assert not set(second) <= set(first), (first, second)
