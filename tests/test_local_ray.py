@@ -50,3 +50,20 @@ def test_with_one_worker_per_cpu_the_idle_workers_are_replaced():
     """What the setting prevents (Ray's default, one worker per CPU): the check above can fail."""
     first, second = waves({WORKER_SOFT_LIMIT_ENV: "1"})
     assert not set(second) <= set(first), (first, second)
+
+
+def test_whole_item_jobs_keep_only_the_pool_cap_as_backpressure():
+    """Per-item jobs (``whole_item_tasks``) run with Ray Data's task-pool cap as their only
+    backpressure, and the process's own setting comes back afterwards."""
+    import ray.data
+    from ray.data._internal.execution.backpressure_policy import ENABLED_BACKPRESSURE_POLICIES, ConcurrencyCapBackpressurePolicy
+
+    from facepgn.pipelines.runner import BACKPRESSURE_POLICIES_KEY, ray_data_context
+
+    ctx = ray.data.DataContext.get_current()
+    assert ctx.get_config(BACKPRESSURE_POLICIES_KEY, ENABLED_BACKPRESSURE_POLICIES) == ENABLED_BACKPRESSURE_POLICIES
+    with ray_data_context(whole_item_tasks=True):
+        assert ctx.get_config(BACKPRESSURE_POLICIES_KEY) == [ConcurrencyCapBackpressurePolicy]
+    assert ctx.get_config(BACKPRESSURE_POLICIES_KEY, ENABLED_BACKPRESSURE_POLICIES) == ENABLED_BACKPRESSURE_POLICIES
+    with ray_data_context():
+        assert ctx.get_config(BACKPRESSURE_POLICIES_KEY, ENABLED_BACKPRESSURE_POLICIES) == ENABLED_BACKPRESSURE_POLICIES

@@ -327,15 +327,20 @@ def _run_ray(cfg: InferConfig, todo, face_model, face_model_name: str, image_siz
     # the actors.min model slots, the model may take all). A decode task's output becomes a block
     # once this many bytes of crops have piled up: small blocks stream chunks to the model while the
     # video is still being decoded (and bound memory).
-    with common.ray_data_context(op_resource_reservation_enabled=False, target_max_block_size=int(cfg.block_mb * 1024 * 1024)):
-        yield from _run_ray_pipeline(cfg, todo, face_model, face_model_name, image_size, log)
-
-
-def _run_ray_pipeline(cfg: InferConfig, todo, face_model, face_model_name: str, image_size: int, log) -> Iterable[dict]:
+    # Fused, every task does whole items and passes on small rows: only the pool cap holds tasks back.
     import ray
 
     resources = ray.cluster_resources()
     pools = stage_pools(cfg, float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)), len(todo))
+    with common.ray_data_context(op_resource_reservation_enabled=False, target_max_block_size=int(cfg.block_mb * 1024 * 1024),
+                                 whole_item_tasks=pools.fused):
+        yield from _run_ray_pipeline(cfg, todo, pools, face_model, face_model_name, image_size, log)
+
+
+def _run_ray_pipeline(cfg: InferConfig, todo, pools: StagePools, face_model, face_model_name: str, image_size: int, log
+                      ) -> Iterable[dict]:
+    import ray
+
     items = [{"path": it.path, "video_id": it.item_id, "kind": it.kind} for it in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     model_kwargs = {"model_path": cfg.model, "runtime": cfg.runtime, "threads": cfg.torch_threads, "device": pools.device}

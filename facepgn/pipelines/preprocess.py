@@ -323,7 +323,7 @@ def _execute(pending: list, cfg: PreprocessConfig, output: str) -> Iterable[dict
     config_json = cfg.model_dump_json()
     # A video whose task dies (common.MAX_ATTEMPTS times) must not fail the whole job: Ray Data
     # skips its block; run_preprocess records it as skipped.
-    with common.ray_data_context(max_errored_blocks=len(pending)):
+    with common.ray_data_context(max_errored_blocks=len(pending), whole_item_tasks=True):  # each task a whole video
         ds = ray.data.from_items([it.to_dict() for it in pending], override_num_blocks=len(pending))
         ds = ds.map(
             _ray_process_row,
