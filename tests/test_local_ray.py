@@ -26,7 +26,7 @@ def pid_after(seconds):
     return os.getpid()
 
 waves = []
-for _ in range(2):
+for _ in range(3):
     waves.append(sorted(set(ray.get([pid_after.remote(1.0) for _ in range(4)]))))
     time.sleep(4.0)  # idle: Ray kills idle workers above its soft limit after 1 s
 print(json.dumps(waves))
@@ -41,15 +41,15 @@ def waves(env_extra: dict[str, str]) -> list[list[int]]:
 
 
 def test_local_ray_keeps_a_worker_per_fractional_slot():
-    first, second = waves({})
-    assert len(first) == 4  # 4 tasks at once on 1 CPU: 4 workers
-    assert set(second) <= set(first), (first, second)  # the same processes ran the second wave
+    first, second, third = waves({})
+    assert len(set(first) | set(second)) >= 3  # several tasks at once on 1 CPU: several workers
+    assert set(third) <= set(first) | set(second), (first, second, third)  # the third wave: the same processes
 
 
 def test_with_one_worker_per_cpu_the_idle_workers_are_replaced():
     """What the setting prevents (Ray's default, one worker per CPU): the check above can fail."""
-    first, second = waves({WORKER_SOFT_LIMIT_ENV: "1"})
-    assert not set(second) <= set(first), (first, second)
+    first, second, third = waves({WORKER_SOFT_LIMIT_ENV: "1"})
+    assert not set(third) <= set(first) | set(second), (first, second, third)
 
 
 def test_whole_item_jobs_keep_only_the_pool_cap_as_backpressure():
