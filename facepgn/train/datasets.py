@@ -409,6 +409,16 @@ class RayBatches:
     def _pass_seed(self, name: str, epoch: int, index: int) -> int:
         return stream_seed(self.cfg.seed, name, epoch, index)
 
+    def _epoch_collate(self, name: str, epoch: int) -> Callable[[Any], Collated]:
+        """The collate function of a stream's epoch (its augmentation seeded per epoch and rank)."""
+        seed = self._pass_seed(name, epoch, 0)
+        return self._collate(name, seed if self.world == 1 else stream_seed(seed, self.rank))
+
+    @property
+    def _primary(self) -> str:
+        """The stream an epoch is a pass of: the labelled faces, else the pairs."""
+        return LABELLED if LABELLED in self.sources else PAIRS
+
     def _streamed_pass(self, name: str, epoch: int, index: int) -> Iterator[Any]:
         """A streamed input's pass: this worker's files (:meth:`StreamedFiles.share`) read by Ray
         Data in their seeded order, rows mixed by a seeded local buffer, as Arrow batches (the same
@@ -422,35 +432,41 @@ class RayBatches:
             batch_size=self._batch_size(name), batch_format="pyarrow", drop_last=True, prefetch_batches=PREFETCH_BATCHES,
             local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=stream_seed(seed, self.rank)))
 
-    def _row_jobs(self, name: str, epoch: int, skip: int, count: int | None = None) -> Iterator[tuple[Callable, Any]]:
-        """A materialised stream's ``(collate, rows)`` in an epoch from batch ``skip`` on: its pass
-        (``count`` None), or its first ``count`` batches, pass after pass (the cycled stream)."""
+    def _row_jobs(self, name: str, epoch: int, skip: int, cycle: bool = False, count: int | None = None
+                  ) -> Iterator[tuple[Callable, Any]]:
+        """A materialised stream's ``(collate, rows)`` in an epoch from batch ``skip`` on: its pass,
+        or (``cycle``) pass after pass, its first ``count`` batches (None: endless)."""
         rows: WorkerRows = self.sources[name]
-        seed = self._pass_seed(name, epoch, 0)
-        collate = self._collate(name, seed if self.world == 1 else stream_seed(seed, self.rank))
-        if count is None:
-            batches = rows.batches(seed, skip)
+        collate = self._epoch_collate(name, epoch)
+        if not cycle:
+            batches = rows.batches(self._pass_seed(name, epoch, 0), skip)
         else:
             first, start = divmod(skip, rows.steps)
             passes = (rows.batches(self._pass_seed(name, epoch, i), start if i == first else 0) for i in itertools.count(first))
-            batches = itertools.islice(itertools.chain.from_iterable(passes), max(0, count - skip))
+            batches = itertools.islice(itertools.chain.from_iterable(passes), None if count is None else max(0, count - skip))
         return ((collate, b) for b in batches)
+
+    def _mixed(self, main: Iterator[Collated], other: Iterator[Collated] | None) -> Iterator[Batch]:
+        """The steps' batches: the primary stream's, each with the next batch of the other one."""
+        pairs_only = self._primary == PAIRS
+        for batch in main:
+            if pairs_only:
+                yield Batch(pairs=batch.tensors, pair_ids=batch.ids)
+                continue
+            pair = next(other) if other is not None else None
+            yield Batch(batch.tensors, pair.tensors if pair else None, batch.ids, pair.ids if pair else [])
 
     def _materialised_epochs(self, epoch: int, skip: int) -> Iterator[Batch]:
         """Every batch from step ``skip`` of ``epoch`` on, epoch after epoch, decoded ahead across
         epoch ends (materialised streams only: an epoch is :attr:`WorkerRows.steps` batches)."""
-        primary = LABELLED if LABELLED in self.sources else PAIRS
+        primary = self._primary
         steps = self.sources[primary].steps
         main = prefetched(itertools.chain.from_iterable(
             self._row_jobs(primary, e, skip if e == epoch else 0) for e in itertools.count(epoch)))
-        if primary == PAIRS:
-            yield from (Batch(pairs=b.tensors, pair_ids=b.ids) for b in main)
-            return
         other = prefetched(itertools.chain.from_iterable(
-            self._row_jobs(PAIRS, e, skip if e == epoch else 0, steps) for e in itertools.count(epoch))) if PAIRS in self.sources else None
-        for batch in main:
-            pair = next(other) if other is not None else None
-            yield Batch(batch.tensors, pair.tensors if pair else None, batch.ids, pair.ids if pair else [])
+            self._row_jobs(PAIRS, e, skip if e == epoch else 0, cycle=True, count=steps) for e in itertools.count(epoch))
+        ) if primary == LABELLED and PAIRS in self.sources else None
+        return self._mixed(main, other)
 
     def _streamed_rows(self, name: str, epoch: int, skip: int, cycle: bool) -> Iterator[Any]:
         """A streamed input's row batches in an epoch: one pass, or (``cycle``) pass after pass;
@@ -467,8 +483,7 @@ class RayBatches:
                 raise FacepgnError(f"a worker's share of the {name} has fewer rows than one batch ({self._batch_size(name)})")
 
     def _streamed(self, name: str, epoch: int, skip: int, cycle: bool) -> Iterator[Collated]:
-        seed = self._pass_seed(name, epoch, 0)
-        collate = self._collate(name, seed if self.world == 1 else stream_seed(seed, self.rank))
+        collate = self._epoch_collate(name, epoch)
         return prefetched((collate, rows) for rows in self._streamed_rows(name, epoch, skip, cycle))
 
     def _together(self, batches: Iterator[Collated]) -> Iterator[Collated]:
@@ -492,20 +507,13 @@ class RayBatches:
 
     def _streamed_epoch(self, epoch: int, skip: int) -> Iterator[Batch]:
         """One epoch when an input streams (materialised ones are passes of their :class:`WorkerRows`)."""
-        primary = LABELLED if LABELLED in self.sources else PAIRS
-
         def stream(name: str, cycle: bool) -> Iterator[Collated]:
             if name in self.streamed:
                 return self._streamed(name, epoch, skip, cycle)
-            return prefetched(self._row_jobs(name, epoch, skip, None if not cycle else 2**62))
+            return prefetched(self._row_jobs(name, epoch, skip, cycle=cycle))
 
-        other = stream(PAIRS, True) if primary == LABELLED and PAIRS in self.sources else None
-        for batch in self._together(stream(primary, False)):
-            pair = next(other) if other is not None else None
-            if primary == PAIRS:
-                yield Batch(pairs=batch.tensors, pair_ids=batch.ids)
-            else:
-                yield Batch(batch.tensors, pair.tensors if pair else None, batch.ids, pair.ids if pair else [])
+        other = stream(PAIRS, True) if self._primary == LABELLED and PAIRS in self.sources else None
+        return self._mixed(self._together(stream(self._primary, False)), other)
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         """One epoch: a pass of the primary stream (labelled faces, else pairs; the other one cycles,
@@ -516,8 +524,7 @@ class RayBatches:
             return
         ahead, self._ahead = (self._ahead if self._ahead_at == (epoch, skip) else None), None
         ahead = ahead or self._materialised_epochs(epoch, skip)
-        primary = LABELLED if LABELLED in self.sources else PAIRS
-        yield from itertools.islice(ahead, max(0, self.sources[primary].steps - skip))
+        yield from itertools.islice(ahead, max(0, self.sources[self._primary].steps - skip))
         self._ahead, self._ahead_at = ahead, (epoch + 1, 0)
 
     def validation(self) -> Iterator[Any] | None:
